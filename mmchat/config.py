@@ -1,0 +1,306 @@
+"""Configuration: frozen dataclasses, model presets, one TOML file, env and CLI overrides.
+
+Precedence, lowest first: dataclass defaults < TOML file (`--config` or `MMCHAT_CONFIG`) <
+environment (`GRADIO_SERVER_NAME`, `GRADIO_SERVER_PORT`, `MMCHAT_PRESET`, ...) < CLI flags.
+Every field carries `help` metadata and `__post_init__` checks name the bad value and list
+the valid ones. This module imports no torch, transformers or gradio: deciding *what* to
+load is separate from loading it (see `mmchat.backends.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mmchat.errors import ConfigError
+
+SOURCE_SCHEMES = ("hf-hub:", "local-dir:", "builtin:")
+BACKEND_KINDS = ("llava", "offline", "tiny")
+QUANTIZATIONS = ("none", "nf4")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENCODER_KINDS = ("auto", "open_clip", "standin")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def check_source(source: str) -> None:
+    if not source.startswith(SOURCE_SCHEMES):
+        raise ConfigError(
+            f"model source {source!r} is not valid; write it as 'hf-hub:ORG/NAME', "
+            "'local-dir:/path/to/model' or 'builtin:NAME'"
+        )
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """`'hf-hub:org/name'` -> `('hf-hub', 'org/name')`."""
+    check_source(source)
+    scheme, _, rest = source.partition(":")
+    if not rest:
+        raise ConfigError(f"model source {source!r} names nothing after {scheme}:")
+    return scheme, rest
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str = _help("preset name shown in the UI")
+    kind: str = _help(f"backend kind: {', '.join(BACKEND_KINDS)}")
+    source: str = _help("'hf-hub:ID', 'local-dir:PATH' or 'builtin:NAME'")
+    description: str = _help("one line shown in the UI", "")
+    quantization: str = _help("'nf4' (bitsandbytes 4-bit, CUDA) or 'none'", "none")
+    device: str = _help("'auto', 'cpu' or 'cuda'", "auto")
+    dtype: str = _help("compute dtype: auto, float32, bfloat16, float16", "auto")
+    context_length: int = _help("tokens the model can attend to (prompt + answer)", 4096)
+    requires_cuda: bool = _help("refuse to load without a CUDA device", False)
+
+    def __post_init__(self) -> None:
+        _check_choice("backend kind", self.kind, BACKEND_KINDS)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        check_source(self.source)
+        if self.context_length < 256:
+            raise ConfigError(f"context_length {self.context_length} is too small; use >= 256")
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset(
+            name="llava-1.5-7b-nf4",
+            kind="llava",
+            source="hf-hub:llava-hf/llava-1.5-7b-hf",
+            description="LLaVA-1.5 7B, 4-bit NF4 (bitsandbytes) on CUDA",
+            quantization="nf4",
+            device="cuda",
+            dtype="bfloat16",
+            context_length=4096,
+            requires_cuda=True,
+        ),
+        ModelPreset(
+            name="llava-interleave-0.5b",
+            kind="llava",
+            source="hf-hub:llava-hf/llava-interleave-qwen-0.5b-hf",
+            description="LLaVA-Interleave Qwen 0.5B, runs on CPU",
+            device="auto",
+            dtype="auto",
+            context_length=8192,
+        ),
+        ModelPreset(
+            name="offline",
+            kind="offline",
+            source="builtin:smollm2-135m-instruct",
+            description=(
+                "Offline stand-in: SmolLM2-135M-Instruct (shipped GGUF) + EfficientNet-Lite0 "
+                "image labels. Not a vision-language model."
+            ),
+            device="cpu",
+            dtype="float32",
+            context_length=2048,
+        ),
+        ModelPreset(
+            name="tiny",
+            kind="tiny",
+            source="builtin:tiny-llava",
+            description="Tiny random LLaVA built from configs (tests only; output is noise)",
+            device="cpu",
+            dtype="float32",
+            context_length=1024,
+        ),
+    )
+}
+GPU_PRESET = "llava-1.5-7b-nf4"
+OFFLINE_PRESET = "offline"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = _help("a preset name, or 'auto' (GPU preset with CUDA, else offline)", "auto")
+    source: str = _help("override the preset's source ('hf-hub:ID' / 'local-dir:PATH')", "")
+    quantization: str = _help("override the preset's quantization ('nf4' or 'none')", "")
+    cache_dir: str = _help("where converted weights are cached", "~/.cache/mmchat")
+
+    def __post_init__(self) -> None:
+        if self.preset != "auto":
+            _check_choice("model preset", self.preset, tuple(PRESETS))
+        if self.source:
+            check_source(self.source)
+        if self.quantization:
+            _check_choice("quantization", self.quantization, QUANTIZATIONS)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    kind: str = _help("image encoder: 'auto', 'open_clip' or 'standin' (offline)", "auto")
+    model: str = _help("open_clip architecture", "ViT-B-32")
+    pretrained: str = _help(
+        "open_clip weights tag, 'hf-hub:ID' or 'local-dir:PATH'", "laion2b_s34b_b79k"
+    )
+    top_labels: int = _help("zero-shot labels shown with each image", 3)
+
+    def __post_init__(self) -> None:
+        _check_choice("encoder kind", self.kind, ENCODER_KINDS)
+        if not 1 <= self.top_labels <= 10:
+            raise ConfigError(f"top_labels {self.top_labels} is out of range; use 1..10")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int = _help("largest accepted upload, bytes", 20 * 1024 * 1024)
+    max_pixels: int = _help("largest accepted image, width x height", 40_000_000)
+    max_images_per_message: int = _help("images one message may carry", 4)
+    max_prompt_chars: int = _help("longest accepted message text, characters", 8000)
+    formats: tuple[str, ...] = _help(
+        "accepted image formats (by content)", ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "max_images_per_message", "max_prompt_chars"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"limits.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    max_new_tokens: int = _help("default answer length limit, tokens", 256)
+    temperature: float = _help("default sampling temperature (0 = greedy)", 0.2)
+    top_p: float = _help("default nucleus sampling mass", 0.9)
+    system_prompt: str = _help(
+        "default system prompt", "You are a helpful assistant. Answer briefly and accurately."
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = _help("address to bind; 127.0.0.1 keeps the app private", "127.0.0.1")
+    port: int = _help("port to bind", 7860)
+    concurrency_limit: int = _help("generations running at once (one model is shared)", 1)
+    max_queue: int = _help("requests waiting before new ones are turned away", 32)
+    share: bool = _help("create a public gradio share link", False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range; use 1..65535")
+        if self.concurrency_limit < 1:
+            raise ConfigError(f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    limits: UploadLimits = field(default_factory=UploadLimits)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    data_dir: str = _help("the app's own writable directory (uploads, exports)", "")
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser().resolve()
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "mmchat"
+
+    def cache_dir(self) -> Path:
+        return Path(self.model.cache_dir).expanduser()
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "encoder": EncoderConfig,
+    "limits": UploadLimits,
+    "generation": GenerationDefaults,
+    "server": ServerConfig,
+}
+
+
+def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in [{section}]; valid keys: {', '.join(sorted(known))}"
+        )
+    coerced = {}
+    for key, value in values.items():
+        default = known[key].default
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, bool) and isinstance(value, str):
+            value = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            try:
+                value = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"[{section}] {key} = {value!r} is not a number") from None
+        coerced[key] = value
+    return cls(**coerced)
+
+
+ENV_OVERRIDES = {
+    "GRADIO_SERVER_NAME": ("server", "host"),
+    "GRADIO_SERVER_PORT": ("server", "port"),
+    "MMCHAT_PRESET": ("model", "preset"),
+    "MMCHAT_ENCODER": ("encoder", "kind"),
+    "MMCHAT_DATA_DIR": ("", "data_dir"),
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AppConfig:
+    """Build an `AppConfig` from a TOML file, the environment and explicit overrides.
+
+    `overrides` is `{section: {key: value}}` (section `""` for top-level keys), as the CLI
+    produces it; values of `None` are ignored so unset flags do not clobber the file.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get("MMCHAT_CONFIG") or None
+    raw: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        for key, value in data.items():
+            if key in SECTIONS and isinstance(value, dict):
+                raw[key] = dict(value)
+            elif key == "data_dir":
+                top[key] = value
+            else:
+                raise ConfigError(
+                    f"unknown entry {key!r} in {str(path)!r}; sections: {', '.join(SECTIONS)}"
+                    ", top-level keys: data_dir"
+                )
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            (raw.setdefault(section, {}) if section else top)[key] = env[var]
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                (raw.setdefault(section, {}) if section else top)[key] = value
+    sections = {name: _build_section(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}
+    return AppConfig(**sections, **top)
+
+
+def with_overrides(config: AppConfig, **sections: Mapping[str, Any]) -> AppConfig:
+    """A copy of `config` with some fields of some sections replaced (used by tests)."""
+    changes = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()}
+    return dataclasses.replace(config, **changes)

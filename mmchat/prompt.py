@@ -1,0 +1,87 @@
+"""Turn a conversation into chat-template messages, and fit it into the model's context.
+
+Pure functions: history in, `(messages, image_ids)` out, where `messages` use the
+chat-template content format (`{"type": "text"}` / `{"type": "image"}` items) that
+transformers processors render, and `image_ids` lists the images in order of appearance.
+Retrieved context (RAG) joins the latest user turn here. Nothing here loads models or
+touches files; token counting is a function passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from mmchat.backends.base import PromptMessage
+from mmchat.errors import PromptTooLong
+
+MODEL_ROLES = ("user", "assistant")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the prompt builder needs of one history message."""
+
+    role: str
+    text: str
+    image_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[PromptMessage]
+    image_ids: list[str]
+    dropped_turns: int = 0  # oldest model-visible turns left out to fit the context
+    prompt_tokens: int = 0
+
+
+def render_messages(system_prompt: str, turns: Sequence[Turn]) -> tuple[list[PromptMessage], list[str]]:
+    messages: list[PromptMessage] = []
+    image_ids: list[str] = []
+    if system_prompt.strip():
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt.strip()}]})
+    for turn in turns:
+        if turn.role not in MODEL_ROLES:
+            continue
+        content: list[dict] = [{"type": "image"} for _ in turn.image_ids]
+        image_ids.extend(turn.image_ids)
+        content.append({"type": "text", "text": turn.text})
+        if messages and messages[-1]["role"] == turn.role:
+            # Templates such as LLaVA's require alternating roles; merge rather than drop.
+            messages[-1]["content"].extend(content)
+        else:
+            messages.append({"role": turn.role, "content": content})
+    return messages, image_ids
+
+
+def _start_of_exchanges(turns: Sequence[Turn]) -> list[int]:
+    """Indices where a user turn begins an exchange; trimming drops whole exchanges."""
+    return [i for i, t in enumerate(turns) if t.role == "user"]
+
+
+def fit_to_context(
+    system_prompt: str,
+    turns: Sequence[Turn],
+    count_tokens: Callable[[list[PromptMessage], list[str]], int],
+    context_length: int,
+    reserve_for_answer: int,
+) -> Prompt:
+    """Drop the oldest exchanges until the prompt plus the answer budget fits.
+
+    The latest exchange is never dropped: if it alone does not fit, `PromptTooLong` says by
+    how much, so the user can shorten it or lower max_new_tokens.
+    """
+    visible = [t for t in turns if t.role in MODEL_ROLES]
+    budget = context_length - reserve_for_answer
+    starts = _start_of_exchanges(visible) or [0]
+    for dropped_exchanges, start in enumerate(starts):
+        kept = visible[start:]
+        messages, image_ids = render_messages(system_prompt, kept)
+        tokens = count_tokens(messages, image_ids)
+        if tokens <= budget:
+            return Prompt(messages, image_ids, dropped_turns=start, prompt_tokens=tokens)
+    raise PromptTooLong(
+        f"the message needs {tokens} tokens but only {max(budget, 0)} fit "
+        f"(context {context_length} minus {reserve_for_answer} reserved for the answer); "
+        "shorten the message, attach fewer images, or lower max new tokens"
+    )

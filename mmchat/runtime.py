@@ -1,0 +1,129 @@
+"""Runtime: the process-wide model and image encoder, loaded once, in the background.
+
+The server starts answering at once while weights load in a worker thread; handlers call
+`wait_ready()` and the status line reports progress or the load error. `new_session()` gives
+each browser its own `ChatSession` over the shared backend. This module imports no torch
+at import time (loading happens inside the worker), so the UI can import it freely.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from mmchat.config import AppConfig
+from mmchat.errors import ModelUnavailable, UserFacingError
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, config: AppConfig, backend: Any = None, encoder: Any = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.encoder = encoder
+        self.error: BaseException | None = None
+        self.phase = "ready" if backend is not None else "not started"
+        self.started_at = time.time()
+        self.load_seconds = 0.0
+        self._ready = threading.Event()
+        if backend is not None:
+            self._ready.set()
+        self.data_dir = config.resolved_data_dir()
+        self.upload_dir = self.data_dir / "uploads"
+        self.export_dir = self.data_dir / "exports"
+        for directory in (self.upload_dir, self.export_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> "Runtime":
+        """Load in the background (returns at once)."""
+        if not self._ready.is_set() and self.phase == "not started":
+            self.phase = "starting"
+            threading.Thread(target=self._load, name="mmchat-load", daemon=True).start()
+        return self
+
+    def load(self) -> "Runtime":
+        """Load in the foreground (used by scripts and benchmarks)."""
+        if not self._ready.is_set():
+            self._load()
+        if self.error:
+            raise self.error
+        return self
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            from mmchat.backends.registry import load_backend
+            from mmchat.vision import load_image_encoder
+
+            if self.backend is None:
+                self.phase = "loading the language model"
+                self.backend = load_backend(self.config.model)
+            if self.encoder is None:
+                self.phase = "loading the image encoder"
+                self.encoder = load_image_encoder(self.config.encoder, cache_dir=self.config.cache_dir())
+            self.phase = "ready"
+        except BaseException as err:  # reported in the UI; the server keeps serving
+            log.exception("model load failed")
+            self.error = err
+            self.phase = "failed"
+        finally:
+            self.load_seconds = time.perf_counter() - started
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.error is None
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        if not self._ready.wait(timeout):
+            raise UserFacingError(f"the model is still loading ({self.phase}); try again in a moment")
+        if self.error is not None:
+            if isinstance(self.error, UserFacingError):
+                raise self.error
+            raise ModelUnavailable(f"the model failed to load: {self.error}")
+
+    def new_session(self) -> Any:
+        from mmchat.backends.base import GenerationParams
+        from mmchat.session import ChatSession
+
+        self.wait_ready()
+        gen = self.config.generation
+        return ChatSession(
+            backend=self.backend,
+            encoder=self.encoder,
+            store_dir=self.upload_dir,
+            limits=self.config.limits,
+            system_prompt=gen.system_prompt,
+            params=GenerationParams(gen.max_new_tokens, gen.temperature, gen.top_p),
+            top_labels=self.config.encoder.top_labels,
+        )
+
+    def status_markdown(self) -> str:
+        if not self._ready.is_set():
+            return f"⏳ **Loading** — {self.phase} ({time.time() - self.started_at:.0f} s)"
+        if self.error is not None:
+            return f"❌ **Model failed to load:** {self.error}"
+        info = self.backend.info
+        parts = [
+            f"**Model** `{info.preset}`",
+            f"device `{info.device}`",
+            f"dtype `{info.dtype}`",
+            f"quantization `{info.quantization}`",
+            f"context {info.context_length} tokens",
+        ]
+        memory = self.backend.memory_summary()
+        if memory:
+            parts.append(memory)
+        if self.encoder is not None:
+            parts.append(f"**Images** {self.encoder.name}")
+        parts.append(f"loaded in {self.load_seconds:.1f} s")
+        lines = [" · ".join(parts)]
+        if info.is_stand_in:
+            lines.append(f"> ⚠️ {info.description}")
+        if self.encoder is not None and getattr(self.encoder, "is_stand_in", False) and not info.is_stand_in:
+            lines.append("> ⚠️ Image labels come from the offline stand-in encoder, not CLIP.")
+        return "\n\n".join(lines)
+

@@ -1,0 +1,55 @@
+"""Compose the Gradio app from its tabs and launch it.
+
+`build_app(config, runtime)` returns a `gr.Blocks` (queued, with a concurrency limit) whose
+status line reports the model, device, dtype, quantization and memory, and says plainly when
+the offline stand-in is in use. `launch_kwargs` gives what `Blocks.launch` needs: host/port
+from the config, uploads capped, and only the app's own data directory served.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from mmchat.config import AppConfig  # noqa: E402
+from mmchat.runtime import Runtime  # noqa: E402
+from mmchat.ui.chat import EXAMPLE_DIR, build_chat_tab  # noqa: E402
+
+TITLE = "mmchat — multimodal chat"
+
+
+def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
+    runtime = runtime or Runtime(config)
+    runtime.start()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"## {TITLE}")
+        status = gr.Markdown(runtime.status_markdown(), elem_id="mmchat-status")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                build_chat_tab(runtime)
+
+        def poll_status():
+            # Stream the status while the model loads, then once more with the final line.
+            while not runtime._ready.wait(timeout=1.0):
+                yield runtime.status_markdown()
+            yield runtime.status_markdown()
+
+        demo.load(poll_status, None, status, api_name="status")
+    demo.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
+    demo.mmchat_runtime = runtime  # for tests and scripts that need the loaded models
+    return demo
+
+
+def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
+    return {
+        "server_name": config.server.host,
+        "server_port": config.server.port,
+        "share": config.server.share,
+        "max_file_size": config.limits.max_bytes,
+        "allowed_paths": [str(runtime.data_dir), str(EXAMPLE_DIR)],
+        "show_error": False,
+    }

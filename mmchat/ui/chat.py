@@ -1,0 +1,182 @@
+"""The Chat tab: multimodal textbox, streaming chatbot, controls, settings and trace.
+
+`build_chat_tab(runtime)` lays out the components and wires every event with an `api_name`
+so `gradio_client` can drive it. Each browser gets its own `ChatSession` in a `gr.State`.
+User-fixable problems (`UserFacingError`) become `gr.Warning` toasts and leave the message in
+the textbox; the session keeps working. Imports no torch: the models live in `Runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from mmchat.errors import UserFacingError
+from mmchat.runtime import Runtime
+from mmchat.ui.render import chatbot_messages, trace_markdown
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "knowledge" / "images"
+
+
+def _file_path(item: Any) -> str:
+    """MultimodalTextbox gives paths (str) or FileData-like dicts depending on the caller."""
+    if isinstance(item, dict):
+        return item.get("path") or item.get("name") or ""
+    return str(getattr(item, "path", item))
+
+
+def examples() -> list[dict[str, Any]]:
+    pairs = [("cat.png", "What animal is this?"), ("coffee.png", "What is in the cup?")]
+    return [
+        {"text": question, "files": [str(EXAMPLE_DIR / name)]}
+        for name, question in pairs
+        if (EXAMPLE_DIR / name).is_file()
+    ]
+
+
+def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
+    gen = runtime.config.generation
+    limits = runtime.config.limits
+    session_state = gr.State(None)
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(
+                label="Chat",
+                height=520,
+                buttons=["copy", "copy_all"],
+                feedback_options=None,
+                elem_id="mmchat-chatbot",
+            )
+            textbox = gr.MultimodalTextbox(
+                placeholder="Ask something, or drop an image here…",
+                file_types=["image"],
+                file_count="multiple",
+                max_plain_text_length=limits.max_prompt_chars,
+                show_label=False,
+                elem_id="mmchat-input",
+                sources=["upload"],
+            )
+            with gr.Row():
+                stop_btn = gr.Button("⏹ Stop", variant="stop", size="sm", elem_id="mmchat-stop")
+                regen_btn = gr.Button("🔄 Regenerate", size="sm", elem_id="mmchat-regenerate")
+                undo_btn = gr.Button("↩️ Undo", size="sm", elem_id="mmchat-undo")
+                clear_btn = gr.Button("🗑 Clear", size="sm", elem_id="mmchat-clear")
+                export_btn = gr.Button("💾 Export", size="sm", elem_id="mmchat-export")
+                import_btn = gr.UploadButton("📂 Import", file_types=[".zip", ".json"], size="sm")
+            export_file = gr.File(label="Exported chat", visible=False, interactive=False)
+            if examples():
+                gr.Examples(examples=examples(), inputs=[textbox], label="Examples (real photos)")
+        with gr.Column(scale=2, min_width=260):
+            with gr.Accordion("Generation settings", open=True):
+                system_prompt = gr.Textbox(label="System prompt", value=gen.system_prompt, lines=3)
+                max_new_tokens = gr.Slider(1, 2048, value=gen.max_new_tokens, step=1, label="Max new tokens")
+                temperature = gr.Slider(0.0, 2.0, value=gen.temperature, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label="Top-p")
+            with gr.Accordion("Last answer", open=True):
+                trace = gr.Markdown(trace_markdown(None), elem_id="mmchat-trace")
+
+    settings = [system_prompt, max_new_tokens, temperature, top_p]
+
+    def ensure_session(session: Any) -> Any:
+        return session if session is not None else runtime.new_session()
+
+    def params_from(session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float) -> Any:
+        from mmchat.backends.base import GenerationParams
+
+        session.system_prompt = prompt or ""
+        return GenerationParams(int(max_tokens), float(temp), float(nucleus))
+
+    def stream_into_ui(session: Any, answer: Iterator[str]) -> Iterator[tuple]:
+        # Stream at most ~20 UI updates per second; the final state is always sent.
+        last = 0.0
+        for _ in answer:
+            now = time.perf_counter()
+            if now - last >= 0.05:
+                last = now
+                yield chatbot_messages(session), gr.update(), session, gr.update()
+
+    def respond(message: dict | None, session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float):
+        message = message or {}
+        text = message.get("text") or ""
+        files = [_file_path(f) for f in message.get("files") or []]
+        try:
+            session = ensure_session(session)
+            params = params_from(session, prompt, max_tokens, temp, nucleus)
+            answer = session.send(text, files, params)
+            first = True
+            for update in stream_into_ui(session, answer):
+                if first:  # the message is accepted: clear and lock the textbox while streaming
+                    first = False
+                    update = (update[0], gr.MultimodalTextbox(value=None, interactive=False), *update[2:])
+                yield update
+        except UserFacingError as err:
+            gr.Warning(str(err))
+            yield chatbot_messages(session), gr.MultimodalTextbox(value=message, interactive=True), session, gr.update()
+            return
+        yield chatbot_messages(session), gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(session)
+
+    def regenerate(session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float):
+        try:
+            session = ensure_session(session)
+            params = params_from(session, prompt, max_tokens, temp, nucleus)
+            yield from stream_into_ui(session, session.regenerate(params))
+        except UserFacingError as err:
+            gr.Warning(str(err))
+        yield chatbot_messages(session), gr.update(), session, trace_markdown(session)
+
+    def stop(session: Any) -> None:
+        if session is not None:
+            session.stop()
+
+    def undo(session: Any):
+        if session is None:
+            return [], gr.update(), session, trace_markdown(None)
+        text = session.undo()
+        return chatbot_messages(session), gr.MultimodalTextbox(value={"text": text, "files": []}), session, trace_markdown(session)
+
+    def clear(session: Any):
+        if session is not None:
+            session.clear()
+        return [], gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(None)
+
+    def export(session: Any):
+        if session is None or not session.history:
+            gr.Warning("nothing to export yet; send a message first")
+            return gr.File(visible=False)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = session.export_zip(runtime.export_dir / f"mmchat-chat-{stamp}-{id(session):x}.zip")
+        return gr.File(value=str(path), visible=True)
+
+    def import_chat(upload: Any, session: Any):
+        try:
+            session = ensure_session(session)
+            session.import_chat(Path(_file_path(upload)))
+            gr.Info(f"imported {len(session.history)} messages")
+        except UserFacingError as err:
+            gr.Warning(str(err))
+        return chatbot_messages(session), session, session.system_prompt if session else gr.update()
+
+    outputs = [chatbot, textbox, session_state, trace]
+    limit = runtime.config.server.concurrency_limit
+    submit_event = textbox.submit(
+        respond, [textbox, session_state, *settings], outputs, api_name="chat",
+        concurrency_limit=limit, concurrency_id="generate",
+    )
+    regen_btn.click(
+        regenerate, [session_state, *settings], outputs, api_name="regenerate",
+        concurrency_limit=limit, concurrency_id="generate",
+    )
+    # Stop must not wait behind the generation it stops, so it skips the queue.
+    stop_btn.click(stop, [session_state], None, api_name="stop", queue=False)
+    undo_btn.click(undo, [session_state], outputs, api_name="undo", queue=False)
+    clear_btn.click(clear, [session_state], outputs, api_name="clear", queue=False)
+    export_btn.click(export, [session_state], [export_file], api_name="export")
+    import_btn.upload(import_chat, [import_btn, session_state], [chatbot, session_state, system_prompt], api_name="import_chat")
+    return {"chatbot": chatbot, "textbox": textbox, "state": session_state, "submit": submit_event}

@@ -1,0 +1,177 @@
+"""ChatSession over the real transformers backend with a tiny random LLaVA (built from configs).
+
+The tiny model's words are noise; these tests check the plumbing: streaming, stop, several
+images, regenerate, undo, context trimming, export/import and rejected uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from mmchat.backends.base import GenerationParams
+from mmchat.config import UploadLimits
+from mmchat.errors import InvalidUpload, PromptTooLong, UserFacingError
+from mmchat.session import ChatSession
+
+GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
+
+
+@pytest.fixture
+def session(tiny_backend, tmp_path):
+    return ChatSession(tiny_backend, None, tmp_path / "uploads", params=GREEDY, system_prompt="sys")
+
+
+def test_send_streams_growing_text_and_records_stats(session, cat_image):
+    session.attach(cat_image)  # warm path: attaching ahead of sending is allowed
+    partials = list(session.send("What animal is this?", [cat_image_path(session, cat_image)]))
+    assert len(partials) >= 2
+    assert all(b.startswith(a) for a, b in zip(partials, partials[1:]))
+    assert [m.role for m in session.history] == ["user", "assistant"]
+    stats = session.history[-1].stats
+    assert stats["output_tokens"] >= 1 and stats["prompt_tokens"] > 16
+    assert stats["time_to_first_token_s"] is not None and stats["finish_reason"] in ("stop", "length")
+
+
+def cat_image_path(session, image):
+    return session.attach(image).attachment.path
+
+
+def test_multiple_images_in_one_conversation(session, cat_image, coffee_image, tiny_backend):
+    first = session.attach(cat_image).attachment.path
+    second = session.attach(coffee_image).attachment.path
+    list(session.send("compare", [first, second]))
+    list(session.send("and again", [first]))
+    assert session.history[0].image_ids == [session.attach(cat_image).attachment.sha256,
+                                            session.attach(coffee_image).attachment.sha256]
+    # Three image slots in the last prompt: 16 image tokens each in the tiny model.
+    assert session.history[-1].stats["prompt_tokens"] > 3 * 16
+
+
+def test_stop_ends_generation_early_and_keeps_text(session):
+    long = GenerationParams(max_new_tokens=400, temperature=0.0)
+    stream = session.send("tell me a long story", params=long)
+    next(stream)
+    session.stop()
+    rest = list(stream)
+    answer = session.history[-1]
+    assert answer.stats["finish_reason"] == "cancelled"
+    assert answer.stats["output_tokens"] < 400
+    assert rest and rest[-1] == answer.text
+
+
+def test_abandoned_stream_stops_the_worker(session):
+    stream = session.send("hello", params=GenerationParams(max_new_tokens=400, temperature=0.0))
+    next(stream)
+    stream.close()  # e.g. the browser went away
+    names = [t.name for t in threading.enumerate()]
+    assert "mmchat-generate" not in names
+    # the session is usable again
+    assert list(session.send("again"))
+
+
+def test_regenerate_replaces_only_the_last_answer(session):
+    list(session.send("first"))
+    first_answer = session.history[-1]
+    list(session.regenerate(GenerationParams(max_new_tokens=5, temperature=1.0, top_p=0.9)))
+    assert len(session.history) == 2 and session.history[-1] is not first_answer
+
+
+def test_undo_returns_text_and_removes_exchange(session):
+    list(session.send("one"))
+    list(session.send("two"))
+    assert session.undo() == "two"
+    assert [m.text for m in session.history if m.role == "user"] == ["one"]
+    session.clear()
+    assert session.history == [] and session.undo() == ""
+    with pytest.raises(UserFacingError, match="no question"):
+        list(session.regenerate())
+
+
+def test_context_overflow_trims_with_visible_note(tiny_backend, tmp_path):
+    session = ChatSession(tiny_backend, None, tmp_path, params=GenerationParams(max_new_tokens=200, temperature=0))
+    for i in range(6):
+        list(session.send(f"message {i} " + "word " * 120, params=GenerationParams(max_new_tokens=4, temperature=0)))
+    list(session.send("last one"))
+    notes = [m for m in session.history if m.role == "note"]
+    assert notes and "1024-token context" in notes[-1].text
+    assert session.history[-1].role == "assistant" and session.history[-2].text == "last one"
+
+
+def test_message_that_cannot_fit_is_refused_and_not_kept(session):
+    limits_ok = "word " * 1500
+    with pytest.raises(PromptTooLong, match="tokens but only"):
+        list(session.send(limits_ok))
+    assert session.history == []
+
+
+def test_over_long_prompt_and_too_many_images_are_refused(tiny_backend, tmp_path, cat_image):
+    session = ChatSession(tiny_backend, None, tmp_path, limits=UploadLimits(max_prompt_chars=10, max_images_per_message=1))
+    with pytest.raises(UserFacingError, match="limit is 10"):
+        list(session.send("x" * 11))
+    path = session.attach(cat_image).attachment.path
+    with pytest.raises(InvalidUpload, match="at most 1"):
+        list(session.send("hi", [path, path]))
+    with pytest.raises(UserFacingError, match="empty"):
+        list(session.send("   "))
+    assert session.history == []
+
+
+def test_bad_upload_leaves_history_untouched_and_session_usable(session, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"%PDF-1.7 not an image")
+    list(session.send("first"))
+    with pytest.raises(InvalidUpload, match="notes.png"):
+        list(session.send("look", [bad]))
+    assert [m.role for m in session.history] == ["user", "assistant"]
+    assert list(session.send("still here?"))
+
+
+def test_bad_generation_params_are_named():
+    with pytest.raises(UserFacingError, match="temperature 3"):
+        GenerationParams(temperature=3)
+    with pytest.raises(UserFacingError, match="max_new_tokens 0"):
+        GenerationParams(max_new_tokens=0)
+    with pytest.raises(UserFacingError, match="top_p 0"):
+        GenerationParams(top_p=0)
+
+
+def test_export_import_round_trip(session, tiny_backend, cat_image, tmp_path):
+    path = session.attach(cat_image).attachment.path
+    list(session.send("what is it?", [path]))
+    json_path = session.export(tmp_path / "export")
+    data = json.loads(json_path.read_text())
+    sha = session.history[0].image_ids[0]
+    assert data["images"][sha]["file"].startswith("images/") and (tmp_path / "export" / data["images"][sha]["file"]).is_file()
+
+    fresh = ChatSession(tiny_backend, None, tmp_path / "other-uploads")
+    fresh.import_chat(json_path)
+    assert [m.text for m in fresh.history] == [m.text for m in session.history]
+    assert fresh.history[0].image_ids == [sha] and sha in fresh.images
+    assert fresh.system_prompt == "sys"
+
+    zipped = session.export_zip(tmp_path / "chat.zip")
+    again = ChatSession(tiny_backend, None, tmp_path / "third")
+    again.import_chat(zipped)
+    assert len(again.history) == 2
+    # the imported session keeps chatting, with the imported image in context
+    assert list(again.send("and now?"))
+
+
+def test_import_rejects_tampered_exports(session, tiny_backend, cat_image, tmp_path):
+    path = session.attach(cat_image).attachment.path
+    list(session.send("q", [path]))
+    json_path = session.export(tmp_path / "export")
+    data = json.loads(json_path.read_text())
+    sha = next(iter(data["images"]))
+    data["images"][sha]["file"] = "../../../etc/passwd"
+    json_path.write_text(json.dumps(data))
+    target = ChatSession(tiny_backend, None, tmp_path / "t")
+    with pytest.raises(InvalidUpload, match="outside the export folder"):
+        target.import_chat(json_path)
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(InvalidUpload, match="not valid JSON"):
+        target.import_chat(tmp_path / "junk.json")
+    assert target.history == []

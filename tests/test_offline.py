@@ -45,7 +45,7 @@ def test_coffee_photo_answer_mentions_coffee(session, coffee_image):
 
 def test_image_reaches_the_model_as_classifier_text(offline_backend, cat_image):
     texts = offline_backend.pathway.render([cat_image])
-    assert texts[0].startswith("[Image 1: a cat;") and "tiger cat" in texts[0]
+    assert texts[0].startswith("[Image 1: a photo of a cat (") and "tiger cat" in texts[0]
     flat = flatten([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], texts)
     assert flat[0]["role"] == "system" and texts[0] in flat[1]["content"]
 

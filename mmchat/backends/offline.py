@@ -26,8 +26,8 @@ STAND_IN_NOTICE = (
 )
 
 OFFLINE_SYSTEM_HINT = (
-    "Images are given to you as text from an image classifier, in square brackets. "
-    "Treat them as what the image shows and answer from them."
+    "You cannot see images; each one is described to you in square brackets. "
+    "Answer the question from that description as if you saw the image."
 )
 
 # ImageNet's fine-grained classes hide the everyday word ("Egyptian Mau" is a cat); the
@@ -73,9 +73,9 @@ class ClassifierLabelPathway:
         texts = []
         for number, labels in enumerate(self.classifier.classify(list(images), top_k=self.top_k), start=1):
             kinds = {broad_kind(IMAGENET_CLASSNAMES.index(label)) for label, _ in labels[:2]} - {None}
-            described = ", ".join(f"{label} ({p:.0%})" for label, p in labels)
-            kind = f"a {sorted(kinds)[0]}; " if len(kinds) == 1 else ""
-            texts.append(f"[Image {number}: {kind}the image classifier sees {described}]")
+            described = ", ".join(f"{label} {p:.0%}" for label, p in labels)
+            subject = f"a {sorted(kinds)[0]}" if len(kinds) == 1 else labels[0][0]
+            texts.append(f"[Image {number}: a photo of {subject} ({described})]")
         return texts
 
 

@@ -64,12 +64,12 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 sources=["upload"],
             )
             with gr.Row():
-                stop_btn = gr.Button("⏹ Stop", variant="stop", size="sm", elem_id="mmchat-stop")
-                regen_btn = gr.Button("🔄 Regenerate", size="sm", elem_id="mmchat-regenerate")
-                undo_btn = gr.Button("↩️ Undo", size="sm", elem_id="mmchat-undo")
-                clear_btn = gr.Button("🗑 Clear", size="sm", elem_id="mmchat-clear")
-                export_btn = gr.Button("💾 Export", size="sm", elem_id="mmchat-export")
-                import_btn = gr.UploadButton("📂 Import", file_types=[".zip", ".json"], size="sm")
+                stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="mmchat-stop")
+                regen_btn = gr.Button("Regenerate", size="sm", elem_id="mmchat-regenerate")
+                undo_btn = gr.Button("Undo", size="sm", elem_id="mmchat-undo")
+                clear_btn = gr.Button("Clear", size="sm", elem_id="mmchat-clear")
+                export_btn = gr.Button("Export", size="sm", elem_id="mmchat-export")
+                import_btn = gr.UploadButton("Import", file_types=[".zip", ".json"], size="sm")
             export_file = gr.File(label="Exported chat", visible=False, interactive=False)
             if examples():
                 gr.Examples(examples=examples(), inputs=[textbox], label="Examples (real photos)")

@@ -37,7 +37,7 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for message in session.history:
         if message.role == "note":
-            messages.append({"role": "assistant", "content": message.text, "metadata": {"title": "ℹ️ Note"}})
+            messages.append({"role": "assistant", "content": message.text, "metadata": {"title": "Note"}})
             continue
         if message.role == "user":
             content: list[Any] = []
@@ -72,4 +72,4 @@ def trace_markdown(session: Any) -> str:
         ("total", f"{stats.get('total_s', 0):.2f} s"),
         ("finish", stats.get("finish_reason", "")),
     ]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

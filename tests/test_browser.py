@@ -1,0 +1,102 @@
+"""End to end in a real headless Chromium (Debian's, driven by playwright): upload a photo of
+a cat, ask, and watch the offline model's answer stream in. Saves a screenshot under
+`tests/artifacts/`. Needs `/usr/bin/chromium` (installed by `.ci/run`; on CI its absence
+fails the test instead of skipping it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from mmchat.config import load_config
+from mmchat.runtime import Runtime
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, offline_backend, standin_encoder):
+    from mmchat.ui.app import build_app, launch_kwargs
+
+    config = load_config(
+        env={},
+        overrides={"server": {"port": free_port()}, "model": {"preset": "offline"},
+                   "generation": {"max_new_tokens": 48, "temperature": 0.0},
+                   "": {"data_dir": str(tmp_path_factory.mktemp("browser-data"))}},
+    )
+    demo = build_app(config, Runtime(config, backend=offline_backend, encoder=standin_encoder))
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(config, demo.mmchat_runtime))
+    yield f"http://127.0.0.1:{config.server.port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium is not installed; .ci/run must install it")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_cat_photo_and_watch_the_answer_stream(app_url, browser, tmp_path, cat_image):
+    cat_path = tmp_path / "chelsea the cat.png"
+    cat_image.save(cat_path)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
+    # The status line reports the offline stand-in plainly.
+    page.wait_for_function(
+        "document.querySelector('#mmchat-status')?.innerText.includes('Offline stand-in')", timeout=60_000
+    )
+
+    page.set_input_files("#mmchat-input input[type=file]", str(cat_path))
+    page.wait_for_selector("#mmchat-input img", timeout=30_000)  # the upload's thumbnail
+    page.fill("#mmchat-input textarea", "What animal is this?")
+    page.keyboard.press("Enter")
+
+    bot = page.locator("#mmchat-chatbot .message.bot, #mmchat-chatbot [data-testid='bot']").last
+    seen: list[str] = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if bot.count():
+            text = bot.inner_text()
+            if text and (not seen or text != seen[-1]):
+                seen.append(text)
+            if "tok/s" in text:  # the per-answer trace appears once the answer is complete
+                break
+        time.sleep(0.03)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
+    assert seen, "no answer appeared"
+    final = seen[-1]
+    assert "tok/s" in final, f"answer did not finish: {final!r}"
+    assert "cat" in final.lower(), final
+    assert len(seen) >= 3, f"expected to see the answer grow while streaming, saw {seen}"
+    # the user's message shows the image and the labels the encoder gave it
+    user_text = page.locator("#mmchat-chatbot").inner_text()
+    assert "tiger cat" in user_text
+    page.close()

@@ -105,10 +105,10 @@ class OfflineBackend(Backend):
     @classmethod
     def from_preset(cls, preset: ModelPreset, cache_dir: Path) -> "OfflineBackend":
         from mmchat.backends.builtin import load_smollm2
-        from mmchat.vision.imagenet import ImageNetClassifier
+        from mmchat.vision.imagenet import shared_classifier
 
         model, tokenizer = load_smollm2(cache_dir)
-        pathway = ClassifierLabelPathway(ImageNetClassifier(cache_dir=cache_dir))
+        pathway = ClassifierLabelPathway(shared_classifier(cache_dir))
         info = BackendInfo(
             preset=preset.name,
             kind=preset.kind,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,3 +163,14 @@ class ImageNetClassifier:
 
     def __repr__(self) -> str:
         return f"ImageNetClassifier({ARCHITECTURE}, weights={str(self.weights_path)!r})"
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(cache_dir: Path, device: str) -> ImageNetClassifier:
+    return ImageNetClassifier(cache_dir=cache_dir, device=device)
+
+
+def shared_classifier(cache_dir: str | Path | None = None, device: str = "cpu") -> ImageNetClassifier:
+    """One classifier per (cache, device) per process: the offline backend and the stand-in
+    encoder both need it, and it is frozen, so they share it rather than load it twice."""
+    return _shared(Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser(), device)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from mmchat.errors import ModelUnavailable
 from mmchat.vision.base import ImageEncoder, l2_normalize, prompt_for, ranked
-from mmchat.vision.imagenet import ImageNetClassifier
+from mmchat.vision.imagenet import ImageNetClassifier, shared_classifier
 
 TEXT_MODEL = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
@@ -71,7 +71,7 @@ class StandInEncoder(ImageEncoder):
         super().__init__()
         if labels_per_image < 1:
             raise ValueError(f"labels_per_image must be >= 1, got {labels_per_image}")
-        self.classifier = classifier or ImageNetClassifier(cache_dir=cache_dir, device=device)
+        self.classifier = classifier or shared_classifier(cache_dir, device)
         self.text_model = text_model or load_minilm(device)
         self.labels_per_image = labels_per_image
         self.name = f"stand-in: EfficientNet-Lite0 labels + {TEXT_MODEL}"

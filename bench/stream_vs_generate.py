@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             {"role": "system", "content": [{"type": "text", "text": "Be helpful."}]},
             {"role": "user", "content": [{"type": "text", "text": question}]},
         ]
-        return backend._inputs(list_messages, [])
+        return backend.prepare(list_messages, []).inputs
 
     model = backend.model
     tokenizer = getattr(backend, "tokenizer", None) or backend.processor.tokenizer

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mmchat.attachments import Attachment, ingest_image, ingest_upload, load_attachment
-from mmchat.backends.base import Backend, GenerationParams
+from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.prompt import Turn, fit_to_context
@@ -150,10 +150,16 @@ class ChatSession:
         if not self._busy.acquire(blocking=False):
             raise UserFacingError("an answer is still streaming; stop it or wait for it to finish")
         try:
+            prepared: list[PreparedPrompt] = []  # holds only the latest candidate
+
+            def count_tokens(messages: list, image_ids: list[str]) -> int:
+                prepared[:] = [self.backend.prepare(messages, self._open_images(image_ids))]
+                return prepared[0].prompt_tokens
+
             prompt = fit_to_context(
                 self.system_prompt,
                 [m.to_turn() for m in self.history],
-                lambda msgs, ids: self.backend.count_prompt_tokens(msgs, self._open_images(ids)),
+                count_tokens,
                 self.backend.info.context_length,
                 params.max_new_tokens,
             )
@@ -161,7 +167,9 @@ class ChatSession:
                 self._note_trim(prompt.dropped_turns)
             self._stop = threading.Event()
             answer = ChatMessage("assistant", "")
-            stream = self.backend.stream(prompt.messages, self._open_images(prompt.image_ids), params, self._stop)
+            # fit_to_context returns right after counting the candidate it accepts: the last
+            # prepared prompt is the one to generate from.
+            stream = self.backend.stream(prepared[0], params, self._stop)
             self.history.append(answer)
             for delta in stream:
                 answer.text += delta

@@ -98,22 +98,30 @@ class TextStream(ABC):
     def __iter__(self) -> Iterator[str]: ...
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A rendered, tokenized prompt ready for `Backend.stream` (its inputs are backend-specific)."""
+
+    inputs: dict[str, Any]
+    prompt_tokens: int
+
+
 class Backend(ABC):
     info: BackendInfo
 
     @abstractmethod
-    def stream(
-        self,
-        messages: Sequence[PromptMessage],
-        images: Sequence[Any],
-        params: GenerationParams,
-        stop: threading.Event | None = None,
-    ) -> TextStream:
-        """Start generating; iterate the result for text deltas. Setting `stop` ends it early."""
+    def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
+        """Render and tokenize a prompt; its `prompt_tokens` count image tokens too.
+
+        Separate from `stream` so the session can fit the context with the very inputs it
+        then generates from, instead of rendering (and running the image pipeline) twice.
+        """
 
     @abstractmethod
-    def count_prompt_tokens(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> int:
-        """Tokens the prompt would take, image tokens included (used to fit the context)."""
+    def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, stop: threading.Event | None = None
+    ) -> TextStream:
+        """Start generating; iterate the result for text deltas. Setting `stop` ends it early."""
 
     def memory_summary(self) -> str:
         """One line about the memory the weights take (for the status line)."""

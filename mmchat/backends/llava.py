@@ -19,7 +19,14 @@ from typing import Any, Sequence
 
 import torch
 
-from mmchat.backends.base import Backend, BackendInfo, GenerationParams, PromptMessage, TextStream
+from mmchat.backends.base import (
+    Backend,
+    BackendInfo,
+    GenerationParams,
+    PreparedPrompt,
+    PromptMessage,
+    TextStream,
+)
 from mmchat.backends.streaming import GenerateStream
 from mmchat.config import ModelPreset, split_source
 from mmchat.errors import ModelUnavailable
@@ -131,26 +138,18 @@ class LlavaBackend(Backend):
         )
         return cls(model, processor, info)
 
-    def _inputs(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> dict[str, Any]:
+    def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
         prompt = self.processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         inputs = self.processor(text=[prompt], images=list(images) or None, return_tensors="pt")
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._vision_dtype)
-        return dict(inputs)
-
-    def count_prompt_tokens(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> int:
-        return int(self._inputs(messages, images)["input_ids"].shape[-1])
+        return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]))
 
     def stream(
-        self,
-        messages: Sequence[PromptMessage],
-        images: Sequence[Any],
-        params: GenerationParams,
-        stop: threading.Event | None = None,
+        self, prompt: PreparedPrompt, params: GenerationParams, stop: threading.Event | None = None
     ) -> TextStream:
-        inputs = self._inputs(messages, images)
-        return GenerateStream(self.model, self.processor.tokenizer, inputs, params, stop)
+        return GenerateStream(self.model, self.processor.tokenizer, prompt.inputs, params, stop)
 
     def memory_summary(self) -> str:
         footprint = self.model.get_memory_footprint() / 2**20

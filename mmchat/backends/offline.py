@@ -16,7 +16,14 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from mmchat.backends.base import Backend, BackendInfo, GenerationParams, PromptMessage, TextStream
+from mmchat.backends.base import (
+    Backend,
+    BackendInfo,
+    GenerationParams,
+    PreparedPrompt,
+    PromptMessage,
+    TextStream,
+)
 from mmchat.config import ModelPreset
 
 STAND_IN_NOTICE = (
@@ -122,27 +129,19 @@ class OfflineBackend(Backend):
         )
         return cls(model, tokenizer, pathway, info)
 
-    def _inputs(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> dict[str, Any]:
+    def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
         flat = flatten(messages, self.pathway.render(images))
-        return dict(
-            self.tokenizer.apply_chat_template(
-                flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
+        inputs = self.tokenizer.apply_chat_template(
+            flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-
-    def count_prompt_tokens(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> int:
-        return int(self._inputs(messages, images)["input_ids"].shape[-1])
+        return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]))
 
     def stream(
-        self,
-        messages: Sequence[PromptMessage],
-        images: Sequence[Any],
-        params: GenerationParams,
-        stop: threading.Event | None = None,
+        self, prompt: PreparedPrompt, params: GenerationParams, stop: threading.Event | None = None
     ) -> TextStream:
         from mmchat.backends.streaming import GenerateStream
 
-        return GenerateStream(self.model, self.tokenizer, self._inputs(messages, images), params, stop)
+        return GenerateStream(self.model, self.tokenizer, prompt.inputs, params, stop)
 
     def memory_summary(self) -> str:
         return f"weights {self.model.get_memory_footprint() / 2**20:,.0f} MiB"

@@ -69,3 +69,38 @@ def standin_encoder(model_cache_dir):
     from mmchat.vision import load_image_encoder
 
     return load_image_encoder(EncoderConfig(kind="standin"), cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def launch_app():
+    """Start the real app on a free loopback port with given models; returns its URL.
+
+    `launch_app(tmp_dir, backend, encoder, preset=..., generation=...)` builds the config the
+    way the CLI would, serves it in this process, and closes every server at the end.
+    """
+    import socket
+
+    from mmchat.config import load_config
+    from mmchat.runtime import Runtime
+    from mmchat.ui.app import build_app, launch_kwargs
+
+    demos = []
+
+    def launch(data_dir, backend, encoder, preset: str, generation: dict) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config = load_config(
+            env={},
+            overrides={"server": {"port": port}, "model": {"preset": preset},
+                       "generation": generation, "": {"data_dir": str(data_dir)}},
+        )
+        runtime = Runtime(config, backend=backend, encoder=encoder)
+        demo = build_app(config, runtime)
+        demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(config, runtime))
+        demos.append(demo)
+        return f"http://127.0.0.1:{port}/"
+
+    yield launch
+    for demo in demos:
+        demo.close()

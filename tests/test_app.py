@@ -6,45 +6,25 @@ are noise) and the real offline stand-in image encoder. Nothing is mocked.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 from gradio_client import Client, handle_file
 
-from mmchat.config import load_config
-from mmchat.runtime import Runtime
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_backend, standin_encoder):
-    from mmchat.ui.app import build_app, launch_kwargs
-
+def server(tmp_path_factory, launch_app, tiny_backend, standin_encoder):
     data_dir = tmp_path_factory.mktemp("app-data")
-    config = load_config(
-        env={},
-        overrides={"server": {"port": free_port()}, "model": {"preset": "tiny"}, "": {"data_dir": str(data_dir)},
-                   "generation": {"max_new_tokens": 24, "temperature": 0.0}},
-    )
-    runtime = Runtime(config, backend=tiny_backend, encoder=standin_encoder)
-    demo = build_app(config, runtime)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(config, runtime))
-    url = f"http://127.0.0.1:{config.server.port}/"
-    yield url, data_dir
-    demo.close()
+    url = launch_app(data_dir, tiny_backend, standin_encoder, preset="tiny",
+                     generation={"max_new_tokens": 24, "temperature": 0.0})
+    return url, data_dir
 
 
 def chat(client, text, files=(), max_new_tokens=24):
     message = {"text": text, "files": [handle_file(str(f)) for f in files]}
     job = client.submit(message, "You are terse.", max_new_tokens, 0.0, 0.9, api_name="/chat")
-    outputs = job.outputs() if job.result(timeout=120) is not None else job.outputs()
-    return job, outputs
+    job.result(timeout=120)
+    return job, job.outputs()
 
 
 def test_streaming_chat_with_an_image(server, tmp_path, cat_image):
@@ -52,7 +32,7 @@ def test_streaming_chat_with_an_image(server, tmp_path, cat_image):
     cat_path = tmp_path / "my cat.png"
     cat_image.save(cat_path)
     client = Client(url, verbose=False)
-    job, outputs = chat(client, "What animal is this?", [cat_path], max_new_tokens=24)
+    job, outputs = chat(client, "What animal is this?", [cat_path], max_new_tokens=200)
     assert len(outputs) >= 3, "expected several streamed updates"
     final_chat = outputs[-1][0]
     assert final_chat[0]["role"] == "user" and final_chat[-1]["role"] == "assistant"

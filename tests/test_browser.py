@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from mmchat.config import load_config
-from mmchat.runtime import Runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,26 +23,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, offline_backend, standin_encoder):
-    from mmchat.ui.app import build_app, launch_kwargs
-
-    config = load_config(
-        env={},
-        overrides={"server": {"port": free_port()}, "model": {"preset": "offline"},
-                   "generation": {"max_new_tokens": 48, "temperature": 0.0},
-                   "": {"data_dir": str(tmp_path_factory.mktemp("browser-data"))}},
-    )
-    demo = build_app(config, Runtime(config, backend=offline_backend, encoder=standin_encoder))
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(config, demo.mmchat_runtime))
-    yield f"http://127.0.0.1:{config.server.port}/"
-    demo.close()
+def app_url(tmp_path_factory, launch_app, offline_backend, standin_encoder):
+    return launch_app(tmp_path_factory.mktemp("browser-data"), offline_backend, standin_encoder,
+                      preset="offline", generation={"max_new_tokens": 48, "temperature": 0.0})
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,9 @@ TITLE = "mmchat — multimodal chat"
 
 def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
     runtime = runtime or Runtime(config)
+    # Gradio keeps its own copy of every upload; keep those inside the app's data directory
+    # too, so nothing the browser sends lands elsewhere (components read this when built).
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(runtime.data_dir / "gradio"))
     runtime.start()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}")

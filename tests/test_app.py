@@ -7,6 +7,7 @@ are noise) and the real offline stand-in image encoder. Nothing is mocked.
 from __future__ import annotations
 
 import time
+import zipfile
 
 import pytest
 from gradio_client import Client, handle_file
@@ -103,3 +104,21 @@ def test_stop_endpoint_ends_a_long_answer(server):
     job.result(timeout=60)
     final_answer = texts_of(job.outputs()[-1][0][-1])[-1]
     assert "stopped" in final_answer
+
+
+def test_export_then_import_restores_the_chat(server, tmp_path, cat_image):
+    url, data_dir = server
+    cat_path = tmp_path / "cat.png"
+    cat_image.save(cat_path)
+    client = Client(url, verbose=False)
+    chat(client, "remember this picture", [cat_path])
+    exported = client.predict(api_name="/export")
+    assert exported["visible"] is True  # the download appears in the UI
+    path = exported["value"]  # the client downloaded it
+    assert path.endswith(".zip") and zipfile.is_zipfile(path)
+
+    other = Client(url, verbose=False)
+    chatbot, _ = other.predict(handle_file(str(path)), api_name="/import_chat")[:2]
+    texts = [t for m in chatbot for t in texts_of(m)]
+    assert any("remember this picture" in t for t in texts)
+    assert any(item["type"] == "file" for item in chatbot[0]["content"])

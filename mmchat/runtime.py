@@ -77,6 +77,10 @@ class Runtime:
     def ready(self) -> bool:
         return self._ready.is_set() and self.error is None
 
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """True once loading has ended, successfully or not."""
+        return self._ready.wait(timeout)
+
     def wait_ready(self, timeout: float | None = None) -> None:
         if not self._ready.wait(timeout):
             raise UserFacingError(f"the model is still loading ({self.phase}); try again in a moment")

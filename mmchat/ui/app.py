@@ -37,7 +37,7 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
 
         def poll_status():
             # Stream the status while the model loads, then once more with the final line.
-            while not runtime._ready.wait(timeout=1.0):
+            while not runtime.wait_loaded(timeout=1.0):
                 yield runtime.status_markdown()
             yield runtime.status_markdown()
 

@@ -81,6 +81,7 @@ class ChatSession:
         self.images: dict[str, ImageInfo] = {}
         self._stop = threading.Event()
         self._busy = threading.Lock()
+        self._reported_dropped = 0  # exchanges already announced as trimmed
 
     # ----- attachments -------------------------------------------------------------------
     def attach(self, source: str | Path | bytes | Any, name: str | None = None) -> ImageInfo:
@@ -149,6 +150,7 @@ class ChatSession:
         params = params or self.params
         if not self._busy.acquire(blocking=False):
             raise UserFacingError("an answer is still streaming; stop it or wait for it to finish")
+        self._stop = threading.Event()  # before preparing, so a stop pressed meanwhile counts
         try:
             prepared: list[PreparedPrompt] = []  # holds only the latest candidate
 
@@ -163,9 +165,9 @@ class ChatSession:
                 self.backend.info.context_length,
                 params.max_new_tokens,
             )
-            if prompt.dropped_turns:
+            if prompt.dropped_turns > self._reported_dropped:
                 self._note_trim(prompt.dropped_turns)
-            self._stop = threading.Event()
+            self._reported_dropped = prompt.dropped_turns
             answer = ChatMessage("assistant", "")
             # fit_to_context returns right after counting the candidate it accepts: the last
             # prepared prompt is the one to generate from.
@@ -209,6 +211,7 @@ class ChatSession:
 
     def clear(self) -> None:
         self.history.clear()
+        self._reported_dropped = 0
 
     @property
     def last_stats(self) -> dict[str, Any] | None:

@@ -98,6 +98,9 @@ def test_context_overflow_trims_with_visible_note(tiny_backend, tmp_path):
     notes = [m for m in session.history if m.role == "note"]
     assert notes and "1024-token context" in notes[-1].text
     assert session.history[-1].role == "assistant" and session.history[-2].text == "last one"
+    # an unchanged window is not announced again (regenerate sends the very same prompt)
+    list(session.regenerate())
+    assert len([m for m in session.history if m.role == "note"]) == len(notes)
 
 
 def test_message_that_cannot_fit_is_refused_and_not_kept(session):

@@ -84,6 +84,13 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
 
     settings = [system_prompt, max_new_tokens, temperature, top_p]
 
+    def warn(err: Exception) -> None:
+        if isinstance(err, UserFacingError):
+            gr.Warning(str(err))
+        else:  # a bug or a backend failure: keep serving, say what happened, log the traceback
+            log.exception("chat event failed")
+            gr.Warning(f"the answer failed ({err.__class__.__name__}: {err}); the chat is kept, try again")
+
     def ensure_session(session: Any) -> Any:
         return session if session is not None else runtime.new_session()
 
@@ -116,8 +123,8 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                     first = False
                     update = (update[0], gr.MultimodalTextbox(value=None, interactive=False), *update[2:])
                 yield update
-        except UserFacingError as err:
-            gr.Warning(str(err))
+        except Exception as err:  # the textbox was locked while streaming: always unlock it
+            warn(err)
             yield chatbot_messages(session), gr.MultimodalTextbox(value=message, interactive=True), session, gr.update()
             return
         yield chatbot_messages(session), gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(session)
@@ -127,8 +134,8 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
             session = ensure_session(session)
             params = params_from(session, prompt, max_tokens, temp, nucleus)
             yield from stream_into_ui(session, session.regenerate(params))
-        except UserFacingError as err:
-            gr.Warning(str(err))
+        except Exception as err:
+            warn(err)
         yield chatbot_messages(session), gr.update(), session, trace_markdown(session)
 
     def stop(session: Any) -> None:

@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         session.clear()
         t0 = time.perf_counter()
         first = None
-        for _ in session.send(question, params=params):
-            if first is None:
+        for text in session.send(question, params=params):
+            if first is None and text:  # the session first yields "" to show the question
                 first = time.perf_counter() - t0
         total = time.perf_counter() - t0
         n = session.history[-1].stats["output_tokens"]

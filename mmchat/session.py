@@ -173,6 +173,7 @@ class ChatSession:
             # prepared prompt is the one to generate from.
             stream = self.backend.stream(prepared[0], params, self._stop)
             self.history.append(answer)
+            yield answer.text  # empty: lets the UI show the question at once, before prefill
             for delta in stream:
                 answer.text += delta
                 yield answer.text
@@ -198,8 +199,13 @@ class ChatSession:
         """Ask the streaming answer to end at the next token; what it wrote is kept."""
         self._stop.set()
 
+    def _refuse_while_streaming(self, action: str) -> None:
+        if self._busy.locked():
+            raise UserFacingError(f"cannot {action} while an answer is streaming; stop it first")
+
     def undo(self) -> str:
         """Remove the last exchange; returns the user's text so the UI can offer it again."""
+        self._refuse_while_streaming("undo")
         while self.history and self.history[-1].role != "user":
             self.history.pop()
         if not self.history:
@@ -210,6 +216,7 @@ class ChatSession:
         return user.text
 
     def clear(self) -> None:
+        self._refuse_while_streaming("clear the chat")
         self.history.clear()
         self._reported_dropped = 0
 
@@ -266,6 +273,7 @@ class ChatSession:
         Every image is re-validated as an upload, so an edited export cannot smuggle in a file
         the upload path would refuse. On any error the current conversation is left as it was.
         """
+        self._refuse_while_streaming("import a chat")
         source = Path(source)
         if source.is_dir():
             source = source / EXPORT_JSON

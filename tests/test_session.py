@@ -83,6 +83,18 @@ def test_regenerate_replaces_only_the_last_answer(session):
     assert len(session.history) == 2 and session.history[-1] is not first_answer
 
 
+def test_history_cannot_change_under_a_streaming_answer(session):
+    answer = session.send("long", params=GenerationParams(max_new_tokens=300, temperature=0.0))
+    assert next(answer) == ""  # the question is in the history before the first token
+    assert [m.role for m in session.history] == ["user", "assistant"]
+    for action in (session.undo, session.clear):
+        with pytest.raises(UserFacingError, match="while an answer is streaming"):
+            action()
+    session.stop()
+    list(answer)
+    assert session.undo() == "long" and session.history == []
+
+
 def test_undo_returns_text_and_removes_exchange(session):
     list(session.send("one"))
     list(session.send("two"))

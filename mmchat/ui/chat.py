@@ -145,12 +145,20 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
     def undo(session: Any):
         if session is None:
             return [], gr.update(), session, trace_markdown(None)
-        text = session.undo()
+        try:
+            text = session.undo()
+        except UserFacingError as err:
+            gr.Warning(str(err))
+            return gr.update(), gr.update(), session, gr.update()
         return chatbot_messages(session), gr.MultimodalTextbox(value={"text": text, "files": []}), session, trace_markdown(session)
 
     def clear(session: Any):
         if session is not None:
-            session.clear()
+            try:
+                session.clear()
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return gr.update(), gr.update(), session, gr.update()
         return [], gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(None)
 
     def export(session: Any):

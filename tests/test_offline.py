@@ -55,3 +55,16 @@ def test_ui_says_it_is_a_stand_in(offline_backend, standin_encoder, tmp_path):
     config = load_config(env={}, overrides={"": {"data_dir": str(tmp_path)}})
     status = Runtime(config, backend=offline_backend, encoder=standin_encoder).status_markdown()
     assert STAND_IN_NOTICE in status and "offline" in status
+
+
+def test_each_distinct_image_is_classified_once_across_turns(offline_backend, cat_image, coffee_image, monkeypatch):
+    pathway = offline_backend.pathway
+    calls = []
+    real = pathway.classifier.classify
+    monkeypatch.setattr(pathway.classifier, "classify", lambda imgs, top_k: calls.append(len(imgs)) or real(imgs, top_k=top_k))
+    first = pathway.render([cat_image.rotate(90, expand=True), coffee_image])
+    calls_after_first = list(calls)
+    again = pathway.render([coffee_image, cat_image.rotate(90, expand=True)])
+    assert first[0].split(":", 1)[1] == again[1].split(":", 1)[1]  # same labels, renumbered
+    assert calls_after_first and sum(calls_after_first) >= 1  # the rotated cat was new
+    assert calls == calls_after_first  # the second turn classified nothing

@@ -12,7 +12,9 @@ It does not manage conversations or adapters; the UI says plainly that this is a
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -68,9 +70,32 @@ class ImagePathway(Protocol):
 class ClassifierLabelPathway:
     """Images -> top ImageNet labels -> a bracketed line of text per image."""
 
+    CACHE_SIZE = 256
+
     def __init__(self, classifier: Any, top_k: int = 3) -> None:
         self.classifier = classifier
         self.top_k = top_k
+        # Every turn re-sends the whole history's images; classify each distinct image once.
+        self._labels: OrderedDict[str, list[tuple[str, float]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(image: Any) -> str:
+        return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+    def labels_for(self, images: Sequence[Any]) -> list[list[tuple[str, float]]]:
+        keys = [self._key(image) for image in images]
+        with self._lock:
+            missing = {k: img for k, img in zip(keys, images) if k not in self._labels}
+            if missing:
+                for key, labels in zip(missing, self.classifier.classify(list(missing.values()), top_k=self.top_k)):
+                    self._labels[key] = labels
+            for key in keys:
+                self._labels.move_to_end(key)
+            result = [self._labels[k] for k in keys]
+            while len(self._labels) > self.CACHE_SIZE:
+                self._labels.popitem(last=False)
+        return result
 
     def render(self, images: Sequence[Any]) -> list[str]:
         if not images:
@@ -78,7 +103,7 @@ class ClassifierLabelPathway:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         texts = []
-        for number, labels in enumerate(self.classifier.classify(list(images), top_k=self.top_k), start=1):
+        for number, labels in enumerate(self.labels_for(images), start=1):
             kinds = {broad_kind(IMAGENET_CLASSNAMES.index(label)) for label, _ in labels[:2]} - {None}
             described = ", ".join(f"{label} {p:.0%}" for label, p in labels)
             subject = f"a {sorted(kinds)[0]}" if len(kinds) == 1 else labels[0][0]

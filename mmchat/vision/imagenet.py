@@ -14,10 +14,10 @@ It does not train, does not download anything, and is not an image-text model: i
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path

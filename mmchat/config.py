@@ -196,6 +196,62 @@ class ServerConfig:
             raise ConfigError(f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
 
 
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    enabled: bool = _help("offer the knowledge base (RAG) in the chat and the Knowledge tab", True)
+    path: str = _help(
+        "knowledge base folder: the embedded Chroma store and kept file copies "
+        "(default: knowledge/.store in the project)", ""
+    )
+    host: str = _help("Chroma server host; when set, chunks live on that server, not embedded", "")
+    port: int = _help("Chroma server port", 8000)
+    collection_prefix: str = _help("prefix of the Chroma collection names", "mmchat")
+    embedder: str = _help(
+        "text embedder: 'auto' (all-MiniLM-L6-v2, shipped), 'hf-hub:ID' or 'local-dir:PATH'", "auto"
+    )
+    chunk_size: int = _help("chunk length in embedder tokens; 0 sizes it for the embedder", 0)
+    chunk_overlap: int = _help("tokens shared by neighbouring chunks; -1 = a fifth of chunk_size", -1)
+    top_k: int = _help("text chunks put into the prompt", 4)
+    min_score: float = _help("dense cosine below which a chunk does not count as a dense match", 0.15)
+    image_top_k: int = _help("indexed images shown (and optionally sent) with an answer", 2)
+    image_min_score: float = _help(
+        "cosine below which a retrieved image is not shown; 0 picks a value for the encoder", 0.0
+    )
+    whole_document_max_chars: int = _help("longest document the 'whole document' option sends", 12000)
+    max_file_mb: int = _help("largest accepted knowledge upload, MB", 50)
+    seed_demo: bool = _help("index knowledge/demo and knowledge/images on first start", True)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"knowledge port {self.port} is out of range; use 1..65535")
+        if self.embedder != "auto":
+            check_source(self.embedder)
+        if self.chunk_size and not 32 <= self.chunk_size <= 8192:
+            raise ConfigError(f"chunk_size {self.chunk_size} is out of range; use 0 (auto) or 32..8192")
+        if self.chunk_overlap != -1 and not 0 <= self.chunk_overlap < max(self.chunk_size, 32):
+            raise ConfigError(
+                f"chunk_overlap {self.chunk_overlap} must be -1 (auto) or between 0 and chunk_size"
+            )
+        if not 1 <= self.top_k <= 50:
+            raise ConfigError(f"top_k {self.top_k} is out of range; use 1..50")
+        if not 0 <= self.image_top_k <= 20:
+            raise ConfigError(f"image_top_k {self.image_top_k} is out of range; use 0..20")
+        if self.max_file_mb <= 0 or self.whole_document_max_chars <= 0:
+            raise ConfigError("max_file_mb and whole_document_max_chars must be positive")
+        if not self.collection_prefix.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(
+                f"collection_prefix {self.collection_prefix!r} may use only letters, digits, '_' and '-'"
+            )
+
+    def resolved_path(self) -> Path:
+        if self.path:
+            return Path(self.path).expanduser().resolve()
+        return PROJECT_DIR / "knowledge" / ".store"
+
+
 @dataclass(frozen=True)
 class AppConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -203,6 +259,7 @@ class AppConfig:
     limits: UploadLimits = field(default_factory=UploadLimits)
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     server: ServerConfig = field(default_factory=ServerConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     data_dir: str = _help("the app's own writable directory (uploads, exports)", "")
 
     def resolved_data_dir(self) -> Path:
@@ -222,6 +279,7 @@ SECTIONS: dict[str, type] = {
     "limits": UploadLimits,
     "generation": GenerationDefaults,
     "server": ServerConfig,
+    "knowledge": KnowledgeConfig,
 }
 
 
@@ -254,6 +312,9 @@ ENV_OVERRIDES = {
     "MMCHAT_PRESET": ("model", "preset"),
     "MMCHAT_ENCODER": ("encoder", "kind"),
     "MMCHAT_DATA_DIR": ("", "data_dir"),
+    "MMCHAT_KNOWLEDGE_PATH": ("knowledge", "path"),
+    "MMCHAT_CHROMA_HOST": ("knowledge", "host"),
+    "MMCHAT_CHROMA_PORT": ("knowledge", "port"),
 }
 
 

@@ -28,6 +28,41 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class Source:
+    """One numbered piece of retrieved context."""
+
+    number: int
+    where: str  # "guide.pdf, p. 2"
+    text: str
+
+
+CONTEXT_INSTRUCTIONS = (
+    "Answer the question using the numbered sources below. After each fact you use, cite its "
+    "source number in square brackets, like [1] or [2]. If the sources do not contain the "
+    "answer, say so."
+)
+
+
+def with_context(question: str, sources: Sequence[Source]) -> str:
+    """The latest user turn's text with the retrieved sources in front, numbered for citing."""
+    if not sources:
+        return question
+    blocks = "\n\n".join(f"[{s.number}] ({s.where})\n{s.text.strip()}" for s in sources)
+    return f"{CONTEXT_INSTRUCTIONS}\n\nSources:\n{blocks}\n\nQuestion: {question}"
+
+
+def replace_last_user_text(turns: Sequence[Turn], text: str, extra_images: Sequence[str] = ()) -> list[Turn]:
+    """A copy of `turns` whose latest user turn carries `text` (and extra context images)."""
+    turns = list(turns)
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index].role == "user":
+            turn = turns[index]
+            turns[index] = Turn("user", text, tuple(turn.image_ids) + tuple(extra_images))
+            break
+    return turns
+
+
+@dataclass(frozen=True)
 class Prompt:
     messages: list[PromptMessage]
     image_ids: list[str]

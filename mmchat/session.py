@@ -6,6 +6,10 @@ retrieval), builds the prompt (via `mmchat.prompt`), streams the answer from the
 was given, and records per-answer stats. It supports stop, regenerate, undo, clear, a system
 prompt, and JSON export/import with images stored beside the JSON by content hash.
 
+With a knowledge base given, each answer first retrieves for the latest question (toggle and
+options in `session.rag`), puts the numbered sources into that turn (`mmchat.prompt`), keeps
+the retrieval trace on the answer, and says so when documents are still being indexed.
+
 It never holds model weights and never renders UI: the Gradio layer turns its state into
 components, and `gradio_client`/tests can drive it directly.
 """
@@ -26,7 +30,7 @@ from mmchat.attachments import Attachment, ingest_image, ingest_upload, load_att
 from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
-from mmchat.prompt import Turn, fit_to_context
+from mmchat.prompt import Source, Turn, fit_to_context, replace_last_user_text, with_context
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,17 @@ class ImageInfo:
     attachment: Attachment
     labels: list[tuple[str, float]]
     vector: Any = field(default=None, repr=False)  # numpy array from the image encoder
+
+
+@dataclass
+class RagOptions:
+    """Per-conversation retrieval settings."""
+
+    enabled: bool = True
+    top_k: int = 4
+    doc_ids: tuple[str, ...] = ()  # restrict retrieval to these documents (empty: all)
+    whole_document: bool = False  # send the chosen short documents whole instead of chunks
+    images_to_model: bool = False  # also pass retrieved images to the vision model
 
 
 @dataclass
@@ -69,6 +84,8 @@ class ChatSession:
         system_prompt: str = "",
         params: GenerationParams | None = None,
         top_labels: int = 3,
+        knowledge: Any | None = None,
+        rag: RagOptions | None = None,
     ) -> None:
         self.backend = backend
         self.encoder = encoder
@@ -77,6 +94,8 @@ class ChatSession:
         self.system_prompt = system_prompt
         self.params = params or GenerationParams()
         self.top_labels = top_labels
+        self.knowledge = knowledge
+        self.rag = rag or RagOptions()
         self.history: list[ChatMessage] = []
         self.images: dict[str, ImageInfo] = {}
         self._stop = threading.Event()
@@ -152,23 +171,23 @@ class ChatSession:
             raise UserFacingError("an answer is still streaming; stop it or wait for it to finish")
         self._stop = threading.Event()  # before preparing, so a stop pressed meanwhile counts
         try:
+            retrieval = self._retrieve()
+            turns = [m.to_turn() for m in self.history]
             prepared: list[PreparedPrompt] = []  # holds only the latest candidate
 
             def count_tokens(messages: list, image_ids: list[str]) -> int:
                 prepared[:] = [self.backend.prepare(messages, self._open_images(image_ids))]
                 return prepared[0].prompt_tokens
 
-            prompt = fit_to_context(
-                self.system_prompt,
-                [m.to_turn() for m in self.history],
-                count_tokens,
-                self.backend.info.context_length,
-                params.max_new_tokens,
-            )
+            prompt, used = self._fit(turns, retrieval, count_tokens, params)
             if prompt.dropped_turns > self._reported_dropped:
                 self._note_trim(prompt.dropped_turns)
             self._reported_dropped = prompt.dropped_turns
-            answer = ChatMessage("assistant", "")
+            if retrieval is not None:
+                retrieval["used"] = used
+                # Shown between the question and the answer, so regenerate/undo remove them too.
+                self.history.extend(ChatMessage("note", note) for note in retrieval.get("notes", []))
+            answer = ChatMessage("assistant", "", retrieval=retrieval)
             # fit_to_context returns right after counting the candidate it accepts: the last
             # prepared prompt is the one to generate from.
             stream = self.backend.stream(prepared[0], params, self._stop)
@@ -183,6 +202,59 @@ class ChatSession:
             yield answer.text
         finally:
             self._busy.release()
+
+    def _retrieve(self) -> dict[str, Any] | None:
+        """The retrieval trace for the latest question, or None when RAG is off or empty."""
+        if self.knowledge is None or not self.rag.enabled:
+            return None
+        question = next(m for m in reversed(self.history) if m.role == "user")
+        vectors = [self.images[i].vector for i in question.image_ids if self.images[i].vector is not None]
+        try:
+            result = self.knowledge.search(
+                question.text, top_k=self.rag.top_k, doc_ids=list(self.rag.doc_ids),
+                whole_document=self.rag.whole_document, image_vectors=vectors,
+            )
+        except Exception as err:  # e.g. the Chroma server went away: answer without it, say so
+            log.exception("retrieval failed")
+            return {"query": question.text, "hits": [], "images": [], "timings_ms": {},
+                    "notes": [f"Retrieval failed ({err.__class__.__name__}: {err}); this answer "
+                              "does not use the knowledge base."]}
+        trace = result.to_trace()
+        if self.rag.images_to_model:
+            trace["context_images"] = []
+            for hit in result.images:
+                try:
+                    trace["context_images"].append(self.attach(hit.image_path).attachment.sha256)
+                except UserFacingError as err:  # a stored copy gone missing: answer without it
+                    log.warning("retrieved image %s not usable: %s", hit.file_name, err)
+        return trace
+
+    def _fit(self, turns: list[Turn], retrieval: dict[str, Any] | None, count_tokens: Any, params: GenerationParams):
+        """Fit history + retrieved sources into the context, dropping the weakest sources first."""
+        hits = (retrieval or {}).get("hits", [])
+        images = (retrieval or {}).get("context_images", [])
+        question = next(t for t in reversed(turns) if t.role == "user").text
+        for used in range(len(hits), -1, -1):
+            sources = [
+                Source(n, h["file_name"] + (f", p. {h['page']}" if h.get("page") else ""), h["text"])
+                for n, h in enumerate(hits[:used], start=1)
+            ]
+            candidate = replace_last_user_text(turns, with_context(question, sources), images)
+            try:
+                prompt = fit_to_context(
+                    self.system_prompt, candidate, count_tokens,
+                    self.backend.info.context_length, params.max_new_tokens,
+                )
+            except UserFacingError:
+                if used == 0:
+                    raise
+                continue
+            if retrieval is not None and used < len(hits):
+                retrieval.setdefault("notes", []).append(
+                    f"Only {used} of {len(hits)} retrieved sources fit in the model's context."
+                )
+            return prompt, used
+        raise AssertionError("unreachable")
 
     def _note_trim(self, dropped: int) -> None:
         note = (

@@ -104,3 +104,24 @@ def launch_app():
     yield launch
     for demo in demos:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def text_embedder():
+    """The shipped all-MiniLM-L6-v2 as the knowledge base's LlamaIndex text embedder."""
+    from mmchat.knowledge.embeddings import load_text_embedder
+
+    return load_text_embedder("auto")
+
+
+@pytest.fixture
+def make_knowledge(tmp_path, standin_encoder, text_embedder):
+    """`make_knowledge(**config)` opens a real knowledge base (embedded Chroma in tmp_path)."""
+    from mmchat.config import KnowledgeConfig
+    from mmchat.knowledge.base import KnowledgeBase
+
+    def make(**values):
+        values.setdefault("path", str(tmp_path / "knowledge"))
+        return KnowledgeBase(KnowledgeConfig(**values), encoder=standin_encoder, text_embedder=text_embedder)
+
+    return make

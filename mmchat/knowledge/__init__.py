@@ -1,0 +1,1 @@
+"""Knowledge base: ingest documents and images, retrieve them for the chat (RAG)."""

@@ -1,0 +1,411 @@
+"""KnowledgeBase: what the app and a chat session use of RAG, in one object.
+
+It ties the pieces together in the order data flows: file → `loaders.load_file` (validate,
+parse with LlamaIndex readers) → `SentenceSplitter` (chunks with overlap, sized in the
+embedder's own tokens) → embeddings → `KnowledgeStore` (Chroma) → manifest record; and
+query → `HybridRetriever` → `RetrievalResult`.
+
+Ingestion reports progress, can be cancelled between batches, is idempotent by content hash,
+and never leaves a half-indexed document behind (see the store's durability notes). Ingests
+are serialised by a lock (two sessions uploading at once take turns; queries never wait), and
+`busy_note()` says what is being indexed so an answer can say it may miss those documents.
+
+It holds no UI and no chat history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from mmchat.config import KnowledgeConfig
+from mmchat.errors import UserFacingError
+from mmchat.knowledge.retrieval import Hit, HybridRetriever, RetrievalResult
+from mmchat.knowledge.store import DocumentRecord, KnowledgeStore, open_client
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+EMBED_BATCH = 32
+DEMO_DIRS = ("demo", "images")
+DEMO_SUFFIXES = (".md", ".txt", ".pdf", ".docx", ".html", ".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class IngestReport:
+    added: list[DocumentRecord] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # names already in the base
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, message)
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = []
+        if self.added:
+            chunks = sum(r.chunks for r in self.added)
+            parts.append(f"indexed {len(self.added)} file(s) ({chunks} chunks) in {self.seconds:.1f} s")
+        if self.duplicates:
+            parts.append(f"already indexed: {', '.join(self.duplicates)}")
+        if self.cancelled:
+            parts.append("cancelled; files not yet indexed were skipped and nothing is half-indexed")
+        for name, message in self.failed:
+            parts.append(f"refused {name}: {message}")
+        return "; ".join(parts) or "nothing to index"
+
+
+@dataclass
+class _Job:
+    names: list[str]
+    done: int = 0
+    current: str = ""
+
+
+class IngestCancelled(Exception):
+    pass
+
+
+def _source_name(source: Any) -> tuple[Any, str | None]:
+    if isinstance(source, tuple):
+        return source[0], source[1]
+    return source, None
+
+
+class KnowledgeBase:
+    def __init__(
+        self, config: KnowledgeConfig, *, encoder: Any | None, text_embedder: Any | None = None,
+        client: Any | None = None,
+    ) -> None:
+        from mmchat.knowledge.embeddings import ImageEncoderEmbedding, load_text_embedder
+        from mmchat.knowledge.loaders import KnowledgeLimits
+
+        self.config = config
+        self.root = config.resolved_path()
+        self.files_dir = self.root / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.limits = KnowledgeLimits(max_file_bytes=config.max_file_mb * 1024 * 1024)
+        self.encoder = encoder
+        self.text_embedder = text_embedder or load_text_embedder(config.embedder)
+        self.image_embedder = ImageEncoderEmbedding(encoder) if encoder is not None else None
+        text_dim = len(self.text_embedder.get_text_embedding("dimension probe"))
+        self.client = client or open_client(self.root / "chroma", config.host, config.port)
+        self.store = KnowledgeStore(
+            self.client, config.collection_prefix,
+            text_embedder=self.text_embedder.model_name, text_dim=text_dim,
+            image_encoder=encoder.name if encoder is not None else "none",
+            image_dim=int(encoder.dim) if encoder is not None else 1,
+        )
+        purged = self.store.purge_unacknowledged()
+        if purged:
+            log.warning("knowledge base: removed leftovers of %d interrupted ingest(s)", purged)
+        self.retriever = HybridRetriever(self.store, self.text_embedder, self.image_embedder)
+        self.retriever.refresh_lexical(force=True)
+        self.splitter = self._splitter()
+        self._ingest_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
+        self._jobs: list[_Job] = []
+
+    @property
+    def where(self) -> str:
+        if self.config.host:
+            return f"Chroma server {self.config.host}:{self.config.port}"
+        return f"embedded Chroma at {self.root / 'chroma'}"
+
+    def _splitter(self):
+        from llama_index.core.node_parser import SentenceSplitter
+
+        from mmchat.knowledge.embeddings import max_tokens, text_tokenizer
+
+        size = self.config.chunk_size or min(512, max_tokens(self.text_embedder) * 3 // 4)
+        overlap = self.config.chunk_overlap if self.config.chunk_overlap >= 0 else size // 5
+        return SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=text_tokenizer(self.text_embedder))
+
+    @property
+    def image_min_score(self) -> float:
+        if self.config.image_min_score > 0:
+            return self.config.image_min_score
+        # The stand-in compares label texts (MiniLM: related ~0.4+), CLIP compares across
+        # modalities (matching text-image pairs score ~0.25-0.35).
+        return 0.35 if getattr(self.encoder, "is_stand_in", False) else 0.2
+
+    # ----- ingest ------------------------------------------------------------------------
+    def ingest(
+        self,
+        sources: Sequence[Any],
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> IngestReport:
+        """Index files (paths, bytes, or `(source, original name)` pairs); never raises for a bad file."""
+        from mmchat.knowledge.loaders import load_file
+
+        progress = progress or (lambda fraction, message: None)
+        cancel = cancel or threading.Event()
+        report = IngestReport()
+        pairs = [_source_name(s) for s in sources]
+        job = _Job([name or Path(str(src)).name for src, name in pairs])
+        with self._jobs_lock:
+            self._jobs.append(job)
+        started = time.perf_counter()
+        try:
+            if not self._ingest_lock.acquire(blocking=False):
+                progress(0.0, "waiting for another upload to finish indexing…")
+                self._ingest_lock.acquire()
+            try:
+                for index, (source, name) in enumerate(pairs):
+                    label = job.names[index]
+                    job.current = label
+                    if cancel.is_set():
+                        report.cancelled = True
+                        break
+
+                    def step(fraction: float, message: str, _i=index) -> None:
+                        progress((_i + fraction) / len(pairs), f"{label}: {message} ({_i + 1}/{len(pairs)})")
+
+                    step(0.0, "reading")
+                    try:
+                        loaded = load_file(source, store_dir=self.files_dir, limits=self.limits, original_name=name)
+                    except UserFacingError as err:
+                        report.failed.append((label, str(err)))
+                        continue
+                    except Exception as err:  # a reader bug must not stop the other files
+                        log.exception("could not read %s", label)
+                        report.failed.append((label, f"could not be read ({err.__class__.__name__}: {err})"))
+                        continue
+                    if self.store.get_document(loaded.sha256) is not None:
+                        report.duplicates.append(loaded.display_name)
+                        job.done += 1
+                        continue
+                    try:
+                        record = self._index(loaded, step, cancel)
+                    except IngestCancelled:
+                        report.cancelled = True
+                        break
+                    except Exception as err:
+                        log.exception("indexing %s failed", label)
+                        self.store.delete_chunks(loaded.sha256)
+                        report.failed.append((label, f"indexing failed ({err.__class__.__name__}: {err})"))
+                        continue
+                    report.added.append(record)
+                    job.done += 1
+                if report.added:
+                    progress(0.99, "updating the keyword (BM25) index")
+                    self.retriever.refresh_lexical()
+            finally:
+                self._ingest_lock.release()
+        finally:
+            with self._jobs_lock:
+                self._jobs.remove(job)
+        report.seconds = time.perf_counter() - started
+        progress(1.0, report.summary())
+        return report
+
+    def _index(self, loaded: Any, step: Progress, cancel: threading.Event) -> DocumentRecord:
+        added = time.time()
+        if loaded.kind == "image":
+            chunks = 0
+            self._index_image(loaded, added)
+        else:
+            chunks = self._index_text(loaded, added, step, cancel)
+        if cancel.is_set():
+            self.store.delete_chunks(loaded.sha256)
+            raise IngestCancelled
+        record = DocumentRecord(
+            doc_id=loaded.sha256, file_name=loaded.display_name, kind=loaded.kind,
+            size_bytes=loaded.size_bytes, chunks=chunks, pages=loaded.pages or 0, added=added,
+            stored=Path(loaded.path).name,
+        )
+        self.store.acknowledge(record)
+        return record
+
+    def _index_text(self, loaded: Any, added: float, step: Progress, cancel: threading.Event) -> int:
+        from llama_index.core.schema import MetadataMode, NodeRelationship, RelatedNodeInfo
+
+        hidden = ["doc_id", "page", "chunk", "kind", "added", "content_hash"]
+        for number, document in enumerate(loaded.documents):
+            # Distinct ids while splitting: the splitter copies each chunk's metadata (its
+            # page) from the document its ref id names.
+            document.id_ = f"{loaded.sha256}-part{number}"
+            document.metadata.update({"kind": loaded.kind, "added": added, "content_hash": loaded.sha256})
+            document.excluded_embed_metadata_keys = list(hidden)
+            document.excluded_llm_metadata_keys = list(hidden)
+        nodes = self.splitter.get_nodes_from_documents(loaded.documents)
+        if not nodes:
+            from mmchat.errors import InvalidUpload
+
+            raise InvalidUpload(f"{loaded.display_name}: no text to index")
+        source = RelatedNodeInfo(node_id=loaded.sha256)
+        for number, node in enumerate(nodes):
+            node.id_ = f"{loaded.sha256[:24]}-{number:05d}"
+            # Every chunk's ref_doc_id is the file's hash: deletion and document filters use it.
+            node.relationships[NodeRelationship.SOURCE] = source
+            node.metadata["chunk"] = number
+            node.metadata.setdefault("page", 0)
+        for start in range(0, len(nodes), EMBED_BATCH):
+            if cancel.is_set():
+                self.store.delete_chunks(loaded.sha256)
+                raise IngestCancelled
+            batch = nodes[start : start + EMBED_BATCH]
+            vectors = self.text_embedder.get_text_embedding_batch(
+                [n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch]
+            )
+            for node, vector in zip(batch, vectors):
+                node.embedding = vector
+            self.store.add_text_nodes(batch)
+            step(min(start + len(batch), len(nodes)) / len(nodes), f"embedded {start + len(batch)}/{len(nodes)} chunks")
+        return len(nodes)
+
+    def _index_image(self, loaded: Any, added: float) -> None:
+        from llama_index.core.schema import ImageNode, NodeRelationship, RelatedNodeInfo
+        from PIL import Image
+
+        if self.encoder is None:
+            from mmchat.errors import InvalidUpload
+
+            raise InvalidUpload(f"{loaded.display_name}: images need the image encoder, which is not loaded")
+        with Image.open(loaded.path) as opened:
+            image = opened.convert("RGB")
+        vector = self.encoder.encode_images([image])[0]
+        labels = self.encoder.describe(image, top_k=3)
+        caption = ", ".join(label for label, _ in labels)
+        node = ImageNode(
+            id_=f"{loaded.sha256[:24]}-image",
+            # An ImageNode without text is dropped by LlamaIndex; the labels also make the
+            # image findable by words in the sources panel.
+            text=f"{loaded.display_name}: {caption}",
+            image_path=str(loaded.path),
+            embedding=[float(x) for x in vector],
+            metadata={"file_name": loaded.display_name, "kind": "image", "added": added,
+                      "labels": caption, "content_hash": loaded.sha256},
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=loaded.sha256)},
+        )
+        self.store.add_image_nodes([node])
+
+    def seed_demo(self, knowledge_dir: Path, progress: Progress | None = None) -> IngestReport | None:
+        """Index the shipped demo corpus once per knowledge base (deleted demo files stay deleted)."""
+        if self.store.seeded:
+            return None
+        files = sorted(
+            p for d in DEMO_DIRS for p in (knowledge_dir / d).glob("*")
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DEMO_SUFFIXES
+        )
+        report = self.ingest(files, progress)
+        if not report.cancelled:
+            self.store.mark_seeded()
+        return report
+
+    # ----- state -------------------------------------------------------------------------
+    def busy_note(self) -> str | None:
+        with self._jobs_lock:
+            jobs = list(self._jobs)
+        if not jobs:
+            return None
+        pending = [n for job in jobs for n in job.names[job.done :]]
+        shown = ", ".join(pending[:3]) + (f" and {len(pending) - 3} more" if len(pending) > 3 else "")
+        return (
+            f"Indexing is in progress ({shown}); this answer uses only the documents indexed "
+            "so far. Ask again when indexing has finished to include them."
+        )
+
+    def documents(self) -> list[DocumentRecord]:
+        return self.store.documents()
+
+    def delete(self, doc_id: str) -> DocumentRecord:
+        record = self.store.delete_document(doc_id)
+        if record is None:
+            raise UserFacingError(f"no document with id {doc_id[:12]}… in the knowledge base")
+        stored = self.files_dir / record.stored
+        if stored.parent == self.files_dir:
+            stored.unlink(missing_ok=True)
+        self.retriever.refresh_lexical()
+        return record
+
+    def reset(self) -> None:
+        if self._ingest_lock.locked():
+            raise UserFacingError("indexing is in progress; cancel it or wait before resetting")
+        self.store.reset()
+        for stored in self.files_dir.glob("*"):
+            if stored.is_file():
+                stored.unlink()
+        self.retriever.refresh_lexical(force=True)
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    def status_markdown(self) -> str:
+        counts = self.counts()
+        line = (
+            f"**Knowledge** {counts['documents']} documents · {counts['chunks']} chunks · "
+            f"{counts['images']} images · {self.where} · embedder `{self.text_embedder.model_name}`"
+        )
+        note = self.busy_note()
+        return f"{line}\n\n> ⏳ {note}" if note else line
+
+    # ----- retrieval ---------------------------------------------------------------------
+    def search(
+        self,
+        query: str,
+        *,
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+        whole_document: bool = False,
+        image_top_k: int | None = None,
+        image_vectors: Iterable[Sequence[float]] = (),
+    ) -> RetrievalResult:
+        top_k = top_k or self.config.top_k
+        image_top_k = self.config.image_top_k if image_top_k is None else image_top_k
+        started = time.perf_counter()
+        result = None
+        if whole_document:
+            result = self._whole_documents(query, doc_ids)
+        if result is None:
+            result = self.retriever.search(
+                query, top_k=top_k, doc_ids=doc_ids or None, min_score=self.config.min_score
+            )
+            if whole_document:
+                result.notes.append(
+                    "'Whole document' needs one or more documents chosen in the filter, together "
+                    f"under {self.config.whole_document_max_chars} characters; used the best chunks instead."
+                )
+        image_started = time.perf_counter()
+        images: dict[str, Hit] = {}
+        for vector in image_vectors:
+            for hit in self.retriever.search_images(image_vector=vector, top_k=image_top_k, min_score=self.image_min_score):
+                images.setdefault(hit.id, hit)
+        for hit in self.retriever.search_images(query, top_k=image_top_k, min_score=self.image_min_score, doc_ids=doc_ids or None):
+            images.setdefault(hit.id, hit)
+        result.images = sorted(images.values(), key=lambda h: -h.score)[: max(image_top_k, 0)]
+        result.timings_ms["images"] = (time.perf_counter() - image_started) * 1000
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        note = self.busy_note()
+        if note:
+            result.notes.insert(0, note)
+        return result
+
+    def _whole_documents(self, query: str, doc_ids: Sequence[str] | None) -> RetrievalResult | None:
+        """The chosen documents' full text (page by page) if they are short enough, else None."""
+        from mmchat.knowledge.loaders import load_file
+
+        if not doc_ids:
+            return None
+        hits: list[Hit] = []
+        total = 0
+        for doc_id in doc_ids:
+            record = self.store.get_document(doc_id)
+            if record is None or record.kind == "image":
+                continue
+            loaded = load_file(self.files_dir / record.stored, store_dir=self.files_dir, limits=self.limits,
+                               original_name=record.file_name)
+            for document in loaded.documents:
+                total += len(document.text)
+                if total > self.config.whole_document_max_chars:
+                    return None
+                hits.append(Hit(
+                    id=f"{doc_id[:24]}-whole-{len(hits)}", doc_id=doc_id, file_name=record.file_name,
+                    text=document.text, page=document.metadata.get("page") or None, score=1.0,
+                ))
+        if not hits:
+            return None
+        return RetrievalResult(query=query, hits=hits, mode="whole document")

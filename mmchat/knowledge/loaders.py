@@ -1,0 +1,738 @@
+"""One uploaded file -> validated LlamaIndex `Document`s (text kinds) or a validated image.
+
+What this module does:
+
+* decides what a file is by its *content* first (`%PDF-`, a ZIP holding `word/document.xml`,
+  PNG/JPEG/WebP magic bytes) and only then, for text, by its extension (`.md`, `.html`, else
+  plain text); a file whose extension claims a binary kind its content does not match (a
+  `.pdf` without `%PDF-`, a `.png` that is text) is refused;
+* enforces `KnowledgeLimits` before the expensive work: the byte size from `os.stat` (or
+  `len`) before the file is read, the PDF page count before text is extracted, a DOCX's
+  uncompressed size, compression ratio and entry count from the ZIP central directory before
+  anything is inflated, and the extracted character count; images go through
+  `mmchat.attachments.ingest_upload` (pixel limits, truncated data, decompression bombs);
+* parses with LlamaIndex's file readers (`PDFReader`, `DocxReader`, `MarkdownReader`,
+  `HTMLTagReader` on `<body>`, `FlatReader`); text is decoded here first (UTF-8 with or
+  without BOM, UTF-16 with BOM, else GB18030) because those readers assume UTF-8, and HTML has
+  its scripts, styles and comments removed before the reader sees it;
+* returns a `LoadedFile`: one `Document` per PDF page that has text (metadata `page` is the
+  real 1-based page number), one per Markdown section (`section` = its header), one for a
+  DOCX, HTML or text file; every `Document` carries `file_name` (the display name) and a
+  deterministic id (`<sha256>-<n>`), so the same bytes always give the same ids;
+* stores the original bytes as `store_dir/<sha256><ext>` (temporary file + `os.replace`,
+  inside `store_dir` only) after validation has passed, so a refused file leaves nothing.
+
+Every refusal is an `mmchat.errors.InvalidUpload` whose message starts with the file's safe
+display name, names the problem and says what is accepted; an unexpected failure inside a
+reader is reported the same way, never as a traceback.
+
+What it does not do: no chunking, embedding, vector store or OCR (scanned PDFs are refused),
+no legacy `.doc`, no password handling, and it imports no torch. The readers are imported
+lazily (they pull in pandas). Parsing happens on a private copy in a temporary directory,
+which is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import re
+import stat
+import struct
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmchat.attachments import _human_bytes, _sniff, _store, ingest_upload, safe_display_name
+from mmchat.config import UploadLimits
+from mmchat.errors import ConfigError, InvalidUpload
+
+__all__ = [
+    "ACCEPTED",
+    "KnowledgeLimits",
+    "LoadedFile",
+    "SUPPORTED_KINDS",
+    "load_file",
+    "sniff_kind",
+]
+
+SUPPORTED_KINDS = ("pdf", "docx", "markdown", "html", "text", "image")
+ACCEPTED = (
+    "PDF, Word (.docx), Markdown, HTML, plain text (UTF-8/UTF-16/GB18030), "
+    "and PNG/JPEG/WebP images"
+)
+
+MAX_ZIP_ENTRIES = 10_000
+_HEAD_BYTES = 8192  # what content sniffing looks at
+_BIG_ENTRY = 1024 * 1024  # DOCX entries at least this big also get a per-entry ratio check
+_INFLATE_STEP = 64 * 1024  # DOCX parts are inflated at most this much at a time when checked
+_MAX_CONTROL_RATIO = 0.01  # text with more control characters than this is binary garbage
+# A UTF-8 decode error after this many valid non-ASCII characters means broken UTF-8, not
+# GB18030 (whose byte pairs almost never form long runs of valid UTF-8).
+_UTF8_EVIDENCE = 16
+
+_KIND_LABEL = {
+    "pdf": "PDF",
+    "docx": "Word (.docx)",
+    "markdown": "Markdown",
+    "html": "HTML",
+    "text": "text",
+    "image": "image",
+}
+_STORED_EXT = {"pdf": ".pdf", "docx": ".docx", "markdown": ".md", "html": ".html", "text": ".txt"}
+_MARKDOWN_EXTS = {".md", ".markdown", ".mdown", ".mkd"}
+_HTML_EXTS = {".html", ".htm", ".xhtml"}
+_PLAIN_TEXT_EXTS = {".txt", ".text"}
+# Extensions that claim a binary format: text content under these names is refused.
+_IMAGE_EXTS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".webp": "WebP",
+    ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIC",
+    ".avif": "AVIF",
+}
+_BINARY_EXTS = {".pdf", ".docx", ".doc", ".docm", ".zip", ".exe", ".dll"} | set(_IMAGE_EXTS)
+
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+# HTML elements whose content is never document text. (Not <head>: html.parser leaves an
+# unclosed <head> wrapped around the <body>; only <body> is read anyway.)
+_HTML_DROP = (
+    "script", "style", "noscript", "template", "iframe", "object", "embed", "svg",
+    "canvas", "title", "meta", "link", "button", "select", "option",
+)
+# Elements that end a line; without a separator BeautifulSoup glues "<li>a</li><li>b</li>"
+# into "ab" (HTMLTagReader joins nested text with get_text()).
+_HTML_BLOCKS = (
+    "address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset",
+    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
+    "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tr", "ul", "caption",
+)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class KnowledgeLimits:
+    """What one knowledge-base upload may be."""
+
+    max_file_bytes: int = 50 * 1024 * 1024
+    max_pages: int = 1000  # PDF pages
+    max_chars: int = 2_000_000  # extracted text, all kinds
+    max_unzipped_bytes: int = 200 * 1024 * 1024  # DOCX (a zip): total uncompressed size
+    max_zip_ratio: float = 100.0  # DOCX: uncompressed/compressed ratio (zip bombs)
+    max_pixels: int = 40_000_000  # images
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_file_bytes", "max_pages", "max_chars", "max_unzipped_bytes",
+            "max_zip_ratio", "max_pixels",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"knowledge limit {name} must be positive, got {getattr(self, name)}"
+                )
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    """A validated upload and what was read from it.
+
+    `documents` holds `llama_index.core.Document`s (empty for images); each one's metadata has
+    `file_name` (the display name), `page` (1-based, PDF only) and, for Markdown sections
+    under a header, `section`.
+    """
+
+    sha256: str
+    display_name: str
+    kind: str
+    size_bytes: int
+    path: Path
+    documents: list
+    width: int | None = None
+    height: int | None = None
+    pages: int | None = None
+
+    @property
+    def text_chars(self) -> int:
+        """Characters of text across all documents (0 for images)."""
+        return sum(len(doc.text) for doc in self.documents)
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+
+
+def sniff_kind(data_head: bytes, name: str) -> str | None:
+    """The kind of a file from its first bytes (content first) and, for text, its name.
+
+    `%PDF-` -> "pdf"; a ZIP named `.docx` or naming `word/` in its first entries -> "docx";
+    PNG/JPEG/WebP magic -> "image"; otherwise decodable text -> "markdown" (`.md`,
+    `.markdown`), "html" (`.html`, `.htm`, or an HTML document under another non-`.txt`
+    name) or "text". None when unsupported, including text named like a binary format.
+    A "docx" answer is provisional: `load_file` still checks the ZIP's central directory.
+    """
+    return _classify(bytes(data_head[:_HEAD_BYTES]), _extension(name))
+
+
+def load_file(
+    source: str | os.PathLike | bytes,
+    *,
+    store_dir: Path,
+    limits: KnowledgeLimits = KnowledgeLimits(),
+    original_name: str | None = None,
+) -> LoadedFile:
+    """Validate one uploaded file, read it and store a copy in `store_dir`.
+
+    `source` is a path (`str` or path-like) or the file's bytes; `original_name` is the name
+    the user gave it (for messages and the text-kind extension; by default the path's last
+    component, or "upload" for bytes). Raises `InvalidUpload` for anything refused.
+    """
+    data, display = _read_source(source, original_name, limits)
+    ext = _extension(display)
+    kind = _classify(data[:_HEAD_BYTES], ext)
+    if kind is None:
+        raise _unsupported(data, display, ext)
+    if kind == "image":
+        return _load_image(data, display, Path(store_dir), limits)
+
+    sha = hashlib.sha256(data).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="mmchat-knowledge-") as tmp:
+        work = Path(tmp)
+        if kind == "pdf":
+            parts, pages = _read_pdf(data, work, display, limits)
+        elif kind == "docx":
+            parts, pages = _read_docx(data, work, display, limits), None
+        else:
+            parts, pages = _read_text_kind(kind, data, work, display, limits), None
+
+    parts = [(_tidy(text), meta) for text, meta in parts]
+    parts = [(text, meta) for text, meta in parts if text]
+    if not parts:
+        raise InvalidUpload(
+            f"{display}: the {_KIND_LABEL[kind]} file contains no text; accepted: {ACCEPTED}."
+        )
+    _check_chars(sum(len(text) for text, _ in parts), display, limits)
+
+    from llama_index.core import Document
+
+    documents = [
+        Document(id_=f"{sha}-{i}", text=text, metadata={"file_name": display, **meta})
+        for i, (text, meta) in enumerate(parts)
+    ]
+    path = _store(data, sha, _STORED_EXT[kind], Path(store_dir), display)
+    return LoadedFile(
+        sha256=sha,
+        display_name=display,
+        kind=kind,
+        size_bytes=len(data),
+        path=path,
+        documents=documents,
+        pages=pages,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# reading and sniffing
+
+
+def _extension(name: str | None) -> str:
+    return os.path.splitext(safe_display_name(name))[1].lower()
+
+
+def _size_error(size: int, display: str, limit: int) -> InvalidUpload | None:
+    if size == 0:
+        return InvalidUpload(f"{display}: file is empty (0 bytes); accepted: {ACCEPTED}.")
+    if size > limit:
+        shown, limit_shown = _human_bytes(size), _human_bytes(limit)
+        if shown == limit_shown:  # rounding would hide the difference
+            shown, limit_shown = f"{size:,} bytes", f"{limit:,} bytes"
+        return InvalidUpload(
+            f"{display}: file is {shown}; the limit is {limit_shown}; "
+            "split it into smaller files."
+        )
+    return None
+
+
+def _read_source(
+    source: str | os.PathLike | bytes, original_name: str | None, limits: KnowledgeLimits
+) -> tuple[bytes, str]:
+    """The file's bytes and display name; the size is checked before anything is read."""
+    limit = limits.max_file_bytes
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        display = safe_display_name(original_name)
+        if err := _size_error(len(source), display, limit):
+            raise err
+        return bytes(source), display
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path or bytes, not {type(source).__name__}")
+    path = os.fspath(source)
+    display = safe_display_name(original_name if original_name is not None else path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InvalidUpload(f"{display}: file not found; upload it again.") from None
+    except OSError as err:
+        raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidUpload(f"{display}: not a regular file; accepted: {ACCEPTED}.")
+    if err := _size_error(st.st_size, display, limit):
+        raise err
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as err:
+        raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
+    if err := _size_error(len(data), display, limit):  # it may have changed since the stat
+        raise err
+    return data, display
+
+
+def _classify(head: bytes, ext: str) -> str | None:
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    if head.startswith(b"PK\x03\x04"):
+        return "docx" if ext == ".docx" or b"word/" in head else None
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if ext in _BINARY_EXTS or _decode_head(head) is None:
+        return None
+    if ext in _MARKDOWN_EXTS:
+        return "markdown"
+    if ext in _HTML_EXTS:
+        return "html"
+    if ext not in _PLAIN_TEXT_EXTS:
+        start = (_decode_head(head) or "").lstrip("\ufeff \t\r\n").lower()
+        if start.startswith(("<!doctype html", "<html")):
+            return "html"
+    return "text"
+
+
+def _decode_head(head: bytes) -> str | None:
+    """The start of a text file (UTF-8/UTF-16 with BOM/GB18030), or None if it is not text.
+    A character cut at the end of `head` is tolerated."""
+    if not head:
+        return None
+    if head.startswith(_UTF16_BOMS):
+        encodings = ("utf-16",)
+    elif b"\x00" in head:
+        return None
+    else:
+        encodings = ("utf-8-sig", "gb18030")
+    for encoding in encodings:
+        try:
+            text = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+        except UnicodeDecodeError:
+            continue
+        return text if _garbage(text) is None else None
+    return None
+
+
+def _garbage(text: str) -> str | None:
+    """Why decoded text looks like binary data, or None if it looks like text."""
+    if "\x00" in text:
+        return "it contains NUL characters (binary data)"
+    controls = len(_CONTROL_RE.findall(text))
+    if controls > _MAX_CONTROL_RATIO * max(len(text), 1):
+        return f"it contains {controls:,} control characters (binary data)"
+    return None
+
+
+def _found(data: bytes) -> str:
+    """What the data looks like, for messages: "text", "binary data", "a GIF image", ..."""
+    if _decode_head(data[:_HEAD_BYTES]) is not None:
+        return "text"
+    sniffed = _sniff(data)
+    if sniffed is None:
+        return "binary data"
+    what, label = sniffed
+    if what == "image":
+        return f"a {label} image"
+    return "text" if label == "text" else f"{label} data"
+
+
+def _unsupported(data: bytes, display: str, ext: str) -> InvalidUpload:
+    head = data[:_HEAD_BYTES]
+    if ext not in _BINARY_EXTS and _sniff(data) is None and (
+        b"\x00" not in head or head.startswith(_UTF16_BOMS)
+    ):
+        _decode_text(data, display)  # text in an unsupported encoding: raises, saying so
+    found = _found(data)
+    accepted = f"accepted: {ACCEPTED}."
+    if ext == ".pdf":
+        return InvalidUpload(
+            f"{display}: not a PDF file (it has no %PDF- header; found {found}); {accepted}"
+        )
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return InvalidUpload(
+            f"{display}: this is an old-format .doc or a password-protected Office file; "
+            f"save it as .docx without a password and upload it again; {accepted}"
+        )
+    if ext in (".docx", ".docm"):
+        return InvalidUpload(
+            f"{display}: not a Word .docx file (not a ZIP archive; found {found}); {accepted}"
+        )
+    if found.startswith("a ") and found.endswith(" image"):
+        return InvalidUpload(f"{display}: {found[2:]}s are not supported; {accepted}")
+    if ext in _IMAGE_EXTS:
+        return InvalidUpload(
+            f"{display}: not a {_IMAGE_EXTS[ext]} image (found {found}); {accepted}"
+        )
+    if found == "ZIP data":
+        found = "a ZIP archive that is not a Word document"
+    return InvalidUpload(f"{display}: not a supported file (found {found}); {accepted}")
+
+
+def _check_chars(chars: int, display: str, limits: KnowledgeLimits) -> None:
+    if chars > limits.max_chars:
+        raise InvalidUpload(
+            f"{display}: has {chars:,} characters of text; the limit is "
+            f"{limits.max_chars:,}; split it into smaller files."
+        )
+
+
+def _reader_failed(err: BaseException, display: str, kind: str) -> InvalidUpload:
+    # PDFReader retries (tenacity) and raises RetryError; report the underlying error.
+    last = getattr(err, "last_attempt", None)
+    if last is not None and last.exception() is not None:
+        err = last.exception()
+    message = " ".join(str(err).split())
+    if len(message) > 200:
+        message = message[:197] + "..."
+    detail = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return InvalidUpload(f"{display}: could not be read as {_KIND_LABEL[kind]} ({detail}).")
+
+
+def _tidy(text: str) -> str:
+    """Drop control characters, trailing spaces and runs of blank lines."""
+    if isinstance(text, bytes):  # defensive: some fsspec versions hand readers bytes
+        text = text.decode("utf-8", errors="replace")
+    text = _CONTROL_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _write(work: Path, name: str, data: bytes | str) -> Path:
+    path = work / name
+    if isinstance(data, str):
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# PDF
+
+
+def _read_pdf(
+    data: bytes, work: Path, display: str, limits: KnowledgeLimits
+) -> tuple[list[tuple[str, dict]], int]:
+    import io
+
+    import pypdf
+    from pypdf import PasswordType
+
+    try:
+        pdf = pypdf.PdfReader(io.BytesIO(data))
+        encrypted = pdf.is_encrypted
+    except Exception as err:
+        raise _damaged_pdf(err, display) from None
+    if encrypted:
+        try:
+            opened = pdf.decrypt("") != PasswordType.NOT_DECRYPTED
+        except Exception:  # e.g. AES without the `cryptography` package
+            opened = False
+        if not opened:
+            raise InvalidUpload(
+                f"{display}: the PDF is encrypted; remove the password and upload it again."
+            )
+    try:
+        pages = len(pdf.pages)
+    except Exception as err:
+        raise _damaged_pdf(err, display) from None
+    if pages > limits.max_pages:
+        raise InvalidUpload(
+            f"{display}: the PDF has {pages:,} pages; the limit is {limits.max_pages:,} "
+            "pages; split it into smaller files."
+        )
+    if pages == 0:
+        raise InvalidUpload(f"{display}: the PDF has no pages; accepted: {ACCEPTED}.")
+
+    from llama_index.readers.file import PDFReader
+
+    path = _write(work, "document.pdf", data)
+    try:
+        docs = PDFReader().load_data(path)
+    except Exception as err:
+        raise _reader_failed(err, display, "pdf") from None
+    # One Document per page, in order; `page_label` is the PDF's printed label ("iv", "12"),
+    # not the page's position, so the position is what `page` records.
+    parts = [(doc.text or "", {"page": number}) for number, doc in enumerate(docs, start=1)]
+    parts = [(text, meta) for text, meta in parts if text.strip()]
+    if not parts:
+        raise InvalidUpload(
+            f"{display}: the PDF has no text layer (scanned?); OCR is not supported; "
+            "upload a PDF with selectable text, or the document as Word, Markdown or text."
+        )
+    return parts, pages
+
+
+def _damaged_pdf(err: Exception, display: str) -> InvalidUpload:
+    message = " ".join(str(err).split())[:200]
+    return InvalidUpload(
+        f"{display}: the PDF is damaged or incomplete and cannot be read "
+        f"({type(err).__name__}: {message}); re-export it and upload the complete file."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# DOCX
+
+
+def _read_docx(
+    data: bytes, work: Path, display: str, limits: KnowledgeLimits
+) -> list[tuple[str, dict]]:
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+    except Exception as err:
+        message = " ".join(str(err).split())[:200]
+        raise InvalidUpload(
+            f"{display}: not a valid Word .docx file (the ZIP container is damaged or "
+            f"incomplete: {message}); accepted: {ACCEPTED}."
+        ) from None
+    _check_zip(infos, display, limits)
+    names = {info.filename for info in infos}
+    if "word/document.xml" not in names:
+        raise InvalidUpload(
+            f"{display}: a ZIP archive without word/document.xml, not a Word document; "
+            f"accepted: {ACCEPTED}."
+        )
+    if any(info.flag_bits & 0x1 for info in infos):
+        raise InvalidUpload(
+            f"{display}: the document is encrypted; remove the password and upload it again."
+        )
+    _check_inflated_sizes(data, infos, display)
+
+    from llama_index.readers.file import DocxReader
+
+    path = _write(work, "document.docx", data)
+    try:
+        docs = DocxReader().load_data(path)
+    except Exception as err:
+        raise _reader_failed(err, display, "docx") from None
+    return [(doc.text or "", {}) for doc in docs]
+
+
+def _check_zip(infos: list[zipfile.ZipInfo], display: str, limits: KnowledgeLimits) -> None:
+    """Refuse zip bombs from the sizes the central directory declares (nothing is inflated
+    here); `_check_inflated_sizes` then makes sure the declared sizes are true."""
+    bomb = "refused as a possible zip bomb"
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise InvalidUpload(
+            f"{display}: the .docx holds {len(infos):,} files; the limit is "
+            f"{MAX_ZIP_ENTRIES:,} ({bomb})."
+        )
+    total = sum(info.file_size for info in infos)
+    packed = sum(info.compress_size for info in infos)
+    if total > limits.max_unzipped_bytes:
+        raise InvalidUpload(
+            f"{display}: the .docx unpacks to {_human_bytes(total)}; the limit is "
+            f"{_human_bytes(limits.max_unzipped_bytes)} ({bomb})."
+        )
+    worst = [(total, packed)] + [
+        (info.file_size, info.compress_size) for info in infos if info.file_size >= _BIG_ENTRY
+    ]
+    for size, compressed in worst:
+        ratio = size / max(compressed, 1)
+        if ratio > limits.max_zip_ratio:
+            raise InvalidUpload(
+                f"{display}: the .docx is compressed {ratio:,.0f}:1; the limit is "
+                f"{limits.max_zip_ratio:,.0f}:1 ({bomb})."
+            )
+
+
+def _check_inflated_sizes(data: bytes, infos: list[zipfile.ZipInfo], display: str) -> None:
+    """Inflate every XML part in bounded steps and refuse one larger than it claims.
+
+    zipfile cuts an entry off at its declared size, but `ZipFile.read` (what docx2txt calls)
+    inflates all of the entry's compressed data in one step first: an entry that declares 1 KB
+    and inflates to gigabytes would be allocated in full. Only the XML parts are checked
+    (docx2txt reads nothing else); media are never inflated here or by the reader.
+    """
+    damaged = (
+        f"{display}: not a valid Word .docx file (the ZIP container is damaged: "
+        "{what}); re-save the document and upload it again."
+    )
+    view = memoryview(data)
+    for info in infos:
+        if not info.filename.lower().endswith((".xml", ".rels")):
+            continue
+        if info.compress_type == zipfile.ZIP_STORED:
+            continue  # read as is: never more than its stored bytes
+        if info.compress_type != zipfile.ZIP_DEFLATED:
+            raise InvalidUpload(
+                damaged.format(what=f"{info.filename} uses an unsupported compression method")
+            )
+        start = info.header_offset
+        if bytes(view[start : start + 4]) != b"PK\x03\x04" or start + 30 > len(data):
+            raise InvalidUpload(damaged.format(what=f"no local header for {info.filename}"))
+        name_len, extra_len = struct.unpack_from("<HH", data, start + 26)
+        start += 30 + name_len + extra_len
+        raw = view[start : start + info.compress_size]
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        produced = 0
+        try:
+            for offset in range(0, len(raw), _INFLATE_STEP):
+                pending = bytes(raw[offset : offset + _INFLATE_STEP])
+                while pending and not inflater.eof:
+                    produced += len(inflater.decompress(pending, _INFLATE_STEP))
+                    if produced > info.file_size:
+                        raise InvalidUpload(
+                            f"{display}: {info.filename} inflates to more than the "
+                            f"{_human_bytes(info.file_size)} its ZIP directory declares "
+                            "(refused as a possible zip bomb)."
+                        )
+                    pending = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+        except zlib.error as err:
+            raise InvalidUpload(damaged.format(what=f"{info.filename}: {err}")) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown, HTML, plain text
+
+
+def _decode_text(data: bytes, display: str) -> str:
+    """UTF-8 (BOM optional), UTF-16 (BOM required) or GB18030; refuses anything else."""
+    advice = "save it as UTF-8 and upload it again; accepted: " + ACCEPTED + "."
+    if data.startswith(codecs.BOM_UTF8):
+        attempts = [("utf-8", data[len(codecs.BOM_UTF8) :])]
+    elif data.startswith(_UTF16_BOMS):
+        attempts = [("utf-16", data)]
+    else:
+        attempts = [("utf-8", data), ("gb18030", data)]
+    text = None
+    for encoding, payload in attempts:
+        try:
+            text = payload.decode(encoding)
+            break
+        except UnicodeDecodeError as err:
+            if encoding == "utf-8" and len(attempts) > 1:
+                seen = payload[: err.start].decode("utf-8")
+                if sum(ord(ch) > 127 for ch in seen) >= _UTF8_EVIDENCE:
+                    raise InvalidUpload(
+                        f"{display}: the text is UTF-8 but has invalid bytes at offset "
+                        f"{err.start:,}; {advice}"
+                    ) from None
+            last_error = err
+    if text is None:
+        raise InvalidUpload(
+            f"{display}: the text is not valid UTF-8, UTF-16 or GB18030 (undecodable bytes "
+            f"at offset {last_error.start:,}); {advice}"
+        )
+    if reason := _garbage(text):
+        raise InvalidUpload(f"{display}: not a text file ({reason}); accepted: {ACCEPTED}.")
+    return text
+
+
+def _read_text_kind(
+    kind: str, data: bytes, work: Path, display: str, limits: KnowledgeLimits
+) -> list[tuple[str, dict]]:
+    text = _decode_text(data, display)
+    _check_chars(len(text), display, limits)  # early: no parsing of oversized text
+    if not text.strip():
+        raise InvalidUpload(
+            f"{display}: the {_KIND_LABEL[kind]} file contains no text; accepted: {ACCEPTED}."
+        )
+    try:
+        if kind == "markdown":
+            return _markdown_parts(text, work)
+        if kind == "html":
+            return _html_parts(text, work)
+        from llama_index.readers.file import FlatReader
+
+        docs = FlatReader().load_data(_write(work, "document.txt", text))
+        return [(doc.text or "", {}) for doc in docs]
+    except InvalidUpload:
+        raise
+    except Exception as err:
+        raise _reader_failed(err, display, kind) from None
+
+
+def _markdown_parts(text: str, work: Path) -> list[tuple[str, dict]]:
+    from llama_index.readers.file import MarkdownReader
+
+    # remove_images=False: the reader's image pattern is a broken regex that does not match
+    # `![alt](src)` but deletes "!." / "!?" / "!)" from prose. Links keep their text.
+    reader = MarkdownReader(remove_images=False)
+    parts = []
+    # parse_tups is what load_data uses; it keeps the header separate, for `section`.
+    for header, body in reader.parse_tups(str(_write(work, "document.md", text))):
+        if header:
+            parts.append((f"{header}\n{body}", {"section": header}))
+        else:
+            parts.append((body, {}))
+    return parts
+
+
+def _html_parts(text: str, work: Path) -> list[tuple[str, dict]]:
+    from bs4 import BeautifulSoup, Comment, Declaration, Doctype, ProcessingInstruction
+    from llama_index.readers.file import HTMLTagReader
+
+    soup = BeautifulSoup(text, "html.parser")
+    title = " ".join(soup.title.get_text(" ").split()) if soup.title else ""
+    for tag in soup.find_all(_HTML_DROP):
+        tag.decompose()
+    for node in soup.find_all(
+        string=lambda s: isinstance(s, (Comment, Declaration, Doctype, ProcessingInstruction))
+    ):
+        node.extract()
+    for tag in soup.find_all("br"):
+        tag.replace_with("\n")
+    for tag in soup.find_all(("td", "th")):
+        tag.insert_after(" ")
+    for tag in soup.find_all(_HTML_BLOCKS):
+        tag.insert_after("\n")
+    markup = str(soup) if soup.body is not None else f"<body>{soup}</body>"
+    docs = HTMLTagReader(tag="body").load_data(_write(work, "document.html", markup))
+    parts = []
+    for doc in docs:
+        lines = (" ".join(line.split()) for line in (doc.text or "").split("\n"))
+        parts.append(("\n".join(lines), {}))
+    if title and parts and not parts[0][0].lstrip().startswith(title):
+        parts[0] = (f"{title}\n\n{parts[0][0]}", parts[0][1])
+    return parts
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def _load_image(data: bytes, display: str, store_dir: Path, limits: KnowledgeLimits) -> LoadedFile:
+    attachment = ingest_upload(
+        data,
+        store_dir=store_dir,
+        limits=UploadLimits(
+            max_bytes=limits.max_file_bytes,
+            max_pixels=limits.max_pixels,
+            formats=("PNG", "JPEG", "WEBP"),
+        ),
+        original_name=display,
+    )
+    return LoadedFile(
+        sha256=attachment.sha256,
+        display_name=attachment.display_name,
+        kind="image",
+        size_bytes=attachment.size_bytes,
+        path=attachment.path,
+        documents=[],
+        width=attachment.width,
+        height=attachment.height,
+    )

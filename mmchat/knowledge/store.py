@@ -1,0 +1,241 @@
+"""The knowledge store: Chroma collections behind LlamaIndex's `ChromaVectorStore`.
+
+Three collections per knowledge base (names start with the configured prefix):
+- `<prefix>_text`: text chunks, embedded by the text embedder;
+- `<prefix>_images`: images, embedded by the image encoder (CLIP or the offline stand-in);
+- `<prefix>_documents`: the manifest, one record per acknowledged document.
+
+Chroma is embedded (a persistent folder) or a server (`chroma run`): the same code drives
+both. Embeddings are always passed in (Chroma's default embedding function would download a
+model) and telemetry is off.
+
+Durability: a document's chunks are written first and its manifest record last; only then is
+the ingest acknowledged. `purge_unacknowledged()` (run on open) deletes chunks whose document
+has no manifest record, i.e. what an ingest killed part-way left behind. Deletion removes the
+record first, then the chunks, so a kill in between also ends as a purge.
+
+This module does not parse files, embed, or rank; it stores and fetches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from mmchat.errors import ConfigError, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 5000  # rows per `collection.get` page when scanning a collection
+SEEDED_KEY = "mmchat_demo_seeded"
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """What the manifest keeps about one acknowledged document (flat, Chroma-storable)."""
+
+    doc_id: str  # sha256 of the file bytes
+    file_name: str
+    kind: str  # pdf, docx, markdown, html, text, image
+    size_bytes: int
+    chunks: int  # text chunks (0 for an image)
+    pages: int  # PDF pages (0 otherwise)
+    added: float  # unix time
+    stored: str  # file name of the kept copy inside the store's files folder
+
+    def to_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, doc_id: str, metadata: dict[str, Any]) -> "DocumentRecord":
+        values = {f.name: metadata.get(f.name) for f in fields(cls)}
+        values["doc_id"] = doc_id
+        return cls(**values)
+
+
+def chroma_settings():
+    from chromadb.config import Settings
+
+    return Settings(anonymized_telemetry=False, allow_reset=True)
+
+
+def open_client(path: Path | None = None, host: str = "", port: int = 8000):
+    """An embedded persistent client at `path`, or an HTTP client for a Chroma server."""
+    import chromadb
+
+    if host:
+        try:
+            client = chromadb.HttpClient(host=host, port=port, settings=chroma_settings())
+            client.heartbeat()
+        except Exception as err:
+            raise ModelUnavailable(
+                f"cannot reach the Chroma server at {host}:{port} ({err.__class__.__name__}); "
+                "start it with `chroma run --path DIR --port PORT` or clear [knowledge] host "
+                "to use the embedded store"
+            ) from None
+        return client
+    if path is None:
+        raise ConfigError("the embedded knowledge store needs a path")
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=chroma_settings())
+
+
+class KnowledgeStore:
+    """The three collections of one knowledge base, and the operations on them."""
+
+    def __init__(
+        self, client: Any, prefix: str, *, text_embedder: str, text_dim: int,
+        image_encoder: str, image_dim: int,
+    ) -> None:
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        self.client = client
+        self.prefix = prefix
+        self._write_lock = threading.RLock()
+        self.version = 0  # bumped on every change, so the BM25 index knows when to rebuild
+        self.text_collection = self._collection(f"{prefix}_text", text_embedder, text_dim)
+        self.image_collection = self._collection(f"{prefix}_images", image_encoder, image_dim)
+        self.manifest = self._collection(f"{prefix}_documents", "manifest", 1)
+        self.text = ChromaVectorStore(chroma_collection=self.text_collection)
+        self.images = ChromaVectorStore(chroma_collection=self.image_collection)
+
+    def _collection(self, name: str, embedder: str, dim: int):
+        collection = self.client.get_or_create_collection(
+            name,
+            embedding_function=None,
+            metadata={"embedder": embedder, "dim": dim, "hnsw:space": "cosine"},
+        )
+        stored = collection.metadata or {}
+        if stored.get("embedder") not in (None, embedder) or stored.get("dim") not in (None, dim):
+            raise ConfigError(
+                f"the knowledge collection {name!r} was built with {stored.get('embedder')!r} "
+                f"({stored.get('dim')}-d vectors) but the app now uses {embedder!r} ({dim}-d); "
+                "reset the knowledge base, or point [knowledge] path (or collection_prefix) elsewhere"
+            )
+        return collection
+
+    # ----- manifest ----------------------------------------------------------------------
+    def documents(self) -> list[DocumentRecord]:
+        records = []
+        for ids, metadatas, _ in self._scan(self.manifest, include=["metadatas"]):
+            records.extend(DocumentRecord.from_metadata(i, m) for i, m in zip(ids, metadatas))
+        return sorted(records, key=lambda r: (r.added, r.file_name))
+
+    def get_document(self, doc_id: str) -> DocumentRecord | None:
+        got = self.manifest.get(ids=[doc_id], include=["metadatas"])
+        if not got["ids"]:
+            return None
+        return DocumentRecord.from_metadata(got["ids"][0], got["metadatas"][0])
+
+    def acknowledge(self, record: DocumentRecord) -> None:
+        """The last write of an ingest: from here on the document is part of the base."""
+        with self._write_lock:
+            self.manifest.upsert(ids=[record.doc_id], embeddings=[[1.0]], metadatas=[record.to_metadata()])
+            self.version += 1
+
+    @property
+    def seeded(self) -> bool:
+        return bool((self.manifest.metadata or {}).get(SEEDED_KEY))
+
+    def mark_seeded(self) -> None:
+        metadata = dict(self.manifest.metadata or {})
+        metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to "change" it
+        metadata[SEEDED_KEY] = True
+        self.manifest.modify(metadata=metadata)
+
+    # ----- chunks --------------------------------------------------------------------------
+    def add_text_nodes(self, nodes: Sequence[Any]) -> None:
+        with self._write_lock:
+            if nodes:
+                self.text.add(list(nodes))
+                self.version += 1
+
+    def add_image_nodes(self, nodes: Sequence[Any]) -> None:
+        with self._write_lock:
+            if nodes:
+                self.images.add(list(nodes))
+                self.version += 1
+
+    def delete_chunks(self, doc_id: str) -> None:
+        with self._write_lock:
+            self.text_collection.delete(where={"doc_id": doc_id})
+            self.image_collection.delete(where={"doc_id": doc_id})
+            self.version += 1
+
+    def delete_document(self, doc_id: str) -> DocumentRecord | None:
+        with self._write_lock:
+            record = self.get_document(doc_id)
+            self.manifest.delete(ids=[doc_id])
+            self.delete_chunks(doc_id)
+            return record
+
+    def purge_unacknowledged(self) -> int:
+        """Delete chunks of documents the manifest does not know (a killed ingest's leftovers)."""
+        with self._write_lock:
+            known = {r.doc_id for r in self.documents()}
+            orphans: set[str] = set()
+            for collection in (self.text_collection, self.image_collection):
+                for _, metadatas, _ in self._scan(collection, include=["metadatas"]):
+                    orphans.update(m.get("doc_id") for m in metadatas if m.get("doc_id") not in known)
+            for doc_id in orphans:
+                self.delete_chunks(doc_id)
+            if orphans:
+                log.warning("removed the chunks of %d unacknowledged document(s)", len(orphans))
+            return len(orphans)
+
+    def reset(self) -> None:
+        with self._write_lock:
+            for collection in (self.text_collection, self.image_collection, self.manifest):
+                ids = [i for batch, _, _ in self._scan(collection, include=[]) for i in batch]
+                for start in range(0, len(ids), PAGE_SIZE):
+                    collection.delete(ids=ids[start : start + PAGE_SIZE])
+            self.version += 1
+
+    def text_rows(self) -> Iterator[tuple[str, str, str]]:
+        """`(chunk id, text, doc id)` for every text chunk: what BM25 indexes."""
+        for ids, metadatas, documents in self._scan(self.text_collection, include=["metadatas", "documents"]):
+            for row_id, metadata, text in zip(ids, metadatas, documents):
+                yield row_id, text or "", metadata.get("doc_id", "")
+
+    def document_chunks(self, doc_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """All of a document's text chunks in reading order: `(id, text, metadata)`."""
+        got = self.text_collection.get(where={"doc_id": doc_id}, include=["metadatas", "documents"])
+        rows = list(zip(got["ids"], got["documents"], got["metadatas"]))
+        return sorted(rows, key=lambda row: int(row[2].get("chunk", 0)))
+
+    def get_text(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        if not ids:
+            return {}
+        got = self.text_collection.get(ids=list(ids), include=["metadatas", "documents"])
+        return {i: (d or "", m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])}
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "documents": self.manifest.count(),
+            "chunks": self.text_collection.count(),
+            "images": self.image_collection.count(),
+        }
+
+    @staticmethod
+    def _scan(collection: Any, include: list[str]) -> Iterator[tuple[list[str], list[dict], list[str]]]:
+        offset = 0
+        while True:
+            got = collection.get(limit=PAGE_SIZE, offset=offset, include=include)
+            ids = got["ids"]
+            if not ids:
+                return
+            yield ids, got.get("metadatas") or [{}] * len(ids), got.get("documents") or [""] * len(ids)
+            if len(ids) < PAGE_SIZE:
+                return
+            offset += len(ids)
+
+
+def cosine_from_similarity(similarity: float | None) -> float:
+    """ChromaVectorStore reports exp(-distance); with cosine space that is exp(cos - 1)."""
+    if not similarity or similarity <= 0:
+        return 0.0
+    return 1.0 + math.log(similarity)

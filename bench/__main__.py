@@ -1,6 +1,50 @@
-"""Run every benchmark: `python -m bench [--preset offline|tiny] [--runs N] [--tokens N]`."""
+"""Run the benchmarks: `python -m bench [stream|knowledge] [options]`.
 
-from bench.stream_vs_generate import main
+- `python -m bench`: every benchmark, each with its defaults;
+- `python -m bench stream [--preset offline|tiny] [--runs N] [--tokens N]`: session streaming
+  vs raw `model.generate` (`bench/stream_vs_generate.py`);
+- `python -m bench knowledge [--sizes N ...] [--queries N]`: knowledge store retrieval and
+  ingestion vs raw Chroma (`bench/knowledge.py`).
+Options without a name (`python -m bench --preset tiny`) go to `stream`, as they did before
+there was more than one benchmark. Each prints its own table; results go to `bench/results/`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _stream(argv):
+    from bench.stream_vs_generate import main
+
+    sys.argv[0] = "python -m bench stream"  # its argparse names itself after argv[0]
+    return main(argv)
+
+
+def _knowledge(argv):
+    from bench.knowledge import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"stream": _stream, "knowledge": _knowledge}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if argv and argv[0] in BENCHMARKS:
+        return BENCHMARKS[argv[0]](argv[1:])
+    if argv:  # the original CLI: `python -m bench --preset tiny ...`
+        return _stream(argv)
+    status = 0
+    for name, run in BENCHMARKS.items():
+        print(f"\n===== {name} =====", flush=True)
+        status = max(status, run([]) or 0)
+    return status
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

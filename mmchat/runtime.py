@@ -2,7 +2,9 @@
 
 The server starts answering at once while weights load in a worker thread; handlers call
 `wait_ready()` and the status line reports progress or the load error. `new_session()` gives
-each browser its own `ChatSession` over the shared backend. This module imports no torch
+each browser its own `ChatSession` over the shared backend. The knowledge base (RAG) opens
+after the models, on the same worker, and indexes the demo corpus on first start; a knowledge
+base that fails to open is reported in the status while chat keeps working without it. This module imports no torch
 at import time (loading happens inside the worker), so the UI can import it freely.
 """
 
@@ -20,10 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, config: AppConfig, backend: Any = None, encoder: Any = None) -> None:
+    def __init__(
+        self, config: AppConfig, backend: Any = None, encoder: Any = None, knowledge: Any = None,
+    ) -> None:
         self.config = config
         self.backend = backend
         self.encoder = encoder
+        self.knowledge = knowledge
+        self.knowledge_error: BaseException | None = None
+        self.knowledge_phase = "ready" if knowledge is not None else "not started"
+        self._knowledge_done = threading.Event()
+        if knowledge is not None or not config.knowledge.enabled:
+            self._knowledge_done.set()
         self.error: BaseException | None = None
         self.phase = "ready" if backend is not None else "not started"
         self.started_at = time.time()
@@ -42,6 +52,9 @@ class Runtime:
         if not self._ready.is_set() and self.phase == "not started":
             self.phase = "starting"
             threading.Thread(target=self._load, name="mmchat-load", daemon=True).start()
+        elif not self._knowledge_done.is_set() and self.knowledge_phase == "not started":
+            self.knowledge_phase = "starting"
+            threading.Thread(target=self._open_knowledge, name="mmchat-knowledge", daemon=True).start()
         return self
 
     def load(self) -> "Runtime":
@@ -72,6 +85,47 @@ class Runtime:
         finally:
             self.load_seconds = time.perf_counter() - started
             self._ready.set()
+        if not self._knowledge_done.is_set():
+            self._open_knowledge()
+
+    def _open_knowledge(self) -> None:
+        """Open the knowledge base, then index the demo corpus once (chat is usable meanwhile)."""
+        try:
+            self._ready.wait()
+            if self.error is not None:
+                return
+            from mmchat.config import PROJECT_DIR
+            from mmchat.knowledge.base import KnowledgeBase
+
+            self.knowledge_phase = "opening the knowledge base"
+            knowledge = KnowledgeBase(self.config.knowledge, encoder=self.encoder)
+            self.knowledge = knowledge
+            self.knowledge_phase = "ready"
+            self._knowledge_done.set()
+            if self.config.knowledge.seed_demo:
+                knowledge.seed_demo(PROJECT_DIR / "knowledge")
+        except BaseException as err:  # reported in the status; chat works without RAG
+            log.exception("knowledge base failed")
+            self.knowledge_error = err
+            self.knowledge_phase = "failed"
+        finally:
+            self._knowledge_done.set()
+
+    def knowledge_settled(self) -> bool:
+        """True once the knowledge base is open (or failed or off) and nothing is indexing."""
+        if not self._knowledge_done.is_set():
+            return False
+        return self.knowledge is None or self.knowledge.busy_note() is None
+
+    def wait_knowledge(self, timeout: float | None = None) -> Any:
+        """The knowledge base once open (None if disabled or failed); raises while opening."""
+        if not self._knowledge_done.wait(timeout):
+            raise UserFacingError(f"the knowledge base is still opening ({self.knowledge_phase}); try again shortly")
+        if self.knowledge is None and self.knowledge_error is not None:
+            raise UserFacingError(f"the knowledge base is unavailable: {self.knowledge_error}")
+        if self.knowledge is None:
+            raise UserFacingError("the knowledge base is switched off ([knowledge] enabled = false)")
+        return self.knowledge
 
     @property
     def ready(self) -> bool:
@@ -91,7 +145,7 @@ class Runtime:
 
     def new_session(self) -> Any:
         from mmchat.backends.base import GenerationParams
-        from mmchat.session import ChatSession
+        from mmchat.session import ChatSession, RagOptions
 
         self.wait_ready()
         gen = self.config.generation
@@ -103,7 +157,18 @@ class Runtime:
             system_prompt=gen.system_prompt,
             params=GenerationParams(gen.max_new_tokens, gen.temperature, gen.top_p),
             top_labels=self.config.encoder.top_labels,
+            knowledge=self.knowledge,
+            rag=RagOptions(enabled=self.knowledge is not None, top_k=self.config.knowledge.top_k),
         )
+
+    def knowledge_markdown(self) -> str:
+        if not self.config.knowledge.enabled:
+            return "**Knowledge** off"
+        if self.knowledge is not None:
+            return self.knowledge.status_markdown()
+        if self.knowledge_error is not None:
+            return f"❌ **Knowledge base unavailable:** {self.knowledge_error}"
+        return f"⏳ **Knowledge** {self.knowledge_phase}"
 
     def status_markdown(self) -> str:
         if not self._ready.is_set():
@@ -125,6 +190,7 @@ class Runtime:
             parts.append(f"**Images** {self.encoder.name}")
         parts.append(f"loaded in {self.load_seconds:.1f} s")
         lines = [" · ".join(parts)]
+        lines.append(self.knowledge_markdown())
         if info.is_stand_in:
             lines.append(f"> ⚠️ {info.description}")
         if self.encoder is not None and getattr(self.encoder, "is_stand_in", False) and not info.is_stand_in:

@@ -75,8 +75,10 @@ def standin_encoder(model_cache_dir):
 def launch_app():
     """Start the real app on a free loopback port with given models; returns its URL.
 
-    `launch_app(tmp_dir, backend, encoder, preset=..., generation=...)` builds the config the
-    way the CLI would, serves it in this process, and closes every server at the end.
+    `launch_app(tmp_dir, backend, encoder, preset=..., generation=..., knowledge={...},
+    knowledge_base=kb)` builds the config the way the CLI would, serves it in this process, and
+    closes every server at the end. Without `knowledge_base` the app opens its own, empty,
+    knowledge base under `tmp_dir` (no demo corpus unless `knowledge={"seed_demo": True}`).
     """
     import socket
 
@@ -86,16 +88,19 @@ def launch_app():
 
     demos = []
 
-    def launch(data_dir, backend, encoder, preset: str, generation: dict) -> str:
+    def launch(data_dir, backend, encoder, preset: str, generation: dict, knowledge: dict | None = None,
+               knowledge_base=None) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # The knowledge base lives in the test's own folder, empty unless a test asks for more.
+        knowledge = {"path": str(data_dir / "knowledge"), "seed_demo": False, **(knowledge or {})}
         config = load_config(
             env={},
-            overrides={"server": {"port": port}, "model": {"preset": preset},
+            overrides={"server": {"port": port}, "model": {"preset": preset}, "knowledge": knowledge,
                        "generation": generation, "": {"data_dir": str(data_dir)}},
         )
-        runtime = Runtime(config, backend=backend, encoder=encoder)
+        runtime = Runtime(config, backend=backend, encoder=encoder, knowledge=knowledge_base)
         demo = build_app(config, runtime)
         demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(config, runtime))
         demos.append(demo)

@@ -13,6 +13,7 @@ def make_config(tmp_path, model_cache_dir, preset, encoder="standin"):
     return load_config(env={}, overrides={
         "model": {"preset": preset, "cache_dir": str(model_cache_dir)},
         "encoder": {"kind": encoder},
+        "knowledge": {"path": str(tmp_path / "knowledge"), "seed_demo": False},
         "": {"data_dir": str(tmp_path)},
     })
 

@@ -1,7 +1,9 @@
 """The Chat tab: multimodal textbox, streaming chatbot, controls, settings and trace.
 
 `build_chat_tab(runtime)` lays out the components and wires every event with an `api_name`
-so `gradio_client` can drive it. Each browser gets its own `ChatSession` in a `gr.State`.
+so `gradio_client` can drive it. With the knowledge base on, each answer retrieves first
+(settings per conversation: on/off, top k, document filter, whole document, images to the
+model) and the sources panel shows the chunks and images behind the last answer. Each browser gets its own `ChatSession` in a `gr.State`.
 User-fixable problems (`UserFacingError`) become `gr.Warning` toasts and leave the message in
 the textbox; the session keeps working. Imports no torch: the models live in `Runtime`.
 """
@@ -17,7 +19,7 @@ import gradio as gr
 
 from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
-from mmchat.ui.render import chatbot_messages, trace_markdown
+from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,23 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 max_new_tokens = gr.Slider(1, 2048, value=gen.max_new_tokens, step=1, label="Max new tokens")
                 temperature = gr.Slider(0.0, 2.0, value=gen.temperature, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label="Top-p")
+            knowledge_on = runtime.config.knowledge.enabled
+            with gr.Accordion("Knowledge (RAG)", open=knowledge_on, visible=knowledge_on):
+                use_knowledge = gr.Checkbox(label="Answer from the knowledge base", value=knowledge_on,
+                                            elem_id="mmchat-use-knowledge")
+                rag_top_k = gr.Slider(1, 12, value=runtime.config.knowledge.top_k, step=1, label="Sources per answer")
+                rag_docs = gr.Dropdown(label="Only these documents (empty: all)", choices=[], multiselect=True,
+                                       elem_id="mmchat-rag-docs")
+                whole_document = gr.Checkbox(label="Use the whole document (short documents chosen above)", value=False)
+                images_to_model = gr.Checkbox(label="Send retrieved images to the model", value=False)
             with gr.Accordion("Last answer", open=True):
                 trace = gr.Markdown(trace_markdown(None), elem_id="mmchat-trace")
+    with gr.Accordion("Sources", open=True, visible=runtime.config.knowledge.enabled):
+        sources = gr.Markdown(sources_markdown(None), elem_id="mmchat-sources")
+        source_images = gr.Gallery(label="Retrieved images", columns=4, height=180, elem_id="mmchat-source-images")
 
-    settings = [system_prompt, max_new_tokens, temperature, top_p]
+    settings = [system_prompt, max_new_tokens, temperature, top_p, use_knowledge, rag_top_k, rag_docs,
+                whole_document, images_to_model]
 
     def warn(err: Exception) -> None:
         if isinstance(err, UserFacingError):
@@ -94,10 +109,21 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
     def ensure_session(session: Any) -> Any:
         return session if session is not None else runtime.new_session()
 
-    def params_from(session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float) -> Any:
+    def params_from(
+        session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float,
+        use_kb: bool = True, k: float = 4, doc_ids: list | None = None, whole: bool = False,
+        send_images: bool = False,
+    ) -> Any:
         from mmchat.backends.base import GenerationParams
+        from mmchat.session import RagOptions
 
         session.system_prompt = prompt or ""
+        # The session may predate the knowledge base (it opens after the models).
+        session.knowledge = runtime.knowledge
+        session.rag = RagOptions(
+            enabled=bool(use_kb) and runtime.knowledge is not None, top_k=int(k),
+            doc_ids=tuple(doc_ids or ()), whole_document=bool(whole), images_to_model=bool(send_images),
+        )
         return GenerationParams(int(max_tokens), float(temp), float(nucleus))
 
     def stream_into_ui(session: Any, answer: Iterator[str]) -> Iterator[tuple]:
@@ -107,15 +133,18 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
             now = time.perf_counter()
             if now - last >= 0.05:
                 last = now
-                yield chatbot_messages(session), gr.update(), session, gr.update()
+                yield chatbot_messages(session), gr.update(), session, gr.update(), *sources_of(session)
 
-    def respond(message: dict | None, session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float):
+    def sources_of(session: Any) -> tuple:
+        return sources_markdown(session), sources_gallery(session)
+
+    def respond(message: dict | None, session: Any, *settings_values: Any):
         message = message or {}
         text = message.get("text") or ""
         files = [_file_path(f) for f in message.get("files") or []]
         try:
             session = ensure_session(session)
-            params = params_from(session, prompt, max_tokens, temp, nucleus)
+            params = params_from(session, *settings_values)
             answer = session.send(text, files, params)
             first = True
             for update in stream_into_ui(session, answer):
@@ -125,18 +154,20 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 yield update
         except Exception as err:  # the textbox was locked while streaming: always unlock it
             warn(err)
-            yield chatbot_messages(session), gr.MultimodalTextbox(value=message, interactive=True), session, gr.update()
+            yield (chatbot_messages(session), gr.MultimodalTextbox(value=message, interactive=True), session,
+                   gr.update(), gr.update(), gr.update())
             return
-        yield chatbot_messages(session), gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(session)
+        yield (chatbot_messages(session), gr.MultimodalTextbox(value=None, interactive=True), session,
+               trace_markdown(session), *sources_of(session))
 
-    def regenerate(session: Any, prompt: str, max_tokens: float, temp: float, nucleus: float):
+    def regenerate(session: Any, *settings_values: Any):
         try:
             session = ensure_session(session)
-            params = params_from(session, prompt, max_tokens, temp, nucleus)
+            params = params_from(session, *settings_values)
             yield from stream_into_ui(session, session.regenerate(params))
         except Exception as err:
             warn(err)
-        yield chatbot_messages(session), gr.update(), session, trace_markdown(session)
+        yield chatbot_messages(session), gr.update(), session, trace_markdown(session), *sources_of(session)
 
     def stop(session: Any) -> None:
         if session is not None:
@@ -144,13 +175,14 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
 
     def undo(session: Any):
         if session is None:
-            return [], gr.update(), session, trace_markdown(None)
+            return [], gr.update(), session, trace_markdown(None), *sources_of(None)
         try:
             text = session.undo()
         except UserFacingError as err:
             gr.Warning(str(err))
-            return gr.update(), gr.update(), session, gr.update()
-        return chatbot_messages(session), gr.MultimodalTextbox(value={"text": text, "files": []}), session, trace_markdown(session)
+            return gr.update(), gr.update(), session, gr.update(), gr.update(), gr.update()
+        return (chatbot_messages(session), gr.MultimodalTextbox(value={"text": text, "files": []}), session,
+                trace_markdown(session), *sources_of(session))
 
     def clear(session: Any):
         if session is not None:
@@ -158,8 +190,8 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 session.clear()
             except UserFacingError as err:
                 gr.Warning(str(err))
-                return gr.update(), gr.update(), session, gr.update()
-        return [], gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(None)
+                return gr.update(), gr.update(), session, gr.update(), gr.update(), gr.update()
+        return [], gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(None), *sources_of(None)
 
     def export(session: Any):
         if session is None or not session.history:
@@ -178,7 +210,7 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
             gr.Warning(str(err))
         return chatbot_messages(session), session, session.system_prompt if session else gr.update()
 
-    outputs = [chatbot, textbox, session_state, trace]
+    outputs = [chatbot, textbox, session_state, trace, sources, source_images]
     limit = runtime.config.server.concurrency_limit
     submit_event = textbox.submit(
         respond, [textbox, session_state, *settings], outputs, api_name="chat",
@@ -194,4 +226,5 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
     clear_btn.click(clear, [session_state], outputs, api_name="clear", queue=False)
     export_btn.click(export, [session_state], [export_file], api_name="export")
     import_btn.upload(import_chat, [import_btn, session_state], [chatbot, session_state, system_prompt], api_name="import_chat")
-    return {"chatbot": chatbot, "textbox": textbox, "state": session_state, "submit": submit_event}
+    return {"chatbot": chatbot, "textbox": textbox, "state": session_state, "submit": submit_event,
+            "rag_docs": rag_docs}

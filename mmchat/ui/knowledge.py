@@ -1,0 +1,160 @@
+"""The Knowledge tab: add documents and images, watch them index, list, delete, reset, search.
+
+`build_knowledge_tab(runtime)` lays out the components and wires each event with an
+`api_name` (`/knowledge_add`, `/knowledge_cancel`, `/knowledge_documents`, `/knowledge_delete`,
+`/knowledge_reset`, `/knowledge_search`) so `gradio_client` can drive it. Indexing shows a
+progress bar and can be cancelled; a bad file is named in the result and the others are still
+indexed. The search box tries retrieval without the LLM. Imports no torch: the knowledge base
+lives in `Runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import gradio as gr
+
+from mmchat.errors import UserFacingError
+from mmchat.runtime import Runtime
+from mmchat.ui.render import DOCUMENT_HEADERS, documents_rows, retrieval_markdown
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TYPES = [".pdf", ".docx", ".md", ".markdown", ".html", ".htm", ".txt", ".png", ".jpg", ".jpeg", ".webp"]
+
+
+def _path(item: Any) -> str:
+    if isinstance(item, dict):
+        return item.get("path") or item.get("name") or ""
+    return str(getattr(item, "path", item))
+
+
+def document_choices(runtime: Runtime) -> list[tuple[str, str]]:
+    knowledge = runtime.knowledge
+    if knowledge is None:
+        return []
+    return [(f"{r.file_name} ({r.doc_id[:8]})", r.doc_id) for r in knowledge.documents()]
+
+
+def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
+    cancels: dict[str, threading.Event] = {}
+
+    status = gr.Markdown(runtime.knowledge_markdown(), elem_id="mmchat-knowledge-status")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            files = gr.File(
+                label="Add documents: PDF, Word (.docx), Markdown, HTML, text, PNG/JPEG/WebP images",
+                file_count="multiple", file_types=UPLOAD_TYPES, elem_id="mmchat-knowledge-files",
+            )
+            with gr.Row():
+                add_btn = gr.Button("Index", variant="primary", elem_id="mmchat-knowledge-index")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="mmchat-knowledge-cancel")
+            result = gr.Markdown(elem_id="mmchat-knowledge-result")
+            table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=True)
+            with gr.Row():
+                delete_choice = gr.Dropdown(label="Document", choices=[], scale=3)
+                delete_btn = gr.Button("Delete", scale=1, elem_id="mmchat-knowledge-delete")
+            with gr.Row():
+                confirm = gr.Checkbox(label="Yes, remove every document", value=False)
+                reset_btn = gr.Button("Reset knowledge base", variant="stop", size="sm")
+        with gr.Column(scale=2):
+            query = gr.Textbox(label="Try retrieval (no LLM)", placeholder="Ask something your documents answer…",
+                               elem_id="mmchat-knowledge-query")
+            with gr.Row():
+                top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label="Top k")
+                search_docs = gr.Dropdown(label="Only these documents", choices=[], multiselect=True)
+            search_btn = gr.Button("Search", elem_id="mmchat-knowledge-search")
+            hits = gr.Markdown(elem_id="mmchat-knowledge-hits")
+            gallery = gr.Gallery(label="Images", columns=3, height=220, elem_id="mmchat-knowledge-gallery")
+
+    def listing():
+        choices = document_choices(runtime)
+        rows = documents_rows(runtime.knowledge.documents()) if runtime.knowledge is not None else []
+        return (
+            rows,
+            gr.Dropdown(choices=choices, value=None),
+            gr.Dropdown(choices=choices),
+            runtime.knowledge_markdown(),
+        )
+
+    def refresh():
+        try:
+            runtime.wait_knowledge(timeout=0)
+        except UserFacingError:
+            pass
+        return listing()
+
+    def add(uploads: list | None, request: gr.Request, progress=gr.Progress()):
+        try:
+            knowledge = runtime.wait_knowledge(timeout=120)
+        except UserFacingError as err:
+            gr.Warning(str(err))
+            return (str(err), *listing())
+        paths = [_path(u) for u in uploads or [] if _path(u)]
+        if not paths:
+            gr.Warning("choose one or more files to index first")
+            return ("*Nothing to index.*", *listing())
+        cancel = cancels.setdefault(request.session_hash or "", threading.Event())
+        cancel.clear()
+        progress(0.0, desc="starting")
+        report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=m), cancel=cancel)
+        for name, message in report.failed:
+            gr.Warning(message if message.startswith(name) else f"{name}: {message}")
+        return (report.summary(), *listing())
+
+    def cancel_ingest(request: gr.Request) -> None:
+        event = cancels.get(request.session_hash or "")
+        if event is not None:
+            event.set()
+
+    def delete(doc_id: str | None):
+        try:
+            knowledge = runtime.wait_knowledge(timeout=0)
+            if not doc_id:
+                raise UserFacingError("choose a document to delete")
+            record = knowledge.delete(doc_id)
+            message = f"deleted {record.file_name} ({record.chunks} chunks)"
+        except UserFacingError as err:
+            gr.Warning(str(err))
+            message = str(err)
+        return (message, *listing())
+
+    def reset(confirmed: bool):
+        try:
+            knowledge = runtime.wait_knowledge(timeout=0)
+            if not confirmed:
+                raise UserFacingError("tick 'Yes, remove every document' to reset the knowledge base")
+            knowledge.reset()
+            message = "the knowledge base is empty"
+        except UserFacingError as err:
+            gr.Warning(str(err))
+            message = str(err)
+        return (message, *listing()[:-1], runtime.knowledge_markdown(), gr.Checkbox(value=False))
+
+    def search(text: str, k: float, doc_ids: list[str] | None):
+        try:
+            knowledge = runtime.wait_knowledge(timeout=0)
+            if not (text or "").strip():
+                raise UserFacingError("type a question to search for")
+            found = knowledge.search(text.strip(), top_k=int(k), doc_ids=doc_ids or None)
+        except UserFacingError as err:
+            gr.Warning(str(err))
+            return str(err), []
+        images = [(h.image_path, f"{h.file_name} ({h.score:.2f})") for h in found.images if h.image_path]
+        return retrieval_markdown(found.to_trace(), numbered_only=False), images
+
+    listing_outputs = [table, delete_choice, search_docs, status]
+    add_event = add_btn.click(add, [files], [result, *listing_outputs], api_name="knowledge_add",
+                              concurrency_limit=2, concurrency_id="ingest")
+    cancel_btn.click(cancel_ingest, None, None, api_name="knowledge_cancel", queue=False)
+    delete_event = delete_btn.click(delete, [delete_choice], [result, *listing_outputs], api_name="knowledge_delete")
+    reset_event = reset_btn.click(reset, [confirm], [result, *listing_outputs, confirm], api_name="knowledge_reset")
+    search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search")
+    query.submit(search, [query, top_k, search_docs], [hits, gallery])
+    return {
+        "refresh": refresh,
+        "listing_outputs": listing_outputs,
+        "changed": [add_event, delete_event, reset_event],
+    }

@@ -255,7 +255,7 @@ def test_embedded_and_server_stores_rank_the_same_files(
 
 
 # ----- worker processes --------------------------------------------------------------------
-WORKER = r'''
+WORKER = r"""
 import json, re, sys, time
 from pathlib import Path
 
@@ -275,6 +275,8 @@ encoder = load_image_encoder(EncoderConfig(kind="standin"), cache_dir=Path(spec[
 kb = KnowledgeBase(KnowledgeConfig(path=spec["path"], **spec["config"]), encoder=encoder,
                    text_embedder=load_text_embedder("auto"))
 say("READY")
+if spec.get("wait_for_go"):
+    sys.stdin.readline()
 acked = 0
 for file in spec["files"]:
     name = Path(file).name
@@ -301,18 +303,35 @@ for query in spec.get("queries", []):
     hits = kb.search(query, top_k=3, image_top_k=0).hits
     say("SEARCH", json.dumps({"query": query, "ids": [h.id for h in hits]}, ensure_ascii=False))
 say("DONE")
-'''
+"""
+
+
+def _kill_order(after: int) -> tuple[list[str], str]:
+    """`after` single-batch files, then a multi-batch one (the victim), then the rest."""
+    victim = MULTI_BATCH[after % len(MULTI_BATCH)]
+    return SINGLE_BATCH[:after] + [victim] + SINGLE_BATCH[after:], victim
+
+
+KILL_POINTS = (1, 3, 6)
+RESTART_QUERIES = ["西湖龙井的产地在哪里", "ZX-4471 impeller kit"]
+WORKER_PLANS = {
+    "restart": {"files": ["tea-longjing.md", "zx-pump-manual.txt"], "queries": RESTART_QUERIES},
+    **{f"kill-{n}": {"files": _kill_order(n)[0], "config": SMALL_CHUNKS, "pause_after": n} for n in KILL_POINTS},
+    "kill-anywhere": {"files": MULTI_BATCH + SINGLE_BATCH, "config": SMALL_CHUNKS, "wait_for_go": True},
+}
 
 
 class Worker:
-    """A worker process running WORKER; `expect()` reads its `@@` protocol lines."""
+    """A real worker process (WORKER above); `expect()` reads its `@@` protocol lines."""
 
     def __init__(self, spec: dict, log: Path) -> None:
+        self.path = Path(spec["path"])
+        self.files = [Path(f).name for f in spec["files"]]
         self.log = log
         self._stderr = open(log, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-c", WORKER, json.dumps(spec)], cwd=ROOT, env=_env(),
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.PIPE,
             text=True, encoding="utf-8",
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -325,7 +344,7 @@ class Worker:
                 self.lines.put(line[3:].rstrip("\n"))
         self.lines.put(None)
 
-    def expect(self, predicate, timeout: float = 120) -> str:
+    def expect(self, predicate, timeout: float = 180) -> str:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -339,47 +358,60 @@ class Worker:
             if predicate(line):
                 return line
 
+    def go(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def acked(self) -> list[str]:
+        return [line.split(" ", 1)[1] for line in self.seen if line.startswith("ACK ")]
+
     def stderr(self) -> str:
         return self.log.read_text("utf-8", errors="replace")[-4000:]
 
-    def kill(self) -> None:
+    def kill(self) -> int:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        code = self.process.wait(timeout=30)
         self._stderr.close()
+        return code
 
 
-@pytest.fixture
-def worker(tmp_path, model_cache_dir):
-    started: list[Worker] = []
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory, model_cache_dir):
+    """All worker processes of this module, started at once so their start-ups (~10 s each,
+    mostly importing sentence-transformers) overlap; each test drives its own."""
+    started: dict[str, Worker] = {}
+    logs = tmp_path_factory.mktemp("worker-logs")
+    try:
+        for name, plan in WORKER_PLANS.items():
+            spec = dict(plan, path=str(tmp_path_factory.mktemp(name) / "kb"), cache_dir=str(model_cache_dir),
+                        files=[str(DOCS / f) for f in plan["files"]])
+            spec.setdefault("config", {})
+            started[name] = Worker(spec, logs / f"{name}.log")
+        yield started
+    finally:
+        for worker in started.values():
+            worker.kill()
 
-    def start(path: Path, files: list[str], **spec) -> Worker:
-        spec.update(path=str(path), files=[str(DOCS / f) for f in files], cache_dir=str(model_cache_dir))
-        spec.setdefault("config", {})
-        started.append(Worker(spec, tmp_path / f"worker-{len(started)}.log"))
-        return started[-1]
 
-    yield start
-    for w in started:
-        w.kill()
-
-
-def test_a_restarted_process_finds_what_the_last_one_indexed(worker, tmp_path, standin_encoder, text_embedder):
+def _open(path: Path, encoder, embedder, **config):
     from mmchat.knowledge.base import KnowledgeBase
 
-    path = tmp_path / "kb"
-    queries = ["西湖龙井的产地在哪里", "ZX-4471 impeller kit"]
-    first = worker(path, ["tea-longjing.md", "zx-pump-manual.txt"], queries=queries)
+    return KnowledgeBase(KnowledgeConfig(path=str(path), **config), encoder=encoder, text_embedder=embedder)
+
+
+def test_a_restarted_process_finds_what_the_last_one_indexed(workers, standin_encoder, text_embedder):
+    first = workers["restart"]
     docs = json.loads(first.expect(lambda l: l.startswith("DOCS ")).split(" ", 1)[1])
     searched = {}
-    for _ in queries:
+    for _ in RESTART_QUERIES:
         found = json.loads(first.expect(lambda l: l.startswith("SEARCH ")).split(" ", 1)[1])
         searched[found["query"]] = found["ids"]
     first.expect(lambda l: l == "DONE")
     assert first.process.wait(timeout=60) == 0, first.stderr()
     assert [d["file_name"] for d in docs] == ["tea-longjing.md", "zx-pump-manual.txt"]
 
-    kb = KnowledgeBase(KnowledgeConfig(path=str(path)), encoder=standin_encoder, text_embedder=text_embedder)
+    kb = _open(first.path, standin_encoder, text_embedder)
     assert [{"doc_id": d.doc_id, "file_name": d.file_name, "chunks": d.chunks} for d in kb.documents()] == docs
     _assert_consistent(kb)
     # BM25 is rebuilt from the store on open: it holds every chunk and finds Chinese by bigrams.
@@ -387,85 +419,78 @@ def test_a_restarted_process_finds_what_the_last_one_indexed(worker, tmp_path, s
     longjing = docs[0]["doc_id"]
     lexical = kb.retriever.lexical.search("龙井", 3)
     assert lexical and all(kb.store.get_text([h.id])[h.id][1]["doc_id"] == longjing for h in lexical)
-    top = kb.search(queries[0], top_k=3, image_top_k=0).hits[0]
+    top = kb.search(RESTART_QUERIES[0], top_k=3, image_top_k=0).hits[0]
     assert top.file_name == "tea-longjing.md" and top.lexical_rank is not None
     # The same questions get the same chunks as in the process that indexed them.
-    for query in queries:
+    for query in RESTART_QUERIES:
         assert [h.id for h in kb.search(query, top_k=3, image_top_k=0).hits] == searched[query], query
 
 
-@pytest.mark.parametrize("after", [1, 3, 6])
+VICTIM_QUESTIONS = {
+    "dumplings.md": "煮饺子的时候一共要加几回凉水？",
+    "lanwan-leave-policy.md": "在蓝湾科技工作了十二年，每年能休几天带薪年假？",
+    "qingchuan-metro.md": "青川地铁周五晚上最后一班车几点开？",
+    "tea-longjing.md": "泡西湖龙井应该用多少度的水？",
+}
+
+
+@pytest.mark.parametrize("after", KILL_POINTS)
 def test_sigkill_part_way_through_an_ingest_leaves_only_acknowledged_documents(
-    after, worker, tmp_path, standin_encoder, text_embedder
+    after, workers, standin_encoder, text_embedder
 ):
     import chromadb
 
-    from mmchat.knowledge.base import KnowledgeBase
     from mmchat.knowledge.store import chroma_settings
 
-    path = tmp_path / "kb"
-    victim = MULTI_BATCH[after % len(MULTI_BATCH)]
-    order = SINGLE_BATCH[:after] + [victim] + SINGLE_BATCH[after:]
-    proc = worker(path, order, config=SMALL_CHUNKS, pause_after=after)
-    midway = proc.expect(lambda l: l.startswith("MIDWAY "))
-    acked = [l.split(" ", 1)[1] for l in proc.seen if l.startswith("ACK ")]
-    assert midway == f"MIDWAY {victim}" and acked == order[:after]
-    os.kill(proc.process.pid, signal.SIGKILL)
-    assert proc.process.wait(timeout=30) == -signal.SIGKILL
+    proc = workers[f"kill-{after}"]
+    order, victim = _kill_order(after)
+    assert proc.expect(lambda l: l.startswith("MIDWAY ")) == f"MIDWAY {victim}"
+    acked = proc.acked()
+    assert acked == order[:after]
+    assert proc.kill() == -signal.SIGKILL
 
-    # The killed process left the written batches of the victim behind, with no manifest record...
-    raw = chromadb.PersistentClient(path=str(path / "chroma"), settings=chroma_settings())
+    # The killed process left the victim's written batches behind, with no manifest record...
+    raw = chromadb.PersistentClient(path=str(proc.path / "chroma"), settings=chroma_settings())
     leftovers = raw.get_collection("mmchat_text").get(where={"doc_id": _sha(victim)}, include=[])["ids"]
     assert len(leftovers) >= 32
     assert raw.get_collection("mmchat_documents").get(ids=[_sha(victim)])["ids"] == []
 
     # ...which opening the base removes: it lists exactly what was acknowledged.
-    kb = KnowledgeBase(KnowledgeConfig(path=str(path), **SMALL_CHUNKS), encoder=standin_encoder,
-                       text_embedder=text_embedder)
+    kb = _open(proc.path, standin_encoder, text_embedder, **SMALL_CHUNKS)
     assert _names(kb) == acked
     assert kb.store.text_collection.get(where={"doc_id": _sha(victim)}, include=[])["ids"] == []
     _assert_consistent(kb)
     assert _top(kb, "When should an 11-speed chain be swapped for a new one?")[0] == "bicycle-chain-care.md"
-    query = {
-        "dumplings.md": "煮饺子的时候一共要加几回凉水？",
-        "lanwan-leave-policy.md": "在蓝湾科技工作了十二年，每年能休几天带薪年假？",
-        "qingchuan-metro.md": "青川地铁周五晚上最后一班车几点开？",
-        "tea-longjing.md": "泡西湖龙井应该用多少度的水？",
-    }[victim]
-    assert victim not in _top(kb, query, k=5)
+    assert victim not in _top(kb, VICTIM_QUESTIONS[victim], k=5)
     # The interrupted file goes in cleanly next time.
     report = kb.ingest([DOCS / victim])
     assert [r.file_name for r in report.added] == [victim] and not report.duplicates
     assert _names(kb) == acked + [victim]
     _assert_consistent(kb)
-    assert _top(kb, query, k=5)[0] == victim
+    assert _top(kb, VICTIM_QUESTIONS[victim], k=5)[0] == victim
 
 
-def test_sigkill_at_an_unplanned_moment_leaves_a_consistent_base(worker, tmp_path, standin_encoder, text_embedder):
+def test_sigkill_at_an_unplanned_moment_leaves_a_consistent_base(workers, standin_encoder, text_embedder):
     """No pause: the kill lands wherever the worker happens to be right after a written batch."""
-    from mmchat.knowledge.base import KnowledgeBase
-
-    path = tmp_path / "kb"
-    order = MULTI_BATCH + SINGLE_BATCH
-    proc = worker(path, order, config=SMALL_CHUNKS)
-    acked: list[str] = []
+    proc = workers["kill-anywhere"]
+    proc.expect(lambda l: l == "READY")
+    proc.go()
 
     def killable(line: str) -> bool:
-        if line.startswith("ACK "):
-            acked.append(line.split(" ", 1)[1])
+        acked = proc.acked()
         return len(acked) >= 2 and line.startswith("EMBEDDED ") and line.split()[1] not in acked
 
     in_flight = proc.expect(killable).split()[1]
     os.kill(proc.process.pid, signal.SIGKILL)
-    proc.process.wait(timeout=30)
+    acked = proc.acked()
+    assert proc.kill() == -signal.SIGKILL
 
-    kb = KnowledgeBase(KnowledgeConfig(path=str(path), **SMALL_CHUNKS), encoder=standin_encoder,
-                       text_embedder=text_embedder)
+    kb = _open(proc.path, standin_encoder, text_embedder, **SMALL_CHUNKS)
     listed = _names(kb)
     # The record may have been written between the last line read and the kill; nothing else.
     assert listed in (acked, acked + [in_flight]), (listed, acked, in_flight)
     _assert_consistent(kb)
-    missing = [DOCS / n for n in order if n not in listed][:3]
+    missing = [DOCS / n for n in proc.files if n not in listed][:3]
     report = kb.ingest(missing)
     assert [r.file_name for r in report.added] == [p.name for p in missing]
     _assert_consistent(kb)

@@ -81,3 +81,40 @@ def test_upload_cat_photo_and_watch_the_answer_stream(app_url, browser, tmp_path
     user_text = page.locator("#mmchat-chatbot").inner_text()
     assert "tiger cat" in user_text
     page.close()
+
+
+def test_index_a_pdf_then_ask_and_see_the_cited_sources(app_url, browser):
+    """The issue's outcome in a browser: Knowledge tab upload with progress, then a cited answer."""
+    pdf = Path(__file__).resolve().parents[1] / "knowledge" / "demo" / "llava-overview.pdf"
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
+    page.get_by_role("tab", name="Knowledge").click()
+    page.set_input_files("#mmchat-knowledge-files input[type=file]", str(pdf))
+    page.wait_for_function(
+        "document.querySelector('#mmchat-knowledge-files')?.innerText.includes('llava-overview.pdf')", timeout=30_000
+    )
+    page.click("#mmchat-knowledge-index")
+    page.wait_for_function(
+        "document.querySelector('#mmchat-knowledge-result')?.innerText.includes('indexed 1 file')", timeout=120_000
+    )
+    page.wait_for_function(
+        "document.querySelector('#mmchat-knowledge-documents')?.innerText.includes('llava-overview.pdf')",
+        timeout=30_000,
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-knowledge.png"), full_page=True)
+
+    page.get_by_role("tab", name="Chat").click()
+    page.fill("#mmchat-input textarea", "What data did LLaVA use to pre-train its projector?")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "document.querySelector('#mmchat-chatbot')?.innerText.includes('tok/s')", timeout=120_000
+    )
+    chat_text = page.locator("#mmchat-chatbot").inner_text()
+    assert "Sources: [1] llava-overview.pdf, p." in chat_text, chat_text
+    page.wait_for_function(
+        "document.querySelector('#mmchat-sources')?.innerText.includes('llava-overview.pdf, p. 2')", timeout=30_000
+    )
+    page.screenshot(path=str(ARTIFACTS / "browser-rag-answer.png"), full_page=True)
+    page.close()

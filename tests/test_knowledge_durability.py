@@ -255,55 +255,134 @@ def test_embedded_and_server_stores_rank_the_same_files(
 
 
 # ----- worker processes --------------------------------------------------------------------
-WORKER = r"""
-import json, re, sys, time
-from pathlib import Path
-
-spec = json.loads(sys.argv[1])
-
-from mmchat.config import EncoderConfig, KnowledgeConfig
-from mmchat.knowledge.base import KnowledgeBase
-from mmchat.knowledge.embeddings import load_text_embedder
-from mmchat.vision import load_image_encoder
-
-
-def say(*parts):
-    print("@@", *parts, flush=True)
+# Workers are real processes forked by multiprocessing's fork server, which imports the heavy
+# libraries once (sentence-transformers alone takes ~8 s to import on a small machine). Each
+# worker loads its own models, opens its own Chroma client and knowledge base, and is killed
+# with a real SIGKILL; it shares nothing with the test process but the files on disk.
+PRELOAD = [
+    "torch", "sentence_transformers", "llama_index.core", "llama_index.embeddings.huggingface",
+    "llama_index.vector_stores.chroma", "chromadb", "bm25s", "mmchat.config", "mmchat.vision",
+    "mmchat.knowledge.base", "mmchat.knowledge.embeddings", "mmchat.knowledge.loaders",
+]
 
 
-encoder = load_image_encoder(EncoderConfig(kind="standin"), cache_dir=Path(spec["cache_dir"]))
-kb = KnowledgeBase(KnowledgeConfig(path=spec["path"], **spec["config"]), encoder=encoder,
-                   text_embedder=load_text_embedder("auto"))
-say("READY")
-if spec.get("wait_for_go"):
-    sys.stdin.readline()
-acked = 0
-for file in spec["files"]:
-    name = Path(file).name
+def _worker_main(spec: dict, out, log: str) -> None:
+    """A worker process: index `spec["files"]` one by one, reporting each step on `out`.
 
-    def progress(fraction, message):
-        step = re.search(r"embedded (\d+)/(\d+) chunks", message)
-        if not step:
+    Protocol: `READY`, then per file `EMBEDDED <name> <done> <total>` per written batch and
+    `ACK <name>` once `ingest` returned it as added; `MIDWAY <name>` (then it sleeps until
+    killed) at the first partly written file after `pause_after` acknowledgements; at the end
+    `DOCS <json>`, `SEARCH <json>` per query, `DONE`.
+    """
+    import re
+
+    with open(log, "ab", buffering=0) as sink:  # library chatter goes to the log, not to pytest
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+
+    from mmchat.config import EncoderConfig
+    from mmchat.knowledge.base import KnowledgeBase
+    from mmchat.knowledge.embeddings import load_text_embedder
+    from mmchat.vision import load_image_encoder
+
+    def say(*parts) -> None:
+        out.send(" ".join(str(p) for p in parts))
+
+    encoder = load_image_encoder(EncoderConfig(kind="standin"), cache_dir=Path(spec["cache_dir"]))
+    kb = KnowledgeBase(KnowledgeConfig(path=spec["path"], **spec["config"]), encoder=encoder,
+                       text_embedder=load_text_embedder("auto"))
+    say("READY")
+    acked = 0
+    for file in spec["files"]:
+        name = Path(file).name
+
+        def progress(fraction: float, message: str) -> None:
+            step = re.search(r"embedded (\d+)/(\d+) chunks", message)
+            if not step:
+                return
+            say("EMBEDDED", name, step.group(1), step.group(2))
+            pause = spec.get("pause_after")
+            if pause is not None and acked >= pause and int(step.group(1)) < int(step.group(2)):
+                say("MIDWAY", name)  # some batches written, the manifest record not yet
+                time.sleep(600)
+
+        report = kb.ingest([file], progress=progress)
+        if report.failed or not report.added:
+            say("FAILED", report.summary())
             return
-        say("EMBEDDED", name, step.group(1), step.group(2))
-        pause = spec.get("pause_after")
-        if pause is not None and acked >= pause and int(step.group(1)) < int(step.group(2)):
-            say("MIDWAY", name)  # some batches written, the manifest record not yet
-            time.sleep(600)
+        acked += 1
+        say("ACK", name)
+    docs = [{"doc_id": d.doc_id, "file_name": d.file_name, "chunks": d.chunks} for d in kb.documents()]
+    say("DOCS", json.dumps(docs, ensure_ascii=False))
+    for query in spec.get("queries", []):
+        hits = kb.search(query, top_k=3, image_top_k=0).hits
+        say("SEARCH", json.dumps({"query": query, "ids": [h.id for h in hits]}, ensure_ascii=False))
+    say("DONE")
 
-    report = kb.ingest([file], progress=progress)
-    if report.failed or not report.added:
-        say("FAILED", report.summary())
-        sys.exit(3)
-    acked += 1
-    say("ACK", name)
-docs = [{"doc_id": d.doc_id, "file_name": d.file_name, "chunks": d.chunks} for d in kb.documents()]
-say("DOCS", json.dumps(docs, ensure_ascii=False))
-for query in spec.get("queries", []):
-    hits = kb.search(query, top_k=3, image_top_k=0).hits
-    say("SEARCH", json.dumps({"query": query, "ids": [h.id for h in hits]}, ensure_ascii=False))
-say("DONE")
-"""
+
+class Worker:
+    """One worker process; `expect()` reads its protocol lines, `kill()` SIGKILLs it."""
+
+    def __init__(self, context, spec: dict, log: Path) -> None:
+        self.path = Path(spec["path"])
+        self.files = [Path(f).name for f in spec["files"]]
+        self.log = log
+        self._lines, writer = context.Pipe(duplex=False)
+        self.process = context.Process(target=_worker_main, args=(spec, writer, str(log)), daemon=True)
+        self.process.start()
+        writer.close()  # the child holds the only writer: its death reads as EOF here
+        self.seen: list[str] = []
+
+    def expect(self, predicate, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = None
+            try:
+                if self._lines.poll(max(0.0, deadline - time.monotonic())):
+                    line = self._lines.recv()
+                else:
+                    problem = "timed out"
+            except (EOFError, OSError):
+                problem = f"exited ({self.process.exitcode})"
+            if problem:
+                self.kill()
+                pytest.fail(f"worker {problem} after {self.seen[-5:]}; its output:\n{self.output()}")
+            self.seen.append(line)
+            if predicate(line):
+                return line
+
+    def acked(self) -> list[str]:
+        return [line.split(" ", 1)[1] for line in self.seen if line.startswith("ACK ")]
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8", errors="replace")[-4000:] if self.log.exists() else ""
+
+    def kill(self) -> int:
+        if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(timeout=30)
+        return self.process.exitcode
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, model_cache_dir):
+    """`worker(files, **spec)` starts a worker process on a fresh knowledge base folder."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    started: list[Worker] = []
+
+    def start(files: list[str], **spec) -> Worker:
+        folder = tmp_path_factory.mktemp("worker")
+        spec.update(path=str(folder / "kb"), cache_dir=str(model_cache_dir), files=[str(DOCS / f) for f in files])
+        spec.setdefault("config", {})
+        started.append(Worker(context, spec, folder / "worker.log"))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.kill()
 
 
 def _kill_order(after: int) -> tuple[list[str], str]:
@@ -314,84 +393,6 @@ def _kill_order(after: int) -> tuple[list[str], str]:
 
 KILL_POINTS = (1, 3, 6)
 RESTART_QUERIES = ["西湖龙井的产地在哪里", "ZX-4471 impeller kit"]
-WORKER_PLANS = {
-    "restart": {"files": ["tea-longjing.md", "zx-pump-manual.txt"], "queries": RESTART_QUERIES},
-    **{f"kill-{n}": {"files": _kill_order(n)[0], "config": SMALL_CHUNKS, "pause_after": n} for n in KILL_POINTS},
-    "kill-anywhere": {"files": MULTI_BATCH + SINGLE_BATCH, "config": SMALL_CHUNKS, "wait_for_go": True},
-}
-
-
-class Worker:
-    """A real worker process (WORKER above); `expect()` reads its `@@` protocol lines."""
-
-    def __init__(self, spec: dict, log: Path) -> None:
-        self.path = Path(spec["path"])
-        self.files = [Path(f).name for f in spec["files"]]
-        self.log = log
-        self._stderr = open(log, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", WORKER, json.dumps(spec)], cwd=ROOT, env=_env(),
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.PIPE,
-            text=True, encoding="utf-8",
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.process.stdout:
-            if line.startswith("@@ "):
-                self.lines.put(line[3:].rstrip("\n"))
-        self.lines.put(None)
-
-    def expect(self, predicate, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                line = "<timeout>"
-            if line is None or line == "<timeout>":
-                self.kill()
-                pytest.fail(f"worker: {line or 'exited'} after {self.seen[-5:]}; stderr:\n{self.stderr()}")
-            self.seen.append(line)
-            if predicate(line):
-                return line
-
-    def go(self) -> None:
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-
-    def acked(self) -> list[str]:
-        return [line.split(" ", 1)[1] for line in self.seen if line.startswith("ACK ")]
-
-    def stderr(self) -> str:
-        return self.log.read_text("utf-8", errors="replace")[-4000:]
-
-    def kill(self) -> int:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        code = self.process.wait(timeout=30)
-        self._stderr.close()
-        return code
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory, model_cache_dir):
-    """All worker processes of this module, started at once so their start-ups (~10 s each,
-    mostly importing sentence-transformers) overlap; each test drives its own."""
-    started: dict[str, Worker] = {}
-    logs = tmp_path_factory.mktemp("worker-logs")
-    try:
-        for name, plan in WORKER_PLANS.items():
-            spec = dict(plan, path=str(tmp_path_factory.mktemp(name) / "kb"), cache_dir=str(model_cache_dir),
-                        files=[str(DOCS / f) for f in plan["files"]])
-            spec.setdefault("config", {})
-            started[name] = Worker(spec, logs / f"{name}.log")
-        yield started
-    finally:
-        for worker in started.values():
-            worker.kill()
 
 
 def _open(path: Path, encoder, embedder, **config):
@@ -400,15 +401,16 @@ def _open(path: Path, encoder, embedder, **config):
     return KnowledgeBase(KnowledgeConfig(path=str(path), **config), encoder=encoder, text_embedder=embedder)
 
 
-def test_a_restarted_process_finds_what_the_last_one_indexed(workers, standin_encoder, text_embedder):
-    first = workers["restart"]
+def test_a_restarted_process_finds_what_the_last_one_indexed(worker, standin_encoder, text_embedder):
+    first = worker(["tea-longjing.md", "zx-pump-manual.txt"], queries=RESTART_QUERIES)
     docs = json.loads(first.expect(lambda l: l.startswith("DOCS ")).split(" ", 1)[1])
     searched = {}
     for _ in RESTART_QUERIES:
         found = json.loads(first.expect(lambda l: l.startswith("SEARCH ")).split(" ", 1)[1])
         searched[found["query"]] = found["ids"]
     first.expect(lambda l: l == "DONE")
-    assert first.process.wait(timeout=60) == 0, first.stderr()
+    first.process.join(timeout=60)
+    assert first.process.exitcode == 0, first.output()
     assert [d["file_name"] for d in docs] == ["tea-longjing.md", "zx-pump-manual.txt"]
 
     kb = _open(first.path, standin_encoder, text_embedder)
@@ -436,14 +438,14 @@ VICTIM_QUESTIONS = {
 
 @pytest.mark.parametrize("after", KILL_POINTS)
 def test_sigkill_part_way_through_an_ingest_leaves_only_acknowledged_documents(
-    after, workers, standin_encoder, text_embedder
+    after, worker, standin_encoder, text_embedder
 ):
     import chromadb
 
     from mmchat.knowledge.store import chroma_settings
 
-    proc = workers[f"kill-{after}"]
     order, victim = _kill_order(after)
+    proc = worker(order, config=SMALL_CHUNKS, pause_after=after)
     assert proc.expect(lambda l: l.startswith("MIDWAY ")) == f"MIDWAY {victim}"
     acked = proc.acked()
     assert acked == order[:after]
@@ -470,11 +472,9 @@ def test_sigkill_part_way_through_an_ingest_leaves_only_acknowledged_documents(
     assert _top(kb, VICTIM_QUESTIONS[victim], k=5)[0] == victim
 
 
-def test_sigkill_at_an_unplanned_moment_leaves_a_consistent_base(workers, standin_encoder, text_embedder):
+def test_sigkill_at_an_unplanned_moment_leaves_a_consistent_base(worker, standin_encoder, text_embedder):
     """No pause: the kill lands wherever the worker happens to be right after a written batch."""
-    proc = workers["kill-anywhere"]
-    proc.expect(lambda l: l == "READY")
-    proc.go()
+    proc = worker(MULTI_BATCH + SINGLE_BATCH, config=SMALL_CHUNKS)
 
     def killable(line: str) -> bool:
         acked = proc.acked()

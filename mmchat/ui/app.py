@@ -58,7 +58,9 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
             demo.load(knowledge["refresh"], None, listing, api_name="knowledge_documents")
             knowledge_tab.select(knowledge["refresh"], None, listing)
             for event in knowledge["changed"]:
-                event.then(chat_document_choices, None, chat["rag_docs"])
+                event.then(chat_document_choices, None, chat["rag_docs"]).then(
+                    runtime.status_markdown, None, status
+                )
             demo.load(chat_document_choices, None, chat["rag_docs"])
     demo.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
     demo.mmchat_runtime = runtime  # for tests and scripts that need the loaded models

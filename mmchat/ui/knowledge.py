@@ -52,7 +52,8 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
                 add_btn = gr.Button("Index", variant="primary", elem_id="mmchat-knowledge-index")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="mmchat-knowledge-cancel")
             result = gr.Markdown(elem_id="mmchat-knowledge-result")
-            table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=True)
+            table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=True,
+                                 elem_id="mmchat-knowledge-documents")
             with gr.Row():
                 delete_choice = gr.Dropdown(label="Document", choices=[], scale=3)
                 delete_btn = gr.Button("Delete", scale=1, elem_id="mmchat-knowledge-delete")

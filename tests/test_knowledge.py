@@ -169,6 +169,7 @@ def test_cancel_leaves_nothing_half_indexed(make_knowledge):
     report = kb.ingest(docs, progress=progress, cancel=cancel)
     assert report.cancelled
     assert [r.file_name for r in report.added] == ["handbook-remote-work.md"]
+    assert [p.name for p in kb.files_dir.iterdir()] == [report.added[0].stored]
     assert kb.counts()["chunks"] == report.added[0].chunks
     assert {d.file_name for d in kb.documents()} == {"handbook-remote-work.md"}
 
@@ -178,11 +179,16 @@ def test_questions_during_ingest_say_so(make_knowledge):
     seen = []
 
     def progress(fraction, message):
-        if not seen:
-            seen.append(kb.search("tea", top_k=2).notes)
+        if "embedded" in message and not seen:
+            # Chunks already written but not acknowledged are not cited (the ingest may fail).
+            result = kb.search("乌龙茶", top_k=2)
+            seen.append(result.notes)
+            seen.append([h.file_name for h in result.hits])
 
     kb.ingest([FIXTURE / "docs" / "tea-oolong.txt"], progress=progress)
     assert seen and "Indexing is in progress" in seen[0][0] and "tea-oolong.txt" in seen[0][0]
+    assert seen[1] == []
+    assert kb.search("乌龙茶", top_k=2).hits
     assert kb.search("tea", top_k=2).notes == []
 
 

@@ -2,8 +2,9 @@
 
 Everything here is real: a real Chroma server (`chroma run`, a subprocess on a free loopback
 port), real embedded Chroma stores in temp dirs, the shipped MiniLM text embedder, the
-stand-in image encoder, and real worker processes (`sys.executable`) that are killed with a
-real SIGKILL. Nothing is mocked and nothing downloads.
+stand-in image encoder, and real worker processes (forked by multiprocessing's fork server,
+each with its own models, Chroma client and knowledge base) that are killed with a real
+SIGKILL. Nothing is mocked and nothing downloads.
 
 Covers:
 - server mode: ingest (English, Chinese, an image), search, `where`/status, delete; a new
@@ -23,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import socket
@@ -66,15 +65,17 @@ QUERIES = [
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONIOENCODING="utf-8", ANONYMIZED_TELEMETRY="False")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+               ANONYMIZED_TELEMETRY="False")
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(avoid: set[int] = frozenset()) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def _sha(name: str) -> str:
@@ -97,6 +98,9 @@ def _assert_consistent(kb) -> None:
         assert len(got["ids"]) == record.chunks, record.file_name
     assert kb.counts()["chunks"] == sum(r.chunks for r in records)
     assert kb.counts()["documents"] == len(records)
+    # Kept file copies: exactly one per listed document (a killed ingest's copy is removed).
+    assert sorted(p.name for p in kb.files_dir.iterdir()) == sorted(r.stored for r in records)
+    kb.retriever.refresh_lexical()  # what every search does first
     assert len(kb.retriever.lexical) == kb.counts()["chunks"]
 
 
@@ -139,7 +143,7 @@ def chroma_server(tmp_path):
     servers: list[ChromaServer] = []
 
     def start(path: Path) -> ChromaServer:
-        port = _free_port()
+        port = _free_port(avoid={s.port for s in servers})  # a restart gets a new port
         log = tmp_path / f"chroma-{port}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
@@ -168,8 +172,11 @@ def chroma_server(tmp_path):
 def test_server_mode_behaves_like_embedded_and_survives_restarts(
     chroma_server, tmp_path, standin_encoder, text_embedder
 ):
+    import chromadb
+
     from mmchat.errors import ModelUnavailable
     from mmchat.knowledge.base import KnowledgeBase
+    from mmchat.knowledge.store import chroma_settings
 
     data = tmp_path / "server-data"
     server = chroma_server(data)
@@ -188,10 +195,6 @@ def test_server_mode_behaves_like_embedded_and_survives_restarts(
     assert kb.counts() == {"documents": 5, "chunks": chunks, "images": 1}
     _assert_consistent(kb)
     # The chunks really are on the server: a plain client sees them.
-    import chromadb
-
-    from mmchat.knowledge.store import chroma_settings
-
     plain = chromadb.HttpClient(host="127.0.0.1", port=server.port, settings=chroma_settings())
     assert plain.get_collection("mmchat_text").count() == chunks
 
@@ -343,7 +346,8 @@ class Worker:
                 else:
                     problem = "timed out"
             except (EOFError, OSError):
-                problem = f"exited ({self.process.exitcode})"
+                self.process.join(timeout=5)
+                problem = f"exited with {self.process.exitcode}"
             if problem:
                 self.kill()
                 pytest.fail(f"worker {problem} after {self.seen[-5:]}; its output:\n{self.output()}")
@@ -364,20 +368,32 @@ class Worker:
         return self.process.exitcode
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory, model_cache_dir):
-    """`worker(files, **spec)` starts a worker process on a fresh knowledge base folder."""
+@pytest.fixture(scope="module", autouse=True)
+def fork_server():
+    """Start the fork server with the module's first test, so its imports overlap with it."""
     import multiprocessing
+    import multiprocessing.forkserver
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    yield context
+    stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)
+    if stop is not None:  # frees its ~1 GB; a later user starts a new one
+        stop()
+
+
+@pytest.fixture
+def worker(tmp_path, fork_server, model_cache_dir):
+    """`worker(files, **spec)` starts a worker process on a fresh knowledge base folder."""
     started: list[Worker] = []
 
     def start(files: list[str], **spec) -> Worker:
-        folder = tmp_path_factory.mktemp("worker")
+        folder = tmp_path / f"worker-{len(started)}"
+        folder.mkdir()
         spec.update(path=str(folder / "kb"), cache_dir=str(model_cache_dir), files=[str(DOCS / f) for f in files])
         spec.setdefault("config", {})
-        started.append(Worker(context, spec, folder / "worker.log"))
+        started.append(Worker(fork_server, spec, folder / "worker.log"))
         return started[-1]
 
     yield start
@@ -391,7 +407,7 @@ def _kill_order(after: int) -> tuple[list[str], str]:
     return SINGLE_BATCH[:after] + [victim] + SINGLE_BATCH[after:], victim
 
 
-KILL_POINTS = (1, 3, 6)
+KILL_POINTS = (1, 3, 6)  # acknowledged files before the kill
 RESTART_QUERIES = ["西湖龙井的产地在哪里", "ZX-4471 impeller kit"]
 
 
@@ -409,6 +425,8 @@ def test_a_restarted_process_finds_what_the_last_one_indexed(worker, standin_enc
         found = json.loads(first.expect(lambda l: l.startswith("SEARCH ")).split(" ", 1)[1])
         searched[found["query"]] = found["ids"]
     first.expect(lambda l: l == "DONE")
+    # It exits as a multiprocessing child does (os._exit: no atexit handlers, no interpreter
+    # shutdown), so nothing may depend on a graceful close of the store.
     first.process.join(timeout=60)
     assert first.process.exitcode == 0, first.output()
     assert [d["file_name"] for d in docs] == ["tea-longjing.md", "zx-pump-manual.txt"]
@@ -416,13 +434,13 @@ def test_a_restarted_process_finds_what_the_last_one_indexed(worker, standin_enc
     kb = _open(first.path, standin_encoder, text_embedder)
     assert [{"doc_id": d.doc_id, "file_name": d.file_name, "chunks": d.chunks} for d in kb.documents()] == docs
     _assert_consistent(kb)
-    # BM25 is rebuilt from the store on open: it holds every chunk and finds Chinese by bigrams.
+    # BM25 is rebuilt from the store (it is saved nowhere): it finds Chinese by bigrams.
+    top = kb.search(RESTART_QUERIES[0], top_k=3, image_top_k=0).hits[0]
+    assert top.file_name == "tea-longjing.md" and top.lexical_rank is not None
     assert len(kb.retriever.lexical) == sum(d["chunks"] for d in docs) > 0
     longjing = docs[0]["doc_id"]
     lexical = kb.retriever.lexical.search("龙井", 3)
     assert lexical and all(kb.store.get_text([h.id])[h.id][1]["doc_id"] == longjing for h in lexical)
-    top = kb.search(RESTART_QUERIES[0], top_k=3, image_top_k=0).hits[0]
-    assert top.file_name == "tea-longjing.md" and top.lexical_rank is not None
     # The same questions get the same chunks as in the process that indexed them.
     for query in RESTART_QUERIES:
         assert [h.id for h in kb.search(query, top_k=3, image_top_k=0).hits] == searched[query], query

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mmchat.config import KnowledgeConfig
-from mmchat.errors import UserFacingError
+from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.knowledge.retrieval import Hit, HybridRetriever, RetrievalResult
 from mmchat.knowledge.store import DocumentRecord, KnowledgeStore, open_client
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 EMBED_BATCH = 32
+SERVER_PURGE_GRACE_S = 3600.0
 DEMO_DIRS = ("demo", "images")
 DEMO_SUFFIXES = (".md", ".txt", ".pdf", ".docx", ".html", ".png", ".jpg", ".jpeg", ".webp")
 
@@ -98,15 +99,27 @@ class KnowledgeBase:
             image_encoder=encoder.name if encoder is not None else "none",
             image_dim=int(encoder.dim) if encoder is not None else 1,
         )
-        purged = self.store.purge_unacknowledged()
+        # Embedded, this process is the only writer: anything unacknowledged is a leftover. On
+        # a shared server another app may be mid-ingest, so only old leftovers are purged.
+        grace = None if not config.host else time.time() - SERVER_PURGE_GRACE_S
+        purged = self.store.purge_unacknowledged(older_than=grace)
         if purged:
             log.warning("knowledge base: removed leftovers of %d interrupted ingest(s)", purged)
+        self._remove_unlisted_files(grace)
         self.retriever = HybridRetriever(self.store, self.text_embedder, self.image_embedder)
         self.retriever.refresh_lexical(force=True)
         self.splitter = self._splitter()
         self._ingest_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         self._jobs: list[_Job] = []
+        self._pending: set[str] = set()
+
+    def _remove_unlisted_files(self, older_than: float | None) -> None:
+        """Kept copies no record names (an ingest killed before its record was written)."""
+        listed = {r.stored for r in self.store.documents()}
+        for path in self.files_dir.iterdir():
+            if path.is_file() and path.name not in listed and (older_than is None or path.stat().st_mtime < older_than):
+                path.unlink(missing_ok=True)
 
     @property
     def where(self) -> str:
@@ -178,16 +191,22 @@ class KnowledgeBase:
                         report.duplicates.append(loaded.display_name)
                         job.done += 1
                         continue
+                    self._pending.add(loaded.sha256)  # searches skip it until acknowledged
                     try:
                         record = self._index(loaded, step, cancel)
-                    except IngestCancelled:
-                        report.cancelled = True
-                        break
                     except Exception as err:
-                        log.exception("indexing %s failed", label)
-                        self.store.delete_chunks(loaded.sha256)
-                        report.failed.append((label, f"indexing failed ({err.__class__.__name__}: {err})"))
+                        self._discard(loaded)
+                        if isinstance(err, IngestCancelled):
+                            report.cancelled = True
+                            break
+                        if isinstance(err, UserFacingError):
+                            report.failed.append((label, str(err)))
+                        else:
+                            log.exception("indexing %s failed", label)
+                            report.failed.append((label, f"indexing failed ({err.__class__.__name__}: {err})"))
                         continue
+                    finally:
+                        self._pending.discard(loaded.sha256)
                     report.added.append(record)
                     job.done += 1
                 if report.added:
@@ -202,6 +221,11 @@ class KnowledgeBase:
         progress(1.0, report.summary())
         return report
 
+    def _discard(self, loaded: Any) -> None:
+        """Remove what an unacknowledged ingest wrote: its chunks and its kept copy."""
+        self.store.delete_chunks(loaded.sha256)
+        Path(loaded.path).unlink(missing_ok=True)
+
     def _index(self, loaded: Any, step: Progress, cancel: threading.Event) -> DocumentRecord:
         added = time.time()
         if loaded.kind == "image":
@@ -210,8 +234,10 @@ class KnowledgeBase:
         else:
             chunks = self._index_text(loaded, added, step, cancel)
         if cancel.is_set():
-            self.store.delete_chunks(loaded.sha256)
             raise IngestCancelled
+        stored = len(self.store.text_collection.get(where={"doc_id": loaded.sha256}, include=[])["ids"])
+        if stored != chunks:  # e.g. another client purged them on a shared Chroma server
+            raise RuntimeError(f"the store holds {stored} of the {chunks} chunks written")
         record = DocumentRecord(
             doc_id=loaded.sha256, file_name=loaded.display_name, kind=loaded.kind,
             size_bytes=loaded.size_bytes, chunks=chunks, pages=loaded.pages or 0, added=added,
@@ -233,8 +259,6 @@ class KnowledgeBase:
             document.excluded_llm_metadata_keys = list(hidden)
         nodes = self.splitter.get_nodes_from_documents(loaded.documents)
         if not nodes:
-            from mmchat.errors import InvalidUpload
-
             raise InvalidUpload(f"{loaded.display_name}: no text to index")
         source = RelatedNodeInfo(node_id=loaded.sha256)
         for number, node in enumerate(nodes):
@@ -245,7 +269,6 @@ class KnowledgeBase:
             node.metadata.setdefault("page", 0)
         for start in range(0, len(nodes), EMBED_BATCH):
             if cancel.is_set():
-                self.store.delete_chunks(loaded.sha256)
                 raise IngestCancelled
             batch = nodes[start : start + EMBED_BATCH]
             vectors = self.text_embedder.get_text_embedding_batch(
@@ -262,8 +285,6 @@ class KnowledgeBase:
         from PIL import Image
 
         if self.encoder is None:
-            from mmchat.errors import InvalidUpload
-
             raise InvalidUpload(f"{loaded.display_name}: images need the image encoder, which is not loaded")
         with Image.open(loaded.path) as opened:
             image = opened.convert("RGB")
@@ -362,7 +383,8 @@ class KnowledgeBase:
             result = self._whole_documents(query, doc_ids)
         if result is None:
             result = self.retriever.search(
-                query, top_k=top_k, doc_ids=doc_ids or None, min_score=self.config.min_score
+                query, top_k=top_k, doc_ids=doc_ids or None, min_score=self.config.min_score,
+                exclude=set(self._pending),
             )
             if whole_document:
                 result.notes.append(
@@ -372,9 +394,11 @@ class KnowledgeBase:
         image_started = time.perf_counter()
         images: dict[str, Hit] = {}
         for vector in image_vectors:
-            for hit in self.retriever.search_images(image_vector=vector, top_k=image_top_k, min_score=self.image_min_score):
+            for hit in self.retriever.search_images(image_vector=vector, top_k=image_top_k, min_score=self.image_min_score,
+                                                    exclude=set(self._pending)):
                 images.setdefault(hit.id, hit)
-        for hit in self.retriever.search_images(query, top_k=image_top_k, min_score=self.image_min_score, doc_ids=doc_ids or None):
+        for hit in self.retriever.search_images(query, top_k=image_top_k, min_score=self.image_min_score,
+                                                doc_ids=doc_ids or None, exclude=set(self._pending)):
             images.setdefault(hit.id, hit)
         result.images = sorted(images.values(), key=lambda h: -h.score)[: max(image_top_k, 0)]
         result.timings_ms["images"] = (time.perf_counter() - image_started) * 1000

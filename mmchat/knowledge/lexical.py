@@ -87,7 +87,9 @@ class LexicalIndex:
             self._doc_ids = np.array(doc_ids, dtype=object)
             self.version = version
 
-    def search(self, query: str, k: int, doc_ids: Sequence[str] | None = None) -> list[LexicalHit]:
+    def search(
+        self, query: str, k: int, doc_ids: Sequence[str] | None = None, exclude: Iterable[str] = (),
+    ) -> list[LexicalHit]:
         with self._lock:
             retriever, ids, owners = self._retriever, self._ids, self._doc_ids
         if retriever is None or k <= 0:
@@ -98,6 +100,9 @@ class LexicalIndex:
         scores = retriever.get_scores(terms)
         if doc_ids is not None:
             scores = np.where(np.isin(owners, list(doc_ids)), scores, 0.0)
+        exclude = list(exclude)
+        if exclude:
+            scores = np.where(np.isin(owners, exclude), 0.0, scores)
         k = min(k, int(np.count_nonzero(scores)))
         if k == 0:
             return []

@@ -129,7 +129,9 @@ class HybridRetriever:
         candidates: int = 20,
         query_embedding: Sequence[float] | None = None,
         lexical: bool = True,
+        exclude: set[str] | frozenset[str] = frozenset(),
     ) -> RetrievalResult:
+        """Top chunks for `query`; `exclude` names documents being indexed (not yet acknowledged)."""
         from llama_index.core.schema import QueryBundle
 
         result = RetrievalResult(query=query)
@@ -145,6 +147,8 @@ class HybridRetriever:
         dense = retriever.retrieve(QueryBundle(query_str=query, embedding=list(query_embedding)))
         timings["dense"] = (time.perf_counter() - started) * 1000
 
+        if exclude:
+            dense = [s for s in dense if s.node.ref_doc_id not in exclude]
         hits: dict[str, Hit] = {}
         for rank, scored in enumerate(dense, start=1):
             node = scored.node
@@ -156,7 +160,7 @@ class HybridRetriever:
         if lexical:
             started = time.perf_counter()
             self.refresh_lexical()
-            lexical_hits = self.lexical.search(query, n, doc_ids)
+            lexical_hits = self.lexical.search(query, n, doc_ids, exclude)
             missing = [h.id for h in lexical_hits if h.id not in hits]
             for row_id, (text, metadata) in self.store.get_text(missing).items():
                 hits[row_id] = self._hit_from(row_id, text, metadata, metadata.get("doc_id"))
@@ -197,6 +201,7 @@ class HybridRetriever:
         top_k: int = 2,
         min_score: float = 0.0,
         doc_ids: Sequence[str] | None = None,
+        exclude: set[str] | frozenset[str] = frozenset(),
     ) -> list[Hit]:
         """Indexed images near a text query (text→image) or an image's vector (image→image)."""
         from llama_index.core.schema import QueryBundle
@@ -213,7 +218,7 @@ class HybridRetriever:
         found = []
         for scored in retriever.retrieve(bundle):
             score = cosine_from_similarity(scored.score)
-            if score < min_score:
+            if score < min_score or scored.node.ref_doc_id in exclude:
                 continue
             node = scored.node
             metadata = node.metadata

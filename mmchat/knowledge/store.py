@@ -173,14 +173,22 @@ class KnowledgeStore:
             self.delete_chunks(doc_id)
             return record
 
-    def purge_unacknowledged(self) -> int:
-        """Delete chunks of documents the manifest does not know (a killed ingest's leftovers)."""
+    def purge_unacknowledged(self, older_than: float | None = None) -> int:
+        """Delete chunks of documents the manifest does not know (a killed ingest's leftovers).
+
+        With `older_than` (a unix time), chunks written after it are left alone: on a shared
+        server they may belong to another app's ingest that is still running.
+        """
         with self._write_lock:
             known = {r.doc_id for r in self.documents()}
-            orphans: set[str] = set()
+            newest: dict[str, float] = {}
             for collection in (self.text_collection, self.image_collection):
                 for _, metadatas, _ in self._scan(collection, include=["metadatas"]):
-                    orphans.update(m.get("doc_id") for m in metadatas if m.get("doc_id") not in known)
+                    for m in metadatas:
+                        doc_id = m.get("doc_id")
+                        if doc_id not in known:
+                            newest[doc_id] = max(newest.get(doc_id, 0.0), float(m.get("added") or 0.0))
+            orphans = [d for d, added in newest.items() if older_than is None or added < older_than]
             for doc_id in orphans:
                 self.delete_chunks(doc_id)
             if orphans:

@@ -72,7 +72,9 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
         "server_name": config.server.host,
         "server_port": config.server.port,
         "share": config.server.share,
-        "max_file_size": config.limits.max_bytes,
+        # Gradio's own cap is the larger of the two; each path then applies its own limit
+        # with a message that names the file (chat images: limits.max_bytes).
+        "max_file_size": max(config.limits.max_bytes, config.knowledge.max_file_mb * 1024 * 1024),
         # Thumbnails of retrieved images come from the knowledge base's kept copies.
         "allowed_paths": [str(runtime.data_dir), str(EXAMPLE_DIR), str(config.knowledge.resolved_path() / "files")],
         "show_error": False,

@@ -100,7 +100,7 @@ def _assert_consistent(kb) -> None:
     assert kb.counts()["documents"] == len(records)
     # Kept file copies: exactly one per listed document (a killed ingest's copy is removed).
     assert sorted(p.name for p in kb.files_dir.iterdir()) == sorted(r.stored for r in records)
-    kb.retriever.refresh_lexical()  # what every search does first
+    kb.retriever.refresh_lexical()  # builds it from the store if this process has not yet
     assert len(kb.retriever.lexical) == kb.counts()["chunks"]
 
 
@@ -291,6 +291,10 @@ def _worker_main(spec: dict, out, log: str) -> None:
     def say(*parts) -> None:
         out.send(" ".join(str(p) for p in parts))
 
+    import mmchat.knowledge.base as knowledge_base
+
+    # Write every embedded batch at once, so "EMBEDDED" means "these chunks are in Chroma".
+    knowledge_base.STORE_BATCH = knowledge_base.EMBED_BATCH
     encoder = load_image_encoder(EncoderConfig(kind="standin"), cache_dir=Path(spec["cache_dir"]))
     kb = KnowledgeBase(KnowledgeConfig(path=spec["path"], **spec["config"]), encoder=encoder,
                        text_embedder=load_text_embedder("auto"))
@@ -515,7 +519,10 @@ def test_sigkill_at_an_unplanned_moment_leaves_a_consistent_base(worker, standin
 
 
 # ----- reads during an ingest ------------------------------------------------------------------
-def test_reads_during_an_ingest_only_ever_see_whole_documents(make_knowledge):
+def test_reads_during_an_ingest_only_ever_see_whole_documents(make_knowledge, monkeypatch):
+    import mmchat.knowledge.base as knowledge_base
+
+    monkeypatch.setattr(knowledge_base, "STORE_BATCH", knowledge_base.EMBED_BATCH)  # more mid-document states
     kb = make_knowledge(**SMALL_CHUNKS)
     order = [MULTI_BATCH[0], SINGLE_BATCH[0], MULTI_BATCH[1], SINGLE_BATCH[1], MULTI_BATCH[2], MULTI_BATCH[3]]
     errors: list[BaseException] = []

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 EMBED_BATCH = 32
+STORE_BATCH = 256
 SERVER_PURGE_GRACE_S = 3600.0
 DEMO_DIRS = ("demo", "images")
 DEMO_SUFFIXES = (".md", ".txt", ".pdf", ".docx", ".html", ".png", ".jpg", ".jpeg", ".webp")
@@ -209,9 +210,6 @@ class KnowledgeBase:
                         self._pending.discard(loaded.sha256)
                     report.added.append(record)
                     job.done += 1
-                if report.added:
-                    progress(0.99, "updating the keyword (BM25) index")
-                    self.retriever.refresh_lexical()
             finally:
                 self._ingest_lock.release()
         finally:
@@ -228,15 +226,16 @@ class KnowledgeBase:
 
     def _index(self, loaded: Any, step: Progress, cancel: threading.Event) -> DocumentRecord:
         added = time.time()
+        rows: list[tuple[str, str, str, dict]] = []  # for BM25, once acknowledged
         if loaded.kind == "image":
-            chunks = 0
             self._index_image(loaded, added)
         else:
-            chunks = self._index_text(loaded, added, step, cancel)
+            rows = self._index_text(loaded, added, step, cancel)
+        chunks = len(rows)
         if cancel.is_set():
             raise IngestCancelled
         stored = len(self.store.text_collection.get(where={"doc_id": loaded.sha256}, include=[])["ids"])
-        if stored != chunks:  # e.g. another client purged them on a shared Chroma server
+        if loaded.kind != "image" and stored != chunks:  # e.g. another client purged them on a shared Chroma server
             raise RuntimeError(f"the store holds {stored} of the {chunks} chunks written")
         record = DocumentRecord(
             doc_id=loaded.sha256, file_name=loaded.display_name, kind=loaded.kind,
@@ -244,9 +243,15 @@ class KnowledgeBase:
             stored=Path(loaded.path).name,
         )
         self.store.acknowledge(record)
+        if rows:
+            step(1.0, "updating the keyword (BM25) index")
+            self.retriever.lexical.add(rows)
         return record
 
-    def _index_text(self, loaded: Any, added: float, step: Progress, cancel: threading.Event) -> int:
+    def _index_text(
+        self, loaded: Any, added: float, step: Progress, cancel: threading.Event,
+    ) -> list[tuple[str, str, str, dict]]:
+        """Split, embed and store a document's chunks; returns its BM25 rows."""
         from llama_index.core.schema import MetadataMode, NodeRelationship, RelatedNodeInfo
 
         hidden = ["doc_id", "page", "chunk", "kind", "added", "content_hash"]
@@ -264,9 +269,12 @@ class KnowledgeBase:
         for number, node in enumerate(nodes):
             node.id_ = f"{loaded.sha256[:24]}-{number:05d}"
             # Every chunk's ref_doc_id is the file's hash: deletion and document filters use it.
-            node.relationships[NodeRelationship.SOURCE] = source
+            # (The splitter's previous/next links are dropped: nothing reads them, and each
+            # carries a copy of the metadata into every stored row.)
+            node.relationships = {NodeRelationship.SOURCE: source}
             node.metadata["chunk"] = number
             node.metadata.setdefault("page", 0)
+        pending: list[Any] = []
         for start in range(0, len(nodes), EMBED_BATCH):
             if cancel.is_set():
                 raise IngestCancelled
@@ -276,9 +284,17 @@ class KnowledgeBase:
             )
             for node, vector in zip(batch, vectors):
                 node.embedding = vector
-            self.store.add_text_nodes(batch)
+            pending.extend(batch)
+            if len(pending) >= STORE_BATCH or start + EMBED_BATCH >= len(nodes):
+                self.store.add_text_nodes(pending)  # Chroma writes are cheaper in bigger batches
+                pending = []
             step(min(start + len(batch), len(nodes)) / len(nodes), f"embedded {start + len(batch)}/{len(nodes)} chunks")
-        return len(nodes)
+        return [
+            (n.id_, n.get_content(metadata_mode=MetadataMode.NONE), loaded.sha256,
+             {"doc_id": loaded.sha256, "file_name": n.metadata.get("file_name", ""),
+              "page": n.metadata.get("page", 0), "chunk": n.metadata["chunk"]})
+            for n in nodes
+        ]
 
     def _index_image(self, loaded: Any, added: float) -> None:
         from llama_index.core.schema import ImageNode, NodeRelationship, RelatedNodeInfo
@@ -340,7 +356,7 @@ class KnowledgeBase:
         stored = self.files_dir / record.stored
         if stored.parent == self.files_dir:
             stored.unlink(missing_ok=True)
-        self.retriever.refresh_lexical()
+        self.retriever.lexical.remove_document(doc_id)
         return record
 
     def reset(self) -> None:

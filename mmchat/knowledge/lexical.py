@@ -6,8 +6,9 @@ usual whitespace tokenization would turn a Chinese sentence into one token; `tok
 lower-cased words and identifiers (`max_new_tokens`, `zx-4471` and their parts) plus
 character unigrams and bigrams for CJK runs, the standard dictionary-free approach.
 
-`LexicalIndex` is an in-memory `bm25s` index rebuilt from the store when it changes; it holds
-no state of its own that the store does not have. It does not embed or fuse.
+`LexicalIndex` is an in-memory `bm25s` index built from the store on open and updated per
+document as documents are acknowledged or deleted; it holds nothing the store does not have.
+It does not embed or fuse.
 """
 
 from __future__ import annotations
@@ -57,41 +58,82 @@ class LexicalHit:
     rank: int
 
 
+@dataclass(frozen=True)
+class LexicalRow:
+    """One indexed chunk: its tokens, owner, and what a hit shows (text, metadata)."""
+
+    tokens: tuple[str, ...]
+    doc_id: str
+    text: str
+    metadata: dict
+
+
 class LexicalIndex:
-    """BM25 over `(id, text, doc_id)` rows; `search` can be limited to some documents."""
+    """BM25 over chunks, updated per document; `search` can be limited to some documents.
+
+    Rows are kept with their tokens, so adding or removing a document re-runs only the BM25
+    statistics (`bm25s.index`), not tokenization or a read of the store; and a BM25-only hit
+    has its text and metadata at hand. Searches use the last complete index while a new one
+    is built, so they never wait for an ingest.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one mutation at a time
+        self._lock = threading.Lock()  # guards the swap of the searchable snapshot
+        self._rows: dict[str, LexicalRow] = {}
         self._retriever = None
         self._ids: list[str] = []
-        self._doc_ids = np.array([], dtype=object)
-        self.version = -1  # the store version this index reflects
+        self._owners = np.array([], dtype=object)
+        self._snapshot_rows: dict[str, LexicalRow] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def rebuild(self, rows: Iterable[tuple[str, str, str]], version: int) -> None:
+    def replace_all(self, rows: Iterable[tuple[str, str, str, dict]]) -> None:
+        """Index exactly `rows`: `(chunk id, text, doc id, metadata)`."""
+        with self._write_lock:
+            self._rows = {row_id: self._row(text, doc_id, metadata) for row_id, text, doc_id, metadata in rows}
+            self._reindex()
+
+    def add(self, rows: Iterable[tuple[str, str, str, dict]]) -> None:
+        with self._write_lock:
+            self._rows = dict(self._rows)
+            for row_id, text, doc_id, metadata in rows:
+                self._rows[row_id] = self._row(text, doc_id, metadata)
+            self._reindex()
+
+    def remove_document(self, doc_id: str) -> None:
+        with self._write_lock:
+            self._rows = {k: r for k, r in self._rows.items() if r.doc_id != doc_id}
+            self._reindex()
+
+    def row(self, row_id: str) -> LexicalRow | None:
+        with self._lock:
+            return self._snapshot_rows.get(row_id)
+
+    @staticmethod
+    def _row(text: str, doc_id: str, metadata: dict) -> LexicalRow:
+        return LexicalRow(tuple(tokenize(text)) or ("\x00",), doc_id, text, dict(metadata))
+
+    def _reindex(self) -> None:
         import bm25s
 
-        ids, corpus, doc_ids = [], [], []
-        for row_id, text, doc_id in rows:
-            ids.append(row_id)
-            corpus.append(tokenize(text) or ["\x00"])
-            doc_ids.append(doc_id)
+        rows = self._rows
         retriever = None
-        if ids:
+        if rows:
             retriever = bm25s.BM25()
-            retriever.index(corpus, show_progress=False)
+            retriever.index([list(r.tokens) for r in rows.values()], show_progress=False)
         with self._lock:
-            self._retriever, self._ids = retriever, ids
-            self._doc_ids = np.array(doc_ids, dtype=object)
-            self.version = version
+            self._retriever = retriever
+            self._ids = list(rows)
+            self._owners = np.array([r.doc_id for r in rows.values()], dtype=object)
+            self._snapshot_rows = rows
 
     def search(
         self, query: str, k: int, doc_ids: Sequence[str] | None = None, exclude: Iterable[str] = (),
     ) -> list[LexicalHit]:
         with self._lock:
-            retriever, ids, owners = self._retriever, self._ids, self._doc_ids
+            retriever, ids, owners = self._retriever, self._ids, self._owners
         if retriever is None or k <= 0:
             return []
         terms = [t for t in dict.fromkeys(tokenize(query)) if t in retriever.vocab_dict]

@@ -104,6 +104,7 @@ class HybridRetriever:
         self.image_embedder = image_embedder
         self.lexical = lexical or LexicalIndex()
         self._rebuild_lock = threading.Lock()
+        self._lexical_built = False
         # No global Settings: the embed model is given here, and no LLM is ever asked for.
         self.text_index = VectorStoreIndex.from_vector_store(store.text, embed_model=text_embedder)
         self.image_index = (
@@ -112,11 +113,16 @@ class HybridRetriever:
         )
 
     def refresh_lexical(self, force: bool = False) -> None:
-        """Rebuild BM25 from the store if the store changed since the last build."""
+        """(Re)build BM25 from the store: on open, or with `force` after a reset.
+
+        Ingest and delete update it per document (`lexical.add` / `remove_document`), so a
+        search never rebuilds it. (On a Chroma server shared by several apps, documents another
+        app adds are found by the dense retriever at once and by BM25 after a restart.)
+        """
         with self._rebuild_lock:
-            if force or self.lexical.version != self.store.version:
-                version = self.store.version
-                self.lexical.rebuild(self.store.text_rows(), version)
+            if force or not self._lexical_built:
+                self.lexical.replace_all(self.store.text_rows())
+                self._lexical_built = True
 
     # ----- text --------------------------------------------------------------------------
     def search(
@@ -159,11 +165,12 @@ class HybridRetriever:
         lexical_ranking: list[str] = []
         if lexical:
             started = time.perf_counter()
-            self.refresh_lexical()
+            self.refresh_lexical()  # a no-op once built
             lexical_hits = self.lexical.search(query, n, doc_ids, exclude)
-            missing = [h.id for h in lexical_hits if h.id not in hits]
-            for row_id, (text, metadata) in self.store.get_text(missing).items():
-                hits[row_id] = self._hit_from(row_id, text, metadata, metadata.get("doc_id"))
+            for lexical_hit in lexical_hits:
+                row = None if lexical_hit.id in hits else self.lexical.row(lexical_hit.id)
+                if row is not None:
+                    hits[lexical_hit.id] = self._hit_from(lexical_hit.id, row.text, row.metadata, row.doc_id)
             for lexical_hit in lexical_hits:
                 if lexical_hit.id in hits:
                     hits[lexical_hit.id].lexical = lexical_hit.score

@@ -96,7 +96,6 @@ class KnowledgeStore:
         self.client = client
         self.prefix = prefix
         self._write_lock = threading.RLock()
-        self.version = 0  # bumped on every change, so the BM25 index knows when to rebuild
         self.text_collection = self._collection(f"{prefix}_text", text_embedder, text_dim)
         self.image_collection = self._collection(f"{prefix}_images", image_encoder, image_dim)
         self.manifest = self._collection(f"{prefix}_documents", "manifest", 1)
@@ -135,7 +134,6 @@ class KnowledgeStore:
         """The last write of an ingest: from here on the document is part of the base."""
         with self._write_lock:
             self.manifest.upsert(ids=[record.doc_id], embeddings=[[1.0]], metadatas=[record.to_metadata()])
-            self.version += 1
 
     @property
     def seeded(self) -> bool:
@@ -152,19 +150,16 @@ class KnowledgeStore:
         with self._write_lock:
             if nodes:
                 self.text.add(list(nodes))
-                self.version += 1
 
     def add_image_nodes(self, nodes: Sequence[Any]) -> None:
         with self._write_lock:
             if nodes:
                 self.images.add(list(nodes))
-                self.version += 1
 
     def delete_chunks(self, doc_id: str) -> None:
         with self._write_lock:
             self.text_collection.delete(where={"doc_id": doc_id})
             self.image_collection.delete(where={"doc_id": doc_id})
-            self.version += 1
 
     def delete_document(self, doc_id: str) -> DocumentRecord | None:
         with self._write_lock:
@@ -201,13 +196,12 @@ class KnowledgeStore:
                 ids = [i for batch, _, _ in self._scan(collection, include=[]) for i in batch]
                 for start in range(0, len(ids), PAGE_SIZE):
                     collection.delete(ids=ids[start : start + PAGE_SIZE])
-            self.version += 1
 
-    def text_rows(self) -> Iterator[tuple[str, str, str]]:
-        """`(chunk id, text, doc id)` for every text chunk: what BM25 indexes."""
+    def text_rows(self) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+        """`(chunk id, text, doc id, metadata)` for every text chunk: what BM25 indexes."""
         for ids, metadatas, documents in self._scan(self.text_collection, include=["metadatas", "documents"]):
             for row_id, metadata, text in zip(ids, metadatas, documents):
-                yield row_id, text or "", metadata.get("doc_id", "")
+                yield row_id, text or "", metadata.get("doc_id", ""), lexical_metadata(metadata)
 
     def document_chunks(self, doc_id: str) -> list[tuple[str, str, dict[str, Any]]]:
         """All of a document's text chunks in reading order: `(id, text, metadata)`."""
@@ -240,6 +234,11 @@ class KnowledgeStore:
             if len(ids) < PAGE_SIZE:
                 return
             offset += len(ids)
+
+
+def lexical_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a hit needs of a chunk's metadata (not LlamaIndex's serialized node)."""
+    return {k: metadata[k] for k in ("doc_id", "file_name", "page", "chunk") if k in metadata}
 
 
 def cosine_from_similarity(similarity: float | None) -> float:

@@ -284,6 +284,9 @@ class KnowledgeBase:
             )
             for node, vector in zip(batch, vectors):
                 node.embedding = vector
+                # Embedded: the metadata-exclusion lists have done their job, and LlamaIndex
+                # would store them in every row's serialized node.
+                node.excluded_embed_metadata_keys, node.excluded_llm_metadata_keys = [], []
             pending.extend(batch)
             if len(pending) >= STORE_BATCH or start + EMBED_BATCH >= len(nodes):
                 self.store.add_text_nodes(pending)  # Chroma writes are cheaper in bigger batches

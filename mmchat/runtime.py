@@ -58,7 +58,7 @@ class Runtime:
         return self
 
     def load(self) -> "Runtime":
-        """Load in the foreground (used by scripts and benchmarks)."""
+        """Load in the foreground (scripts): models, then the knowledge base and its demo corpus."""
         if not self._ready.is_set():
             self._load()
         if self.error:

@@ -5,7 +5,8 @@ so `gradio_client` can drive it. With the knowledge base on, each answer retriev
 (settings per conversation: on/off, top k, document filter, whole document, images to the
 model) and the sources panel shows the chunks and images behind the last answer. Each browser
 gets its own `ChatSession` in a `gr.State`. User-fixable problems (`UserFacingError`) become
-`gr.Warning` toasts and leave the message in the textbox; the session keeps working. Imports no torch: the models live in `Runtime`.
+`gr.Warning` toasts and leave the message in the textbox; the session keeps working. Imports
+no torch: the models live in `Runtime`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from PIL import Image, ImageOps
 
@@ -305,8 +305,14 @@ def _check_pil_bomb_limit(size: tuple[int, int], display: str) -> None:
         )
 
 
-def _read_limited(path: str, display: str, limits: UploadLimits) -> bytes:
-    """Read a regular file after checking its size from `os.stat`; never more than the limit."""
+def read_limited(
+    path: str, display: str, max_bytes: int, check_size: Callable[[int], None], accepted: str
+) -> bytes:
+    """Read a regular file after checking its size from `os.stat`; never more than `max_bytes`.
+
+    `check_size(n)` raises the caller's own size message; `accepted` names what the caller
+    accepts, for the not-a-regular-file message. Shared by image and knowledge uploads.
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -314,17 +320,22 @@ def _read_limited(path: str, display: str, limits: UploadLimits) -> bytes:
     except OSError as err:
         raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
     if not stat.S_ISREG(st.st_mode):
-        raise InvalidUpload(
-            f"{display}: not a regular file; accepted: {_accepted(limits)} image files."
-        )
-    _check_size(st.st_size, display, limits)
+        raise InvalidUpload(f"{display}: not a regular file; accepted: {accepted}.")
+    check_size(st.st_size)
     try:
         with open(path, "rb") as fh:
-            data = fh.read(limits.max_bytes + 1)
+            data = fh.read(max_bytes + 1)
     except OSError as err:
         raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
-    _check_size(len(data), display, limits)  # it may have changed since the stat
+    check_size(len(data))  # it may have changed since the stat
     return data
+
+
+def _read_limited(path: str, display: str, limits: UploadLimits) -> bytes:
+    return read_limited(
+        path, display, limits.max_bytes, lambda size: _check_size(size, display, limits),
+        f"{_accepted(limits)} image files",
+    )
 
 
 # Magic bytes of common files, for a friendlier message than "cannot identify image file".

@@ -38,7 +38,6 @@ import codecs
 import hashlib
 import os
 import re
-import stat
 import struct
 import tempfile
 import zipfile
@@ -46,7 +45,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmchat.attachments import _human_bytes, _sniff, _store, ingest_upload, safe_display_name
+from mmchat.attachments import _human_bytes, _sniff, _store, ingest_upload, read_limited, safe_display_name
 from mmchat.config import UploadLimits
 from mmchat.errors import ConfigError, InvalidUpload
 
@@ -269,24 +268,12 @@ def _read_source(
         raise TypeError(f"source must be a path or bytes, not {type(source).__name__}")
     path = os.fspath(source)
     display = safe_display_name(original_name if original_name is not None else path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InvalidUpload(f"{display}: file not found; upload it again.") from None
-    except OSError as err:
-        raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidUpload(f"{display}: not a regular file; accepted: {ACCEPTED}.")
-    if err := _size_error(st.st_size, display, limit):
-        raise err
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as err:
-        raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
-    if err := _size_error(len(data), display, limit):  # it may have changed since the stat
-        raise err
-    return data, display
+
+    def check_size(size: int) -> None:
+        if err := _size_error(size, display, limit):
+            raise err
+
+    return read_limited(path, display, limit, check_size, ACCEPTED), display
 
 
 def _classify(head: bytes, ext: str) -> str | None:

@@ -35,6 +35,11 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{what} {value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+def _check_port(what: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what} {port} is out of range; use 1..65535")
+
+
 def check_source(source: str) -> None:
     if not source.startswith(SOURCE_SCHEMES):
         raise ConfigError(
@@ -190,8 +195,7 @@ class ServerConfig:
     share: bool = _help("create a public gradio share link", False)
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port {self.port} is out of range; use 1..65535")
+        _check_port("port", self.port)
         if self.concurrency_limit < 1:
             raise ConfigError(f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
 
@@ -225,8 +229,7 @@ class KnowledgeConfig:
     seed_demo: bool = _help("index knowledge/demo and knowledge/images on first start", True)
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"knowledge port {self.port} is out of range; use 1..65535")
+        _check_port("knowledge port", self.port)
         if self.embedder != "auto":
             check_source(self.embedder)
         if self.chunk_size and not 32 <= self.chunk_size <= 8192:

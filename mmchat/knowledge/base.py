@@ -63,7 +63,6 @@ class IngestReport:
 class _Job:
     names: list[str]
     done: int = 0
-    current: str = ""
 
 
 class IngestCancelled(Exception):
@@ -170,7 +169,6 @@ class KnowledgeBase:
             try:
                 for index, (source, name) in enumerate(pairs):
                     label = job.names[index]
-                    job.current = label
                     if cancel.is_set():
                         report.cancelled = True
                         break
@@ -234,9 +232,10 @@ class KnowledgeBase:
         chunks = len(rows)
         if cancel.is_set():
             raise IngestCancelled
-        stored = len(self.store.text_collection.get(where={"doc_id": loaded.sha256}, include=[])["ids"])
-        if loaded.kind != "image" and stored != chunks:  # e.g. another client purged them on a shared Chroma server
-            raise RuntimeError(f"the store holds {stored} of the {chunks} chunks written")
+        if rows:  # e.g. another client purged them on a shared Chroma server
+            stored = len(self.store.text_collection.get(where={"doc_id": loaded.sha256}, include=[])["ids"])
+            if stored != chunks:
+                raise RuntimeError(f"the store holds {stored} of the {chunks} chunks written")
         record = DocumentRecord(
             doc_id=loaded.sha256, file_name=loaded.display_name, kind=loaded.kind,
             size_bytes=loaded.size_bytes, chunks=chunks, pages=loaded.pages or 0, added=added,

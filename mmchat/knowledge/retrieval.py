@@ -168,18 +168,18 @@ class HybridRetriever:
             self.refresh_lexical()  # a no-op once built
             lexical_hits = self.lexical.search(query, n, doc_ids, exclude)
             for lexical_hit in lexical_hits:
-                row = None if lexical_hit.id in hits else self.lexical.row(lexical_hit.id)
-                if row is not None:
+                if lexical_hit.id not in hits:  # a BM25-only hit: its text is in the index
+                    row = self.lexical.row(lexical_hit.id)
+                    if row is None:
+                        continue
                     hits[lexical_hit.id] = self._hit_from(lexical_hit.id, row.text, row.metadata, row.doc_id)
-            for lexical_hit in lexical_hits:
-                if lexical_hit.id in hits:
-                    hits[lexical_hit.id].lexical = lexical_hit.score
-                    hits[lexical_hit.id].lexical_rank = lexical_hit.rank
-                    lexical_ranking.append(lexical_hit.id)
+                hits[lexical_hit.id].lexical = lexical_hit.score
+                hits[lexical_hit.id].lexical_rank = lexical_hit.rank
+                lexical_ranking.append(lexical_hit.id)
             timings["lexical"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
-        dense_ranking = [s.node.node_id for s in dense if (cosine_from_similarity(s.score) >= min_score)]
+        dense_ranking = [s.node.node_id for s in dense if hits[s.node.node_id].dense >= min_score]
         fused = reciprocal_rank_fusion([dense_ranking, lexical_ranking])
         ranked = sorted(fused, key=lambda i: (-fused[i], i))[:top_k]
         for row_id in ranked:

@@ -80,13 +80,6 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             runtime.knowledge_markdown(),
         )
 
-    def refresh():
-        try:
-            runtime.wait_knowledge(timeout=0)
-        except UserFacingError:
-            pass
-        return listing()
-
     def add(uploads: list | None, request: gr.Request, progress=gr.Progress()):
         try:
             knowledge = runtime.wait_knowledge(timeout=120)
@@ -132,7 +125,7 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
         except UserFacingError as err:
             gr.Warning(str(err))
             message = str(err)
-        return (message, *listing()[:-1], runtime.knowledge_markdown(), gr.Checkbox(value=False))
+        return (message, *listing(), gr.Checkbox(value=False))
 
     def search(text: str, k: float, doc_ids: list[str] | None):
         try:
@@ -155,7 +148,7 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
     search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search")
     query.submit(search, [query, top_k, search_docs], [hits, gallery])
     return {
-        "refresh": refresh,
+        "refresh": listing,
         "listing_outputs": listing_outputs,
         "changed": [add_event, delete_event, reset_event],
     }

@@ -1,10 +1,13 @@
-"""Run the benchmarks: `python -m bench [stream|knowledge] [options]`.
+"""Run the benchmarks: `python -m bench [stream|knowledge|retrieval-eval] [options]`.
 
 - `python -m bench`: every benchmark, each with its defaults;
 - `python -m bench stream [--preset offline|tiny] [--runs N] [--tokens N]`: session streaming
   vs raw `model.generate` (`bench/stream_vs_generate.py`);
 - `python -m bench knowledge [--sizes N ...] [--queries N]`: knowledge store retrieval and
-  ingestion vs raw Chroma (`bench/knowledge.py`).
+  ingestion vs raw Chroma (`bench/knowledge.py`);
+- `python -m bench retrieval-eval [--sets eval old] [--top-k 5]`: retrieval quality (hit@1,
+  hit@5, MRR) of dense, BM25 and hybrid per language split, and the relevance-floor
+  calibration (`bench/retrieval_eval.py`).
 Options without a name (`python -m bench --preset tiny`) go to `stream`, as they did before
 there was more than one benchmark. Each prints its own table; results go to `bench/results/`.
 """
@@ -27,7 +30,13 @@ def _knowledge(argv):
     return main(argv)
 
 
-BENCHMARKS = {"stream": _stream, "knowledge": _knowledge}
+def _retrieval_eval(argv):
+    from bench.retrieval_eval import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"stream": _stream, "knowledge": _knowledge, "retrieval-eval": _retrieval_eval}
 
 
 def main(argv=None) -> int:

@@ -58,6 +58,31 @@ def split_source(source: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class AnswerPolicy:
+    """How much retrieved text a model is given, and how its decoding is kept from looping.
+
+    Small models lose the question in long contexts and repeat themselves under greedy
+    decoding, so each preset says how many sources it gets, how long each may be (trimmed to
+    the sentences that best match the question), and its repetition controls.
+    """
+
+    max_sources: int = _help("retrieved sources put into one prompt, at most", 4)
+    source_chars: int = _help("characters kept of each source (its best sentences); 0 keeps whole chunks", 0)
+    repetition_penalty: float = _help("transformers' repetition_penalty (1.0 = off)", 1.0)
+    no_repeat_ngram_size: int = _help("never repeat an n-gram of this many tokens (0 = off)", 0)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sources <= 32:
+            raise ConfigError(f"max_sources {self.max_sources} is out of range; use 1..32")
+        if self.source_chars < 0:
+            raise ConfigError(f"source_chars {self.source_chars} must be >= 0 (0 keeps whole chunks)")
+        if not 1.0 <= self.repetition_penalty <= 2.0:
+            raise ConfigError(f"repetition_penalty {self.repetition_penalty} is out of range; use 1.0..2.0")
+        if not 0 <= self.no_repeat_ngram_size <= 20:
+            raise ConfigError(f"no_repeat_ngram_size {self.no_repeat_ngram_size} is out of range; use 0..20")
+
+
+@dataclass(frozen=True)
 class ModelPreset:
     name: str = _help("preset name shown in the UI")
     kind: str = _help(f"backend kind: {', '.join(BACKEND_KINDS)}")
@@ -68,6 +93,7 @@ class ModelPreset:
     dtype: str = _help("compute dtype: auto, float32, bfloat16, float16", "auto")
     context_length: int = _help("tokens the model can attend to (prompt + answer)", 4096)
     requires_cuda: bool = _help("refuse to load without a CUDA device", False)
+    answer: AnswerPolicy = _help("sources per prompt and repetition control", AnswerPolicy())
 
     def __post_init__(self) -> None:
         _check_choice("backend kind", self.kind, BACKEND_KINDS)
@@ -113,6 +139,9 @@ PRESETS: dict[str, ModelPreset] = {
             device="cpu",
             dtype="float32",
             context_length=2048,
+            # A 135M model copes with two short sources; longer prompts make it loop and
+            # slow its first token (measured: 1,100-1,500-token prompts, 5-6 s, answers looping).
+            answer=AnswerPolicy(max_sources=2, source_chars=500, repetition_penalty=1.15, no_repeat_ngram_size=4),
         ),
         ModelPreset(
             name="tiny",
@@ -122,6 +151,7 @@ PRESETS: dict[str, ModelPreset] = {
             device="cpu",
             dtype="float32",
             context_length=1024,
+            answer=AnswerPolicy(max_sources=12),  # tests of context fitting need many sources
         ),
     )
 }
@@ -179,7 +209,7 @@ class UploadLimits:
 @dataclass(frozen=True)
 class GenerationDefaults:
     max_new_tokens: int = _help("default answer length limit, tokens", 256)
-    temperature: float = _help("default sampling temperature (0 = greedy)", 0.2)
+    temperature: float = _help("default sampling temperature (0 = greedy: reproducible answers)", 0.0)
     top_p: float = _help("default nucleus sampling mass", 0.9)
     system_prompt: str = _help(
         "default system prompt", "You are a helpful assistant. Answer briefly and accurately."
@@ -193,6 +223,10 @@ class ServerConfig:
     concurrency_limit: int = _help("generations running at once (one model is shared)", 1)
     max_queue: int = _help("requests waiting before new ones are turned away", 32)
     share: bool = _help("create a public gradio share link", False)
+    allowed_hosts: tuple[str, ...] = _help(
+        "extra Host header names the server answers besides 127.0.0.1, localhost and host "
+        "(e.g. '*.hf.space'; comma-separated in MMCHAT_ALLOWED_HOSTS); others get 400", ()
+    )
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
@@ -298,6 +332,8 @@ def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
         default = known[key].default
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
+        elif isinstance(default, tuple) and isinstance(value, str):  # from the environment
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
         elif isinstance(default, bool) and isinstance(value, str):
             value = value.lower() in ("1", "true", "yes", "on")
         elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
@@ -312,6 +348,7 @@ def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
 ENV_OVERRIDES = {
     "GRADIO_SERVER_NAME": ("server", "host"),
     "GRADIO_SERVER_PORT": ("server", "port"),
+    "MMCHAT_ALLOWED_HOSTS": ("server", "allowed_hosts"),
     "MMCHAT_PRESET": ("model", "preset"),
     "MMCHAT_ENCODER": ("encoder", "kind"),
     "MMCHAT_DATA_DIR": ("", "data_dir"),

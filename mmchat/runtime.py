@@ -20,6 +20,10 @@ from mmchat.errors import ModelUnavailable, UserFacingError
 
 log = logging.getLogger(__name__)
 
+# How long a question waits for the knowledge base to open before answering without it (and
+# saying so); opening takes a few seconds, indexing the demo corpus continues afterwards.
+KNOWLEDGE_WAIT_S = 20.0
+
 
 class Runtime:
     def __init__(
@@ -127,6 +131,20 @@ class Runtime:
             raise UserFacingError("the knowledge base is switched off ([knowledge] enabled = false)")
         return self.knowledge
 
+    def knowledge_for_answer(self, timeout: float = KNOWLEDGE_WAIT_S) -> tuple[Any, str]:
+        """`(knowledge base, "")` for an answer, waiting up to `timeout` s while it opens.
+
+        Otherwise `(None, why)`, so the answer can say plainly that it did not use the documents.
+        """
+        if not self.config.knowledge.enabled:
+            return None, ""
+        if not self._knowledge_done.wait(timeout):
+            return None, f"The knowledge base is still opening ({self.knowledge_phase})"
+        if self.knowledge is None:
+            reason = self.knowledge_error or self.error or "it did not open"
+            return None, f"The knowledge base is unavailable ({reason})"
+        return self.knowledge, ""
+
     @property
     def ready(self) -> bool:
         return self._ready.is_set() and self.error is None
@@ -155,7 +173,10 @@ class Runtime:
             store_dir=self.upload_dir,
             limits=self.config.limits,
             system_prompt=gen.system_prompt,
-            params=GenerationParams(gen.max_new_tokens, gen.temperature, gen.top_p),
+            params=GenerationParams.for_policy(
+                self.backend.info.answer, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                top_p=gen.top_p,
+            ),
             top_labels=self.config.encoder.top_labels,
             knowledge=self.knowledge,
             rag=RagOptions(enabled=self.knowledge is not None, top_k=self.config.knowledge.top_k),

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
+from mmchat.config import AnswerPolicy
 from mmchat.errors import UserFacingError
 
 # Chat-template messages: {"role": "system"|"user"|"assistant", "content": [
@@ -28,6 +29,8 @@ class GenerationParams:
     max_new_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 0.9
+    repetition_penalty: float = 1.0  # 1.0: off
+    no_repeat_ngram_size: int = 0  # 0: off
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
@@ -38,17 +41,27 @@ class GenerationParams:
             raise UserFacingError(f"temperature {self.temperature!r} is out of range; use 0..2 (0 = greedy)")
         if not 0.0 < float(self.top_p) <= 1.0:
             raise UserFacingError(f"top_p {self.top_p!r} is out of range; use a value in (0, 1]")
+        if not 1.0 <= float(self.repetition_penalty) <= 2.0:
+            raise UserFacingError(f"repetition_penalty {self.repetition_penalty!r} is out of range; use 1.0..2.0")
+        if not isinstance(self.no_repeat_ngram_size, int) or not 0 <= self.no_repeat_ngram_size <= 20:
+            raise UserFacingError(f"no_repeat_ngram_size {self.no_repeat_ngram_size!r} is out of range; use 0..20")
+
+    @classmethod
+    def for_policy(cls, policy: AnswerPolicy, **values: Any) -> "GenerationParams":
+        """Params with a preset's repetition controls (`values` sets the rest)."""
+        return cls(repetition_penalty=policy.repetition_penalty,
+                   no_repeat_ngram_size=policy.no_repeat_ngram_size, **values)
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for transformers' `generate` (greedy when temperature is 0)."""
-        if self.temperature <= 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": True,
-            "temperature": float(self.temperature),
-            "top_p": float(self.top_p),
-        }
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p))
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = float(self.repetition_penalty)
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = int(self.no_repeat_ngram_size)
+        return kwargs
 
 
 @dataclass
@@ -87,6 +100,7 @@ class BackendInfo:
     context_length: int
     description: str = ""
     is_stand_in: bool = False  # the offline stand-in is not a vision-language model
+    answer: AnswerPolicy = AnswerPolicy()  # sources per prompt, repetition control (the preset's)
 
 
 class TextStream(ABC):

@@ -134,6 +134,7 @@ class LlavaBackend(Backend):
             dtype=str(resolve_dtype(preset, param.device.type)).removeprefix("torch."),
             quantization=preset.quantization,
             context_length=preset.context_length,
+            answer=preset.answer,
             description=preset.description,
         )
         return cls(model, processor, info)

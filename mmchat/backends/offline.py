@@ -149,6 +149,7 @@ class OfflineBackend(Backend):
             dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             quantization="none (GGUF Q4_1 dequantized)",
             context_length=preset.context_length,
+            answer=preset.answer,
             description=STAND_IN_NOTICE,
             is_stand_in=True,
         )

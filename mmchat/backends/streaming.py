@@ -2,8 +2,10 @@
 
 `GenerateStream` wraps `TextIteratorStreamer`: a worker thread runs `model.generate`, the
 caller iterates text deltas, a `StoppingCriteria` watches a `threading.Event` so "stop" ends
-the thread at the next token, and abandoning the iterator stops it too. It counts tokens and
-times the first one. It knows nothing about prompts, images or sessions.
+the thread at the next token, and abandoning the iterator stops it too. A long text-only
+prompt is prefilled in chunks before `generate` continues from the cache, so a stop pressed
+during the prefill ends the worker within one chunk instead of after the whole prompt. It
+counts tokens and times the first one. It knows nothing about prompts, images or sessions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 # Long-lived workers: torch's intra-op thread team is set up per calling thread, and a fresh
 # thread per answer paid that again (measured +20-40 ms to the first token on 2 cores).
 _WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mmchat-generate")
+# Prompt tokens per prefill step: small enough that a stop is seen within ~0.2 s on 2 CPU
+# cores with the 135M offline model, large enough that chunking costs little.
+PREFILL_CHUNK = 256
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -86,10 +91,44 @@ class GenerateStream(TextStream):
     def _run(self) -> None:
         try:
             with torch.inference_mode():
-                self._model.generate(**self._kwargs)
+                if self._prefill_in_chunks():
+                    self._model.generate(**self._kwargs)
+                else:  # stopped during the prefill: nothing was generated
+                    self._streamer.end()
         except BaseException as err:  # surfaced to the consumer in __iter__
             self._error = err
             self._streamer.end()
+
+    def _prefill_in_chunks(self) -> bool:
+        """Fill the KV cache for all but the last prompt token, checking `stop` between chunks.
+
+        Only for text-only prompts (image inputs are spliced in by the model's own forward);
+        `generate` then runs just the last token. Returns False if stopped meanwhile.
+        """
+        input_ids = self._kwargs["input_ids"]
+        length = int(input_ids.shape[-1])
+        if self._stop.is_set():
+            return False
+        if length <= PREFILL_CHUNK or any(k in self._kwargs for k in ("pixel_values", "cache", "past_key_values")):
+            return True
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self._model.config)
+        mask = self._kwargs.get("attention_mask")
+        for start in range(0, length - 1, PREFILL_CHUNK):
+            if self._stop.is_set():
+                return False
+            end = min(start + PREFILL_CHUNK, length - 1)
+            self._model(
+                input_ids=input_ids[:, start:end],
+                attention_mask=mask[:, :end] if mask is not None else None,
+                cache=cache,
+                cache_position=torch.arange(start, end, device=input_ids.device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self._kwargs["cache"] = cache
+        return not self._stop.is_set()
 
     @property
     def finished(self) -> bool:

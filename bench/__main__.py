@@ -7,7 +7,10 @@
   ingestion vs raw Chroma (`bench/knowledge.py`);
 - `python -m bench retrieval-eval [--sets eval old] [--top-k 5]`: retrieval quality (hit@1,
   hit@5, MRR) of dense, BM25 and hybrid per language split, and the relevance-floor
-  calibration (`bench/retrieval_eval.py`).
+  calibration (`bench/retrieval_eval.py`);
+- `python -m bench answers [--limit N]`: the offline model answering the evaluation set with
+  sources: supporting passage has the fact, loops, first token, vs the old policy
+  (`bench/answers_eval.py`).
 Options without a name (`python -m bench --preset tiny`) go to `stream`, as they did before
 there was more than one benchmark. Each prints its own table; results go to `bench/results/`.
 """
@@ -36,7 +39,13 @@ def _retrieval_eval(argv):
     return main(argv)
 
 
-BENCHMARKS = {"stream": _stream, "knowledge": _knowledge, "retrieval-eval": _retrieval_eval}
+def _answers(argv):
+    from bench.answers_eval import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"stream": _stream, "knowledge": _knowledge, "retrieval-eval": _retrieval_eval, "answers": _answers}
 
 
 def main(argv=None) -> int:

@@ -7,8 +7,12 @@ was given, and records per-answer stats. It supports stop, regenerate, undo, cle
 prompt, and JSON export/import with images stored beside the JSON by content hash.
 
 With a knowledge base given, each answer first retrieves for the latest question (toggle and
-options in `session.rag`), puts the numbered sources into that turn (`mmchat.prompt`), keeps
-the retrieval trace on the answer, and says so when documents are still being indexed.
+options in `session.rag`), keeps only sources relevant enough (the knowledge base's floor; for a
+question about an attached photo, only when the question points at the documents or the match
+is strong), gives the model as many sources as its preset allows, trimmed to their sentences
+that best match the question (`mmchat.knowledge.passages`), puts them numbered into that turn
+(`mmchat.prompt`), keeps the retrieval trace (with each source's supporting passage) on the
+answer, and says so when documents are still being indexed or could not be used.
 
 It never holds model weights and never renders UI: the Gradio layer turns its state into
 components, and `gradio_client`/tests can drive it directly.
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import shutil
 import threading
 import time
@@ -30,6 +36,7 @@ from mmchat.attachments import Attachment, ingest_image, ingest_upload, load_att
 from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
+from mmchat.knowledge.passages import best_passage
 from mmchat.prompt import Source, Turn, fit_to_context, replace_last_user_text, with_context
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,14 @@ EXPORT_FORMAT = "mmchat.chat/1"
 EXPORT_JSON = "chat.json"
 EXPORT_IMAGES = "images"
 MAX_IMPORT_BYTES = 200 * 1024 * 1024
+# Shown under an answer: the sentences of each source that best match the question.
+EVIDENCE_CHARS = 320
+# Words by which a question about an attached photo asks for the documents too.
+DOCUMENT_POINTERS = re.compile(
+    r"\b(documents?|docs?|pdfs?|files?|papers?|sources?|knowledge|according|guides?|manuals?|articles?|"
+    r"notes?|uploaded|retrieved|corpus)\b|文档|资料|文件|知识库|根据|论文|文章|指南",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -58,6 +73,9 @@ class RagOptions:
     doc_ids: tuple[str, ...] = ()  # restrict retrieval to these documents (empty: all)
     whole_document: bool = False  # send the chosen short documents whole instead of chunks
     images_to_model: bool = False  # also pass retrieved images to the vision model
+    # Why the knowledge base cannot be used for this answer (still opening, failed): said in
+    # the answer's notes instead of answering without documents silently.
+    unavailable: str = ""
 
 
 @dataclass
@@ -72,6 +90,14 @@ class ChatMessage:
 
     def to_turn(self) -> Turn:
         return Turn(self.role, self.text, tuple(self.image_ids))
+
+
+def _relevance(hit: Any) -> float:
+    """A hit's calibrated relevance (0..1); its dense cosine where none was computed."""
+    value = getattr(hit, "relevance", None)
+    if value is None:
+        value = hit.dense or 0.0
+    return float(value)
 
 
 class ChatSession:
@@ -204,14 +230,21 @@ class ChatSession:
             self._busy.release()
 
     def _retrieve(self) -> dict[str, Any] | None:
-        """The retrieval trace for the latest question, or None when RAG is off or empty."""
-        if self.knowledge is None or not self.rag.enabled:
+        """The retrieval trace for the latest question, or None when RAG is off."""
+        if not self.rag.enabled:
             return None
         question = next(m for m in reversed(self.history) if m.role == "user")
+        if self.knowledge is None:
+            if not self.rag.unavailable:
+                return None
+            return {"query": question.text, "hits": [], "images": [], "timings_ms": {},
+                    "notes": [f"{self.rag.unavailable}; this answer does not use the documents."]}
         vectors = [self.images[i].vector for i in question.image_ids if self.images[i].vector is not None]
         try:
             result = self.knowledge.search(
-                question.text, top_k=self.rag.top_k, doc_ids=list(self.rag.doc_ids),
+                # A small model is given fewer sources (its preset's `answer.max_sources`).
+                question.text, top_k=min(self.rag.top_k, self.backend.info.answer.max_sources),
+                doc_ids=list(self.rag.doc_ids),
                 whole_document=self.rag.whole_document, image_vectors=vectors,
             )
         except Exception as err:  # e.g. the Chroma server went away: answer without it, say so
@@ -219,7 +252,14 @@ class ChatSession:
             return {"query": question.text, "hits": [], "images": [], "timings_ms": {},
                     "notes": [f"Retrieval failed ({err.__class__.__name__}: {err}); this answer "
                               "does not use the knowledge base."]}
+        if question.image_ids and result.hits and result.mode != "whole document":
+            self._gate_image_question(question.text, result)
         trace = result.to_trace()
+        policy = self.backend.info.answer
+        for hit in trace["hits"]:
+            hit["evidence"] = best_passage(question.text, hit["text"], EVIDENCE_CHARS)
+            if policy.source_chars and trace.get("mode") != "whole document":
+                hit["passage"] = best_passage(question.text, hit["text"], policy.source_chars)
         if self.rag.images_to_model:
             trace["context_images"] = []
             for hit in result.images:
@@ -229,6 +269,26 @@ class ChatSession:
                     log.warning("retrieved image %s not usable: %s", hit.file_name, err)
         return trace
 
+    def _gate_image_question(self, text: str, result: Any) -> None:
+        """A question about the attached photo uses documents only when asked to or on a strong match.
+
+        "What animal is this?" next to a cat photo shares words with any document about images;
+        its sources would only distract the model from the photo.
+        """
+        if DOCUMENT_POINTERS.search(text) or any(
+            h.file_name and Path(h.file_name).stem.lower() in text.lower() for h in result.hits
+        ):
+            return
+        strong = float(getattr(self.knowledge.config, "image_question_min_relevance", 0.6))
+        best = max((_relevance(h) for h in result.hits), default=0.0)
+        if best >= strong:
+            return
+        result.hits = []
+        result.notes.append(
+            f"The question is about the attached image, so documents were not used (best match "
+            f"{best:.2f}, below {strong:.2f}); mention the documents to use them."
+        )
+
     def _fit(self, turns: list[Turn], retrieval: dict[str, Any] | None, count_tokens: Any, params: GenerationParams):
         """Fit history + retrieved sources into the context, dropping the weakest sources first."""
         hits = (retrieval or {}).get("hits", [])
@@ -236,7 +296,8 @@ class ChatSession:
         question = next(t for t in reversed(turns) if t.role == "user").text
         for used in range(len(hits), -1, -1):
             sources = [
-                Source(n, h["file_name"] + (f", p. {h['page']}" if h.get("page") else ""), h["text"])
+                Source(n, h["file_name"] + (f", p. {h['page']}" if h.get("page") else ""),
+                       h.get("passage") or h["text"])
                 for n, h in enumerate(hits[:used], start=1)
             ]
             candidate = replace_last_user_text(turns, with_context(question, sources), images)
@@ -339,6 +400,19 @@ class ChatSession:
         shutil.rmtree(staging, ignore_errors=True)
         return zip_path
 
+    def export_download(self, folder: Path) -> Path:
+        """The export as a zip in `folder` (the browser session's own), for download.
+
+        The file name carries a random token (`secrets`), so its URL cannot be guessed from a
+        time or an address; exports under `folder`'s parent older than `EXPORT_MAX_AGE_S` are
+        purged first (the UI also removes the session's folder when the session ends).
+        """
+        folder = Path(folder)
+        purge_exports(folder.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return self.export_zip(folder / f"mmchat-chat-{stamp}-{secrets.token_urlsafe(12)}.zip")
+
     def import_chat(self, source: Path) -> None:
         """Replace the conversation with an export (a `chat.json` path, its folder, or a zip).
 
@@ -362,32 +436,28 @@ class ChatSession:
                 return path.read_bytes()
         else:
             raise InvalidUpload(f"{source.name}: not a chat export; accepted: a .zip or chat.json exported by mmchat")
-        images: dict[str, ImageInfo] = {}
-        for sha, entry in payload.get("images", {}).items():
+        # Everything is checked before anything is replaced: a bad field leaves the chat as it was.
+        history, entries, system_prompt = _validated_export(payload, source.name)
+        for sha, entry in entries.items():
             attachment = ingest_upload(
-                read_image(str(entry["file"])), store_dir=self.store_dir, limits=self.limits,
-                original_name=str(entry.get("name") or entry["file"]),
+                read_image(entry["file"]), store_dir=self.store_dir, limits=self.limits,
+                original_name=entry.get("name") or entry["file"],
             )
             if attachment.sha256 != sha:
                 raise InvalidUpload(f"{source.name}: image {entry['file']!r} does not match its hash")
-            images[sha] = self.images.get(sha) or self._encode(attachment)
-        fields = {f for f in ChatMessage.__dataclass_fields__}
-        try:
-            history = [ChatMessage(**{k: v for k, v in m.items() if k in fields}) for m in payload["messages"]]
-        except (TypeError, KeyError) as err:
-            raise InvalidUpload(f"{source.name}: malformed message list ({err})") from None
-        missing = {i for m in history for i in m.image_ids} - set(images)
-        if missing:
-            raise InvalidUpload(f"{source.name}: messages refer to {len(missing)} image(s) the export lacks")
+            if sha not in self.images:
+                self._encode(attachment)
         self.history = history
-        self.system_prompt = str(payload.get("system_prompt", self.system_prompt))
+        if system_prompt is not None:
+            self.system_prompt = system_prompt
+        self._reported_dropped = 0
 
     @staticmethod
     def _parse_export(data: bytes, name: str) -> dict[str, Any]:
         try:
             payload = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InvalidUpload(f"{name}: not valid JSON ({err})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise InvalidUpload(f"{name}: not valid JSON ({err.__class__.__name__}: {err})") from None
         if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
             raise InvalidUpload(f"{name}: not an mmchat chat export (expected format {EXPORT_FORMAT!r})")
         return payload
@@ -410,3 +480,157 @@ class ChatSession:
             return archive.read(rel)
 
         return payload, read_image
+
+
+# ----- export files on disk and import validation ------------------------------------------
+EXPORT_MAX_AGE_S = 3600  # exports (and gradio's cached copies) older than this are deleted
+SHA256 = re.compile(r"[0-9a-f]{64}")
+ROLES = ("user", "assistant", "note")
+TRACE_MODES = ("hybrid", "whole document")
+HIT_TEXT_KEYS = ("evidence", "passage")  # added to hits by the session (best sentences)
+
+
+def purge_exports(root: Path, max_age_s: float = EXPORT_MAX_AGE_S, now: float | None = None) -> int:
+    """Delete exports under `root` older than `max_age_s` (and folders left empty); returns files removed."""
+    root = Path(root)
+    cutoff = (time.time() if now is None else now) - max_age_s
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        try:
+            if path.is_symlink() or path.is_file():
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            elif path.is_dir() and path.stat().st_mtime < cutoff and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:  # another session removed it meanwhile
+            continue
+    return removed
+
+
+def _scalar_schema(cls: type, drop: Sequence[str] = ()) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """`{field: (accepted types, None allowed)}` for a dataclass's scalar fields, read from its annotations."""
+    import dataclasses
+
+    schema: dict[str, tuple[tuple[type, ...], bool]] = {}
+    for f in dataclasses.fields(cls):
+        kind = str(f.type)
+        if f.name in drop:
+            continue
+        if "float" in kind:
+            schema[f.name] = ((int, float), "None" in kind)
+        elif "int" in kind:
+            schema[f.name] = ((int,), "None" in kind)
+        elif "str" in kind:
+            schema[f.name] = ((str,), "None" in kind)
+        elif "bool" in kind:
+            schema[f.name] = ((bool,), "None" in kind)
+    return schema
+
+
+def _check_scalars(
+    data: Any, schema: dict[str, tuple[tuple[type, ...], bool]], where: str, *, required: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The whitelisted keys of `data`, each of its declared type (unknown keys are dropped)."""
+    if not isinstance(data, dict):
+        raise InvalidUpload(f"{where} must be an object, got {type(data).__name__}")
+    kept: dict[str, Any] = {}
+    for key in required:
+        if key not in data:
+            raise InvalidUpload(f"{where} lacks {key!r}")
+    for key, (types, nullable) in schema.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if value is None and nullable:
+            kept[key] = None
+            continue
+        number = types != (str,) and types != (bool,)
+        if not isinstance(value, types) or (number and isinstance(value, bool)) or (
+            isinstance(value, float) and value != value
+        ):
+            accepted = " or ".join(t.__name__ for t in types) + (" or null" if nullable else "")
+            raise InvalidUpload(f"{where}.{key} is {value!r}; accepted: {accepted}")
+        kept[key] = value
+    return kept
+
+
+def _sanitized_trace(trace: Any, where: str, image_ids: set[str]) -> dict[str, Any] | None:
+    """A retrieval trace as stored on an answer: ids, scores and text; never a path."""
+    from mmchat.knowledge.retrieval import Hit
+
+    if trace is None:
+        return None
+    hit_schema = _scalar_schema(Hit, drop=("image_path",))
+    hit_schema.update({k: ((str,), True) for k in HIT_TEXT_KEYS})
+    top = _check_scalars(trace, {"query": ((str,), False), "mode": ((str,), False), "used": ((int,), False)}, where)
+    if top.get("mode", "hybrid") not in TRACE_MODES:
+        raise InvalidUpload(f"{where}.mode is {top['mode']!r}; accepted: {', '.join(TRACE_MODES)}")
+    for key in ("hits", "images"):
+        items = trace.get(key, [])
+        if not isinstance(items, list):
+            raise InvalidUpload(f"{where}.{key} must be a list, got {type(items).__name__}")
+        top[key] = [_check_scalars(h, hit_schema, f"{where}.{key}[{n}]", required=("file_name",))
+                    for n, h in enumerate(items)]
+    timings = trace.get("timings_ms", {})
+    top["timings_ms"] = _check_scalars(timings, {k: ((int, float), False) for k in timings} if isinstance(timings, dict) else {},
+                                       f"{where}.timings_ms")
+    notes = trace.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise InvalidUpload(f"{where}.notes must be a list of strings")
+    top["notes"] = list(notes)
+    if "context_images" in trace:
+        context = trace["context_images"]
+        if not isinstance(context, list) or not all(isinstance(i, str) for i in context):
+            raise InvalidUpload(f"{where}.context_images must be a list of image ids")
+        top["context_images"] = [i for i in context if i in image_ids]
+    return top
+
+
+def _validated_export(payload: dict[str, Any], name: str) -> tuple[list[ChatMessage], dict[str, dict[str, str]], str | None]:
+    """Messages, image entries and system prompt of an export, every field type-checked.
+
+    Refuses (naming the field, the bad value and what is accepted) rather than repairing,
+    except for unknown keys, which are dropped; retrieval traces keep only ids, scores and text.
+    """
+    from mmchat.backends.base import GenerationStats
+
+    images = payload.get("images", {})
+    if not isinstance(images, dict):
+        raise InvalidUpload(f"{name}: 'images' must be an object of sha256 -> entry")
+    entries: dict[str, dict[str, str]] = {}
+    for sha, entry in images.items():
+        if not SHA256.fullmatch(str(sha)):
+            raise InvalidUpload(f"{name}: image id {str(sha)[:80]!r} is not a sha256 (64 lower-case hex digits)")
+        checked = _check_scalars(entry, {"file": ((str,), False), "name": ((str,), True)}, f"{name}: images[{sha[:12]}]",
+                                 required=("file",))
+        entries[sha] = {"file": checked["file"], "name": checked.get("name") or ""}
+    system_prompt = payload.get("system_prompt")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise InvalidUpload(f"{name}: system_prompt is {system_prompt!r}; accepted: a string")
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidUpload(f"{name}: 'messages' must be a list of messages")
+    stats_schema = _scalar_schema(GenerationStats, drop=("started_at",))
+    stats_schema.update({"tokens_per_s": ((int, float), False), "note": ((str,), False)})
+    message_schema = {"role": ((str,), False), "text": ((str,), False), "adapter": ((str,), True),
+                      "created": ((int, float), False)}
+    history: list[ChatMessage] = []
+    for n, raw in enumerate(messages):
+        where = f"{name}: messages[{n}]"
+        fields = _check_scalars(raw, message_schema, where, required=("role", "text"))
+        if fields["role"] not in ROLES:
+            raise InvalidUpload(f"{where}.role is {fields['role']!r}; accepted: {', '.join(ROLES)}")
+        image_ids = raw.get("image_ids", [])
+        if not isinstance(image_ids, list) or not all(isinstance(i, str) for i in image_ids):
+            raise InvalidUpload(f"{where}.image_ids must be a list of image ids")
+        unknown = [i for i in image_ids if i not in entries]
+        if unknown:
+            raise InvalidUpload(f"{where} refers to image {unknown[0][:80]!r}, which the export lacks")
+        stats = raw.get("stats")
+        stats = None if stats is None else _check_scalars(stats, stats_schema, f"{where}.stats")
+        retrieval = _sanitized_trace(raw.get("retrieval"), f"{where}.retrieval", set(entries))
+        history.append(ChatMessage(image_ids=list(image_ids), retrieval=retrieval, stats=stats, **fields))
+    return history, entries, system_prompt

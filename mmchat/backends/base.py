@@ -120,6 +120,29 @@ class PreparedPrompt:
     prompt_tokens: int
 
 
+def defuse_special_tokens(messages: Sequence[PromptMessage], special: Sequence[str]) -> list[PromptMessage]:
+    """A copy of `messages` whose text cannot contain the model's special tokens.
+
+    Text comes from people and from uploaded documents: a literal `<image>` in it would count
+    as an image placeholder (the processor then refuses the prompt) and `<|im_start|>` would
+    open a new role. A zero-width space inside each keeps the text readable and inert.
+    """
+    markers = sorted({t for t in special if t and len(t) > 1}, key=len, reverse=True)
+    result = []
+    for message in messages:
+        content = []
+        for item in message["content"]:
+            if item.get("type") == "text":
+                text = item["text"]
+                for marker in markers:
+                    if marker in text:
+                        text = text.replace(marker, marker[0] + "\u200b" + marker[1:])
+                item = {**item, "text": text}
+            content.append(item)
+        result.append({**message, "content": content})
+    return result
+
+
 class Backend(ABC):
     info: BackendInfo
 

@@ -26,6 +26,7 @@ from mmchat.backends.base import (
     PreparedPrompt,
     PromptMessage,
     TextStream,
+    defuse_special_tokens,
 )
 from mmchat.backends.streaming import GenerateStream
 from mmchat.config import ModelPreset, split_source
@@ -140,7 +141,9 @@ class LlavaBackend(Backend):
         return cls(model, processor, info)
 
     def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
-        prompt = self.processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        special = [*self.processor.tokenizer.all_special_tokens, getattr(self.processor, "image_token", "<image>")]
+        messages = defuse_special_tokens(messages, special)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.processor(text=[prompt], images=list(images) or None, return_tensors="pt")
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:

@@ -25,6 +25,7 @@ from mmchat.backends.base import (
     PreparedPrompt,
     PromptMessage,
     TextStream,
+    defuse_special_tokens,
 )
 from mmchat.config import ModelPreset
 
@@ -156,7 +157,7 @@ class OfflineBackend(Backend):
         return cls(model, tokenizer, pathway, info)
 
     def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
-        flat = flatten(messages, self.pathway.render(images))
+        flat = flatten(defuse_special_tokens(messages, self.tokenizer.all_special_tokens), self.pathway.render(images))
         inputs = self.tokenizer.apply_chat_template(
             flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )

@@ -1,14 +1,19 @@
 """Turn a ChatSession's state into what Gradio components show. Pure; no gradio, no torch.
 
 `chatbot_messages` gives the Chatbot's messages-format value: user images as file items with
-their zero-shot labels beneath, answers with their numbered sources and a one-line trace,
-notes as titled boxes. `sources_markdown`/`sources_gallery` fill the sources panel from the
+their zero-shot labels beneath, answers with their numbered sources, the supporting passage
+of each (the sentences that best match the question; a click on `[n]` in the answer or on the
+passage opens the whole source) and a one-line trace, notes as titled boxes. `sources_markdown`/`sources_gallery` fill the sources panel from the
 last answer's retrieval trace; `documents_rows`/`search_markdown` serve the Knowledge tab.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
+
+CITATION = re.compile(r"\[(\d{1,2})\]")
 
 
 def format_labels(labels: list[tuple[str, float]]) -> str:
@@ -37,7 +42,7 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
     if session is None:
         return []
     messages: list[dict[str, Any]] = []
-    for message in session.history:
+    for index, message in enumerate(session.history):
         if message.role == "note":
             messages.append({"role": "assistant", "content": message.text, "metadata": {"title": "Note"}})
             continue
@@ -54,9 +59,11 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
             messages.append({"role": "user", "content": content})
             continue
         text = message.text or "…"
-        cited = format_citations(message.retrieval)
-        if cited:
-            text = f"{text}\n\n<sub>{cited}</sub>"
+        used = used_sources(message.retrieval)
+        if used:
+            text = link_citations(text, index, len(used))
+            text = f"{text}\n\n<sub>{format_citations(message.retrieval, message.text)}</sub>"
+            text = f"{text}\n\n{evidence_html(used, index)}"
         trace = format_stats(message.stats)
         if trace:
             text = f"{text}\n\n<sub>{trace}</sub>"
@@ -85,14 +92,62 @@ def source_label(hit: dict[str, Any]) -> str:
     return f"{hit.get('file_name', '')}, p. {page}" if page else str(hit.get("file_name", ""))
 
 
-def format_citations(retrieval: dict[str, Any] | None) -> str:
-    """'Sources: [1] guide.pdf, p. 2 · [2] ...' for the sources that went into the prompt."""
+def used_sources(retrieval: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The retrieved chunks that went into the prompt, in their `[n]` order."""
     if not retrieval:
-        return ""
-    used = retrieval.get("hits", [])[: retrieval.get("used", len(retrieval.get("hits", [])))]
+        return []
+    hits = retrieval.get("hits", [])
+    return hits[: retrieval.get("used", len(hits))]
+
+
+def cited_numbers(answer: str, count: int) -> set[int]:
+    return {int(n) for n in CITATION.findall(answer or "") if 1 <= int(n) <= count}
+
+
+def format_citations(retrieval: dict[str, Any] | None, answer: str = "") -> str:
+    """'Sources: [1] guide.pdf, p. 2 · [2] notes.md (not cited)' for the sources in the prompt.
+
+    With an answer given, sources it does not cite are marked, so the footer does not claim
+    the answer used them.
+    """
+    used = used_sources(retrieval)
     if not used:
         return ""
-    return "Sources: " + " · ".join(f"[{n}] {source_label(h)}" for n, h in enumerate(used, start=1))
+    cited = cited_numbers(answer, len(used)) if answer else None
+    parts = []
+    for n, hit in enumerate(used, start=1):
+        mark = " (not cited)" if cited is not None and n not in cited else ""
+        parts.append(f"[{n}] {source_label(hit)}{mark}")
+    return "Sources: " + " · ".join(parts)
+
+
+def source_anchor(message_index: int, number: int) -> str:
+    return f"mmchat-src-{message_index}-{number}"
+
+
+def link_citations(answer: str, message_index: int, count: int) -> str:
+    """`[n]` in an answer becomes a link that opens source n's passage below the answer."""
+    def link(match: re.Match) -> str:
+        number = int(match.group(1))
+        if not 1 <= number <= count:
+            return match.group(0)
+        return f'<a class="mmchat-cite" href="#{source_anchor(message_index, number)}">[{number}]</a>'
+
+    return CITATION.sub(link, answer)
+
+
+def evidence_html(used: list[dict[str, Any]], message_index: int) -> str:
+    """One collapsed block per source: `[n] file, p. N — "best sentences"`; open: the whole chunk."""
+    blocks = []
+    for n, hit in enumerate(used, start=1):
+        evidence = hit.get("evidence") or _excerpt(hit.get("text", ""), 240)
+        whole = html.escape(hit.get("text", "")).replace("\n", "<br>")
+        blocks.append(
+            f'<details class="mmchat-source" id="{source_anchor(message_index, n)}"><summary>'
+            f"<b>[{n}]</b> {html.escape(source_label(hit))} — “{html.escape(evidence)}”</summary>"
+            f'<div class="mmchat-source-text">{whole}</div></details>'
+        )
+    return "\n".join(blocks)
 
 
 def _last_retrieval(session: Any) -> dict[str, Any] | None:
@@ -141,9 +196,30 @@ def sources_markdown(session: Any) -> str:
     return retrieval_markdown(_last_retrieval(session))
 
 
-def sources_gallery(session: Any) -> list[tuple[str, str]]:
+def sources_gallery(session: Any) -> list[tuple[Any, str]]:
+    """The last answer's retrieved images, each found by its id in the knowledge base now.
+
+    A trace (possibly from an imported chat) is never trusted for a path: an image the
+    knowledge base no longer holds (or never held) is shown as a grey "missing" tile.
+    """
     retrieval = _last_retrieval(session) or {}
-    return [(h["image_path"], f"{h['file_name']} ({h['score']:.2f})") for h in retrieval.get("images", []) if h.get("image_path")]
+    knowledge = getattr(session, "knowledge", None)
+    items: list[tuple[Any, str]] = []
+    for hit in retrieval.get("images", []):
+        score = hit.get("score")
+        caption = f"{hit.get('file_name', '')} ({score:.2f})" if isinstance(score, (int, float)) else str(hit.get("file_name", ""))
+        path = knowledge.image_file(hit.get("doc_id")) if knowledge is not None else None
+        if path is not None:
+            items.append((str(path), caption))
+        else:
+            items.append((_missing_tile(), f"{caption}: missing from the knowledge base"))
+    return items
+
+
+def _missing_tile() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (96, 96), (200, 200, 200))
 
 
 def format_bytes(size: int) -> str:

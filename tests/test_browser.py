@@ -118,3 +118,46 @@ def test_index_a_pdf_then_ask_and_see_the_cited_sources(app_url, browser):
     )
     page.screenshot(path=str(ARTIFACTS / "browser-rag-answer.png"), full_page=True)
     page.close()
+
+
+def test_clicking_a_citation_opens_its_source(browser):
+    """A click on `[n]` opens source n's passage (links survive gradio's HTML sanitiser)."""
+    import socket
+
+    import gradio as gr
+
+    from mmchat.ui.render import chatbot_messages
+    from mmchat.ui.style import CITATION_HEAD
+
+    retrieval = {"used": 2, "hits": [
+        {"file_name": "guide.pdf", "page": 2, "text": "Rank 8 trains 65,536 parameters.\nMore.", "evidence": "Rank 8 trains 65,536 parameters."},
+        {"file_name": "notes.md", "text": "<script>alert(1)</script> Other.", "evidence": "Other."},
+    ]}
+
+    from types import SimpleNamespace
+
+    answer = SimpleNamespace(role="assistant", text="It trains 65,536 parameters [2].", retrieval=retrieval,
+                             stats=None, image_ids=[])
+    session = SimpleNamespace(images={}, history=[answer])
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with gr.Blocks() as demo:
+        gr.Chatbot(value=chatbot_messages(session), elem_id="answers")
+    demo.launch(prevent_thread_lock=True, server_port=port, head=CITATION_HEAD, quiet=True)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        page.wait_for_selector("details.mmchat-source", timeout=60_000)
+        opened = "Array.from(document.querySelectorAll('details.mmchat-source')).map(d => d.open)"
+        assert page.evaluate(opened) == [False, False]
+        assert "guide.pdf, p. 2 — “Rank 8 trains 65,536 parameters.”" in page.inner_text("#answers")
+        assert "(not cited)" in page.inner_text("#answers")
+        page.locator("a.mmchat-cite", has_text="[2]").click()
+        page.wait_for_function(f"{opened}[1] === true", timeout=5_000)
+        assert page.evaluate(opened) == [False, True]
+        assert page.locator("#answers script").count() == 0  # document text is shown, never run
+        page.close()
+    finally:
+        demo.close()

@@ -3,13 +3,18 @@
 `build_app(config, runtime)` returns a `gr.Blocks` (queued, with a concurrency limit) whose
 status line reports the model, device, dtype, quantization and memory, and says plainly when
 the offline stand-in is in use. `launch_kwargs` gives what `Blocks.launch` needs: host/port
-from the config, uploads capped, and only the app's own data directory served.
+from the config, uploads capped, only the app's own directories served (nothing else from the
+working directory or the temp folder), unknown Host headers refused, served files inert
+(`mmchat.ui.security`). Gradio's cached copies older than an hour are deleted, and so are
+exports (at start and on each export; a session's exports also when it ends).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -18,8 +23,10 @@ import gradio as gr  # noqa: E402
 
 from mmchat.config import AppConfig  # noqa: E402
 from mmchat.runtime import Runtime  # noqa: E402
-from mmchat.ui.chat import EXAMPLE_DIR, build_chat_tab  # noqa: E402
+from mmchat.session import EXPORT_MAX_AGE_S, purge_exports  # noqa: E402
+from mmchat.ui.chat import EXAMPLE_DIR, build_chat_tab, end_session  # noqa: E402
 from mmchat.ui.knowledge import build_knowledge_tab, document_choices  # noqa: E402
+from mmchat.ui.style import APP_CSS, CITATION_HEAD, status_view  # noqa: E402
 
 TITLE = "mmchat — multimodal chat"
 
@@ -30,9 +37,13 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
     # too, so nothing the browser sends lands elsewhere (components read this when built).
     os.environ.setdefault("GRADIO_TEMP_DIR", str(runtime.data_dir / "gradio"))
     runtime.start()
-    with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"## {TITLE}")
-        status = gr.Markdown(runtime.status_markdown(), elem_id="mmchat-status")
+    purge_exports(runtime.export_dir)  # a restart ends every session: none of these is wanted
+    # Gradio's cached copies (uploads, files shown, downloads) go after an hour, checked every
+    # ten minutes; a page open longer gets fresh copies with its next update.
+    with gr.Blocks(title=TITLE, delete_cache=(600, EXPORT_MAX_AGE_S)) as demo:
+        gr.Markdown(f"## {TITLE}", elem_id="mmchat-title")
+        # One short line; the full status (model, memory, knowledge base) opens on demand.
+        status = gr.Markdown(status_view(runtime), elem_id="mmchat-status")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 chat = build_chat_tab(runtime)
@@ -44,38 +55,74 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
             # Stream the status while the models load and the knowledge base opens and
             # indexes its demo corpus, then once more with the final line.
             while not runtime.wait_loaded(timeout=1.0) or not runtime.knowledge_settled():
-                yield runtime.status_markdown()
+                yield status_view(runtime)
                 if runtime.wait_loaded(timeout=0):
                     time.sleep(1.0)
-            yield runtime.status_markdown()
+            yield status_view(runtime)
 
-        demo.load(poll_status, None, status, api_name="status")
+        demo.load(poll_status, None, status, api_name="status", show_progress="hidden")
+
+        def end_browser_session(request: gr.Request) -> None:  # the tab closed: its exports go
+            end_session(runtime, request.session_hash or "")
+
+        demo.unload(end_browser_session)
         if config.knowledge.enabled:
             def chat_document_choices():
                 return gr.Dropdown(choices=document_choices(runtime))
 
             listing = knowledge["listing_outputs"]
-            demo.load(knowledge["refresh"], None, listing, api_name="knowledge_documents")
-            knowledge_tab.select(knowledge["refresh"], None, listing)
+            demo.load(knowledge["refresh"], None, listing, api_name="knowledge_documents", show_progress="hidden")
+            knowledge_tab.select(knowledge["refresh"], None, listing, show_progress="hidden")
             for event in knowledge["changed"]:
-                event.then(chat_document_choices, None, chat["rag_docs"]).then(
-                    runtime.status_markdown, None, status
+                event.then(chat_document_choices, None, chat["rag_docs"], show_progress="hidden").then(
+                    lambda: status_view(runtime), None, status, show_progress="hidden"
                 )
-            demo.load(chat_document_choices, None, chat["rag_docs"])
+            demo.load(chat_document_choices, None, chat["rag_docs"], show_progress="hidden")
     demo.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
     demo.mmchat_runtime = runtime  # for tests and scripts that need the loaded models
     return demo
 
 
+def served_dirs(config: AppConfig, runtime: Runtime) -> list[str]:
+    """The only directories gradio may serve files from (besides its own upload folder):
+    validated chat images, this app's exports, the example photos, and the knowledge base's
+    kept copies (thumbnails of retrieved images). Not the data directory as a whole: gradio's
+    upload folder lies in it and holds whatever a browser sent."""
+    dirs = [runtime.upload_dir, runtime.export_dir, EXAMPLE_DIR, config.knowledge.resolved_path() / "files"]
+    return [str(Path(d).resolve()) for d in dirs]
+
+
 def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
+    from gradio.utils import get_upload_folder
+    from starlette.middleware import Middleware
+
+    from mmchat.ui.security import (
+        ALL_INTERFACES, HostGuard, OutsideAppDirs, SafeFileResponses, UploadLimitMessage, allowed_host_names,
+    )
+
+    # Gradio's own cap is the larger of the two; each path then applies its own limit
+    # with a message that names the file (chat images: limits.max_bytes).
+    max_file_size = max(config.limits.max_bytes, config.knowledge.max_file_mb * 1024 * 1024)
+    allowed = served_dirs(config, runtime)
+    hosts = allowed_host_names(config.server.host, config.server.allowed_hosts, config.server.share)
     return {
         "server_name": config.server.host,
         "server_port": config.server.port,
         "share": config.server.share,
-        # Gradio's own cap is the larger of the two; each path then applies its own limit
-        # with a message that names the file (chat images: limits.max_bytes).
-        "max_file_size": max(config.limits.max_bytes, config.knowledge.max_file_mb * 1024 * 1024),
-        # Thumbnails of retrieved images come from the knowledge base's kept copies.
-        "allowed_paths": [str(runtime.data_dir), str(EXAMPLE_DIR), str(config.knowledge.resolved_path() / "files")],
+        "max_file_size": max_file_size,
+        "allowed_paths": allowed,
+        # Gradio also hands out anything in the working directory and the temp folder:
+        # block both except the app's own directories and gradio's upload folder.
+        "blocked_paths": OutsideAppDirs([os.getcwd(), tempfile.gettempdir()], [*allowed, get_upload_folder()]),
+        "app_kwargs": {"middleware": [
+            Middleware(HostGuard, allowed=hosts, any_ip=config.server.host in ALL_INTERFACES),
+            Middleware(SafeFileResponses),
+            Middleware(UploadLimitMessage, max_bytes=max_file_size),
+        ]},
+        # Everything is served by this process, through the middleware above.
+        "ssr_mode": False,
+        "num_workers": 0,
         "show_error": False,
+        "css": APP_CSS,  # layout: mmchat.ui.style
+        "head": CITATION_HEAD,  # [n] in an answer opens that source
     }

@@ -27,6 +27,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="the app's writable directory (uploads, exports)")
     parser.add_argument("--concurrency", type=int, help="generations at once (default 1)")
     parser.add_argument("--share", action="store_true", default=None, help="create a public gradio link")
+    parser.add_argument(
+        "--allowed-hosts",
+        help="comma-separated extra Host names to answer (e.g. 'myhost.lan,*.example.org'); requests for "
+             "any other name get 400 (also MMCHAT_ALLOWED_HOSTS; 127.0.0.1, localhost and --host always work)",
+    )
     return parser.parse_args(argv)
 
 
@@ -34,7 +39,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     return load_config(
         args.config,
         overrides={
-            "server": {"host": args.host, "port": args.port, "concurrency_limit": args.concurrency, "share": args.share},
+            "server": {"host": args.host, "port": args.port, "concurrency_limit": args.concurrency, "share": args.share,
+                       "allowed_hosts": args.allowed_hosts},
             "model": {"preset": args.preset, "source": args.model_source, "quantization": args.quantization},
             "encoder": {"kind": args.encoder},
             "": {"data_dir": args.data_dir},

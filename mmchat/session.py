@@ -495,6 +495,7 @@ def purge_exports(root: Path, max_age_s: float = EXPORT_MAX_AGE_S, now: float | 
     root = Path(root)
     cutoff = (time.time() if now is None else now) - max_age_s
     removed = 0
+    emptied: set[Path] = set()
     if not root.is_dir():
         return 0
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
@@ -503,8 +504,10 @@ def purge_exports(root: Path, max_age_s: float = EXPORT_MAX_AGE_S, now: float | 
                 if path.lstat().st_mtime < cutoff:
                     path.unlink()
                     removed += 1
-            elif path.is_dir() and path.stat().st_mtime < cutoff and not any(path.iterdir()):
+                    emptied.add(path.parent)
+            elif path.is_dir() and (path in emptied or path.stat().st_mtime < cutoff) and not any(path.iterdir()):
                 path.rmdir()
+                emptied.add(path.parent)
         except OSError:  # another session removed it meanwhile
             continue
     return removed

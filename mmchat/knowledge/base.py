@@ -351,6 +351,22 @@ class KnowledgeBase:
     def documents(self) -> list[DocumentRecord]:
         return self.store.documents()
 
+    def image_file(self, doc_id: Any) -> Path | None:
+        """The kept copy of an indexed image, by its document id (sha256); None when unknown.
+
+        What the sources panel shows: a retrieval trace (which may come from an imported chat)
+        names images by id only, and only files inside `files_dir` are ever returned.
+        """
+        if not isinstance(doc_id, str) or len(doc_id) != 64 or not all(c in "0123456789abcdef" for c in doc_id):
+            return None
+        record = self.store.get_document(doc_id)
+        if record is None or record.kind != "image" or not record.stored:
+            return None
+        path = (self.files_dir / record.stored).resolve()
+        if path.parent != self.files_dir.resolve() or not path.is_file():
+            return None
+        return path
+
     def delete(self, doc_id: str) -> DocumentRecord:
         record = self.store.delete_document(doc_id)
         if record is None:

@@ -46,7 +46,11 @@ class Hit:
         return f"{self.file_name}, p. {self.page}" if self.page else self.file_name
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able, for the chat history and exports: ids, scores and text, never a path
+        (the sources panel finds an image's kept copy by `doc_id` in the knowledge base)."""
+        data = asdict(self)
+        data.pop("image_path")
+        return data
 
 
 @dataclass

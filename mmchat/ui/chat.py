@@ -11,14 +11,20 @@ no torch: the models live in `Runtime`.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import logging
+import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 
-from mmchat.errors import UserFacingError
+from mmchat.attachments import safe_display_name
+from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.runtime import Runtime
 from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown
 
@@ -34,6 +40,31 @@ def _file_path(item: Any) -> str:
     return str(getattr(item, "path", item))
 
 
+def stop_button(running: bool) -> Any:
+    """Stop looks active (red, clickable) only while something runs."""
+    return gr.Button(interactive=running, variant="stop" if running else "secondary")
+
+
+def chat_progress(chatbot: Any) -> dict[str, Any]:
+    """A chat event shows its progress as a small timer on the chat box alone."""
+    return {"show_progress": "minimal", "show_progress_on": [chatbot]}
+
+
+# Helper events that only switch a button: instant, no progress, not part of the API.
+QUIET: dict[str, Any] = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+
+
+def without_refused(message: dict, err: Exception) -> dict:
+    """The message to put back in the textbox after `err`: its text, minus any file the error
+    refused (an `InvalidUpload` names it first: "photo.png: ..."), so no broken thumbnail stays."""
+    if not isinstance(err, InvalidUpload):
+        return message
+    reason = str(err)
+    kept = [f for f in message.get("files") or []
+            if not reason.startswith(safe_display_name(Path(_file_path(f)).name) + ":")]
+    return {**message, "files": kept}
+
+
 def examples() -> list[dict[str, Any]]:
     pairs = [("cat.png", "What animal is this?"), ("coffee.png", "What is in the cup?")]
     return [
@@ -41,6 +72,28 @@ def examples() -> list[dict[str, Any]]:
         for name, question in pairs
         if (EXAMPLE_DIR / name).is_file()
     ]
+
+
+# Names each browser session's export folder: unguessable without this process's secret.
+_EXPORT_KEY = secrets.token_bytes(32)
+
+
+def export_folder(runtime: Runtime, session_hash: str) -> Path:
+    """The export folder of one browser session (gradio's session hash)."""
+    token = hmac.new(_EXPORT_KEY, session_hash.encode("utf-8"), hashlib.sha256).hexdigest()[:40]
+    return runtime.export_dir / token
+
+
+def end_session(runtime: Runtime, session_hash: str) -> None:
+    """Delete a finished browser session's exports and gradio's cached copies of them."""
+    folder = export_folder(runtime, session_hash)
+    if folder.is_dir():
+        from gradio.processing_utils import hash_file
+        from gradio.utils import get_upload_folder
+
+        for export in folder.glob("*.zip"):
+            shutil.rmtree(Path(get_upload_folder()) / hash_file(export), ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
@@ -52,22 +105,29 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(
                 label="Chat",
-                height=520,
+                # Sized to the viewport so the input stays on the first screen of a phone.
+                height="58vh",
+                min_height=260,
+                max_height=620,
                 buttons=["copy", "copy_all"],
                 feedback_options=None,
                 elem_id="mmchat-chatbot",
             )
             textbox = gr.MultimodalTextbox(
                 placeholder="Ask something, or drop an image here…",
-                file_types=["image"],
+                # No extension filter: gradio's refused names without an extension or with a
+                # second one ("IMG_0412", "cat.png.download") as "Invalid file type: None"; every
+                # file is checked by content instead, and a refusal names it and the accepted formats.
+                file_types=None,
                 file_count="multiple",
                 max_plain_text_length=limits.max_prompt_chars,
                 show_label=False,
                 elem_id="mmchat-input",
                 sources=["upload"],
             )
-            with gr.Row():
-                stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="mmchat-stop")
+            with gr.Row(elem_classes="mmchat-actions"):
+                # Stop looks active only while an answer streams (switched by the events below).
+                stop_btn = gr.Button("Stop", variant="secondary", interactive=False, size="sm", elem_id="mmchat-stop")
                 regen_btn = gr.Button("Regenerate", size="sm", elem_id="mmchat-regenerate")
                 undo_btn = gr.Button("Undo", size="sm", elem_id="mmchat-undo")
                 clear_btn = gr.Button("Clear", size="sm", elem_id="mmchat-clear")
@@ -75,7 +135,7 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 import_btn = gr.UploadButton("Import", file_types=[".zip", ".json"], size="sm")
             export_file = gr.File(label="Exported chat", visible=False, interactive=False)
             if examples():
-                gr.Examples(examples=examples(), inputs=[textbox], label="Examples (real photos)")
+                gr.Examples(examples=examples(), inputs=[textbox], label="Examples (real photos)", elem_id="mmchat-examples")
         with gr.Column(scale=2, min_width=260):
             with gr.Accordion("Generation settings", open=True):
                 system_prompt = gr.Textbox(label="System prompt", value=gen.system_prompt, lines=3)
@@ -94,8 +154,9 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
             with gr.Accordion("Last answer", open=True):
                 trace = gr.Markdown(trace_markdown(None), elem_id="mmchat-trace")
     with gr.Accordion("Sources", open=True, visible=runtime.config.knowledge.enabled):
-        sources = gr.Markdown(sources_markdown(None), elem_id="mmchat-sources")
-        source_images = gr.Gallery(label="Retrieved images", columns=4, height=180, elem_id="mmchat-source-images")
+        sources = gr.Markdown(sources_markdown(None), elem_id="mmchat-sources", elem_classes="mmchat-hits")
+        source_images = gr.Gallery(label="Retrieved images", columns=4, height=180, object_fit="contain",
+                                   elem_id="mmchat-source-images")
 
     settings = [system_prompt, max_new_tokens, temperature, top_p, use_knowledge, rag_top_k, rag_docs,
                 whole_document, images_to_model]
@@ -115,17 +176,21 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
         use_kb: bool = True, k: float = 4, doc_ids: list | None = None, whole: bool = False,
         send_images: bool = False,
     ) -> Any:
-        from mmchat.backends.base import GenerationParams
         from mmchat.session import RagOptions
 
         session.system_prompt = prompt or ""
-        # The session may predate the knowledge base (it opens after the models).
-        session.knowledge = runtime.knowledge
+        # The session may predate the knowledge base (it opens after the models): wait for it a
+        # little, and if it is still not there the answer says it did not use the documents.
+        knowledge, unavailable = runtime.knowledge_for_answer() if use_kb else (None, "")
+        session.knowledge = knowledge
         session.rag = RagOptions(
-            enabled=bool(use_kb) and runtime.knowledge is not None, top_k=int(k),
+            enabled=bool(use_kb) and runtime.config.knowledge.enabled, top_k=int(k),
             doc_ids=tuple(doc_ids or ()), whole_document=bool(whole), images_to_model=bool(send_images),
+            unavailable=unavailable,
         )
-        return GenerationParams(int(max_tokens), float(temp), float(nucleus))
+        # The sliders set these three; the preset's repetition controls stay as they are.
+        return dataclasses.replace(session.params, max_new_tokens=int(max_tokens), temperature=float(temp),
+                                   top_p=float(nucleus))
 
     def stream_into_ui(session: Any, answer: Iterator[str]) -> Iterator[tuple]:
         # Stream at most ~20 UI updates per second; the final state is always sent.
@@ -143,6 +208,7 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
         message = message or {}
         text = message.get("text") or ""
         files = [_file_path(f) for f in message.get("files") or []]
+        answer = None
         try:
             session = ensure_session(session)
             params = params_from(session, *settings_values)
@@ -154,20 +220,32 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                     update = (update[0], gr.MultimodalTextbox(value=None, interactive=False), *update[2:])
                 yield update
         except Exception as err:  # the textbox was locked while streaming: always unlock it
+            if answer is not None:
+                answer.close()  # releases the session's busy lock before anything else can fail
             warn(err)
-            yield (chatbot_messages(session), gr.MultimodalTextbox(value=message, interactive=True), session,
-                   gr.update(), gr.update(), gr.update())
+            yield (chatbot_messages(session), gr.MultimodalTextbox(value=without_refused(message, err), interactive=True),
+                   session, gr.update(), gr.update(), gr.update())
             return
+        finally:  # also when the browser goes away or rendering fails: the answer never stays open
+            if answer is not None:
+                answer.close()
         yield (chatbot_messages(session), gr.MultimodalTextbox(value=None, interactive=True), session,
                trace_markdown(session), *sources_of(session))
 
     def regenerate(session: Any, *settings_values: Any):
+        answer = None
         try:
             session = ensure_session(session)
             params = params_from(session, *settings_values)
-            yield from stream_into_ui(session, session.regenerate(params))
+            answer = session.regenerate(params)
+            yield from stream_into_ui(session, answer)
         except Exception as err:
+            if answer is not None:
+                answer.close()
             warn(err)
+        finally:
+            if answer is not None:
+                answer.close()
         yield chatbot_messages(session), gr.update(), session, trace_markdown(session), *sources_of(session)
 
     def stop(session: Any) -> None:
@@ -194,38 +272,48 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 return gr.update(), gr.update(), session, gr.update(), gr.update(), gr.update()
         return [], gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(None), *sources_of(None)
 
-    def export(session: Any):
+    def export(session: Any, request: gr.Request):
         if session is None or not session.history:
             gr.Warning("nothing to export yet; send a message first")
             return gr.File(visible=False)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = session.export_zip(runtime.export_dir / f"mmchat-chat-{stamp}-{id(session):x}.zip")
+        # In the browser session's own folder, under a random name; removed after an hour or
+        # when the session ends (the app's unload hook calls `end_session`).
+        path = session.export_download(export_folder(runtime, request.session_hash or "no-session"))
         return gr.File(value=str(path), visible=True)
 
     def import_chat(upload: Any, session: Any):
+        # A refused import raises, so no output changes: the chat stays exactly as it was.
         try:
             session = ensure_session(session)
             session.import_chat(Path(_file_path(upload)))
-            gr.Info(f"imported {len(session.history)} messages")
         except UserFacingError as err:
-            gr.Warning(str(err))
-        return chatbot_messages(session), session, session.system_prompt if session else gr.update()
+            raise gr.Error(f"import refused: {err}") from None
+        except Exception as err:  # a bug: say so, keep the chat
+            log.exception("import failed")
+            raise gr.Error(f"import failed ({err.__class__.__name__}); the chat is unchanged") from None
+        gr.Info(f"imported {len(session.history)} messages")
+        return chatbot_messages(session), session, session.system_prompt
 
     outputs = [chatbot, textbox, session_state, trace, sources, source_images]
     limit = runtime.config.server.concurrency_limit
-    submit_event = textbox.submit(
+    # Stop is switched on before an answer streams and off when it ends (ok, failed or stopped);
+    # chained, because the page runs a trigger's parallel listeners only after the queued one.
+    submit_event = textbox.submit(lambda: stop_button(True), None, stop_btn, **QUIET).then(
         respond, [textbox, session_state, *settings], outputs, api_name="chat",
-        concurrency_limit=limit, concurrency_id="generate",
+        concurrency_limit=limit, concurrency_id="generate", **chat_progress(chatbot),
     )
-    regen_btn.click(
+    regen_event = regen_btn.click(lambda: stop_button(True), None, stop_btn, **QUIET).then(
         regenerate, [session_state, *settings], outputs, api_name="regenerate",
-        concurrency_limit=limit, concurrency_id="generate",
+        concurrency_limit=limit, concurrency_id="generate", **chat_progress(chatbot),
     )
+    for event in (submit_event, regen_event):
+        event.then(lambda: stop_button(False), None, stop_btn, **QUIET)
     # Stop must not wait behind the generation it stops, so it skips the queue.
     stop_btn.click(stop, [session_state], None, api_name="stop", queue=False)
-    undo_btn.click(undo, [session_state], outputs, api_name="undo", queue=False)
-    clear_btn.click(clear, [session_state], outputs, api_name="clear", queue=False)
-    export_btn.click(export, [session_state], [export_file], api_name="export")
-    import_btn.upload(import_chat, [import_btn, session_state], [chatbot, session_state, system_prompt], api_name="import_chat")
+    undo_btn.click(undo, [session_state], outputs, api_name="undo", queue=False, show_progress="hidden")
+    clear_btn.click(clear, [session_state], outputs, api_name="clear", queue=False, show_progress="hidden")
+    export_btn.click(export, [session_state], [export_file], api_name="export", show_progress="hidden")
+    import_btn.upload(import_chat, [import_btn, session_state], [chatbot, session_state, system_prompt], api_name="import_chat",
+                      **chat_progress(chatbot))
     return {"chatbot": chatbot, "textbox": textbox, "state": session_state, "submit": submit_event,
             "rag_docs": rag_docs}

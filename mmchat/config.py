@@ -141,7 +141,7 @@ PRESETS: dict[str, ModelPreset] = {
             context_length=2048,
             # A 135M model copes with two short sources; longer prompts make it loop and
             # slow its first token (measured: 1,100-1,500-token prompts, 5-6 s, answers looping).
-            answer=AnswerPolicy(max_sources=2, source_chars=500, repetition_penalty=1.15, no_repeat_ngram_size=4),
+            answer=AnswerPolicy(max_sources=2, source_chars=500, repetition_penalty=1.1, no_repeat_ngram_size=4),
         ),
         ModelPreset(
             name="tiny",
@@ -194,6 +194,10 @@ class EncoderConfig:
 class UploadLimits:
     max_bytes: int = _help("largest accepted upload, bytes", 20 * 1024 * 1024)
     max_pixels: int = _help("largest accepted image, width x height", 40_000_000)
+    max_aspect_ratio: float = _help(
+        "longest side / shortest side an image may have: encoders resize the short side to "
+        "their input size, so a 16000 x 1 strip would become millions of pixels", 20.0
+    )
     max_images_per_message: int = _help("images one message may carry", 4)
     max_prompt_chars: int = _help("longest accepted message text, characters", 8000)
     formats: tuple[str, ...] = _help(
@@ -204,6 +208,8 @@ class UploadLimits:
         for name in ("max_bytes", "max_pixels", "max_images_per_message", "max_prompt_chars"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"limits.{name} must be positive, got {getattr(self, name)}")
+        if not self.max_aspect_ratio >= 1:
+            raise ConfigError(f"limits.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
 
 
 @dataclass(frozen=True)
@@ -258,8 +264,27 @@ class KnowledgeConfig:
     image_min_score: float = _help(
         "cosine below which a retrieved image is not shown; 0 picks a value for the encoder", 0.0
     )
+    min_relevance: float = _help(
+        "relevance (0..1, calibrated on tests/fixtures/rag_eval) below which a chunk is not cited; "
+        "0 turns the floor off", 0.3
+    )
+    image_match_min_score: float = _help(
+        "cosine below which an indexed image does not count as a match for a chat photo "
+        "(image to image); 0 picks a value for the encoder", 0.0
+    )
     whole_document_max_chars: int = _help("longest document the 'whole document' option sends", 12000)
     max_file_mb: int = _help("largest accepted knowledge upload, MB", 50)
+    max_parse_seconds: float = _help(
+        "reading one knowledge upload (parse + split into chunks) may take this long before it "
+        "is refused; checked between steps, so structure limits below bound each step", 60.0
+    )
+    max_html_depth: int = _help("deepest element nesting an HTML upload may have", 256)
+    max_sections: int = _help("most Markdown sections (headers) one upload may have", 5000)
+    max_chunks: int = _help("most chunks one document may be split into", 10000)
+    max_docx_xml_mb: int = _help(
+        "largest XML text (word/*.xml, as the ZIP directory declares it) a .docx may unpack to, MB",
+        32,
+    )
     seed_demo: bool = _help("index knowledge/demo and knowledge/images on first start", True)
 
     def __post_init__(self) -> None:
@@ -276,8 +301,14 @@ class KnowledgeConfig:
             raise ConfigError(f"top_k {self.top_k} is out of range; use 1..50")
         if not 0 <= self.image_top_k <= 20:
             raise ConfigError(f"image_top_k {self.image_top_k} is out of range; use 0..20")
+        for name in ("min_relevance", "image_match_min_score"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} {getattr(self, name)} is out of range; use 0 (off/auto) up to below 1")
         if self.max_file_mb <= 0 or self.whole_document_max_chars <= 0:
             raise ConfigError("max_file_mb and whole_document_max_chars must be positive")
+        for name in ("max_parse_seconds", "max_html_depth", "max_sections", "max_chunks", "max_docx_xml_mb"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"knowledge.{name} must be positive, got {getattr(self, name)}")
         if not self.collection_prefix.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(
                 f"collection_prefix {self.collection_prefix!r} may use only letters, digits, '_' and '-'"

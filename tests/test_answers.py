@@ -231,3 +231,27 @@ def test_special_tokens_in_text_are_inert(tiny_backend, cat_image):
     plain = tiny_backend.prepare([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}], [cat_image])
     count = lambda p: int((p.inputs["input_ids"] == image_id).sum())  # noqa: E731
     assert count(prompt) == count(plain) > 0
+
+
+def test_repetition_control_lets_an_answer_quote_its_sources_but_not_repeat_itself():
+    import torch
+
+    from mmchat.backends.streaming import answer_only_repetition_control
+
+    kwargs = {"max_new_tokens": 8, "repetition_penalty": 1.5, "no_repeat_ngram_size": 3}
+    prompt = [5, 6, 7, 8, 5, 6]  # the sources say "5 6 7" (and "5 6" again at the end)
+    processors = answer_only_repetition_control(kwargs, prompt_length=len(prompt))
+    assert kwargs == {"max_new_tokens": 8}  # generate gets the processors instead
+    scores = torch.ones(1, 10)
+    # Quoting the prompt: "5 6" -> 7 is allowed and 7 is not penalised (it is only in the prompt).
+    quoting = torch.tensor([prompt + [5, 6]])
+    out = scores.clone()
+    for processor in processors:
+        out = processor(quoting, out)
+    assert out[0, 7] == 1 and out[0, 5] < 1  # 5 and 6 were generated: penalised
+    # Repeating the answer itself: "5 6 9 5 6" -> 9 is banned.
+    repeating = torch.tensor([prompt + [5, 6, 9, 5, 6]])
+    out = scores.clone()
+    for processor in processors:
+        out = processor(repeating, out)
+    assert out[0, 9] == float("-inf")

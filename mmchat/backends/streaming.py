@@ -17,7 +17,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from mmchat.backends.base import GenerationParams, GenerationStats, TextStream
 
@@ -37,6 +45,34 @@ class _StopOnEvent(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _AnswerOnlyNoRepeatNGram(LogitsProcessor):
+    """transformers' no-repeat-n-gram rule over the answer alone, not the prompt.
+
+    The stock processor counts the prompt's n-grams too, so with retrieved sources in the
+    prompt it forbids quoting them: the small model then paraphrases facts into nonsense.
+    """
+
+    def __init__(self, ngram_size: int, prompt_length: int) -> None:
+        self.inner = NoRepeatNGramLogitsProcessor(ngram_size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.inner(input_ids[:, self.prompt_length:], scores)
+
+
+def answer_only_repetition_control(kwargs: dict[str, Any], prompt_length: int) -> list[LogitsProcessor]:
+    """Turn `repetition_penalty`/`no_repeat_ngram_size` in generate kwargs into processors that
+    ignore the prompt (so an answer may quote its sources but not repeat itself)."""
+    processors: list[LogitsProcessor] = []
+    penalty = kwargs.pop("repetition_penalty", None)
+    if penalty is not None and penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_length))
+    ngram = kwargs.pop("no_repeat_ngram_size", None)
+    if ngram:
+        processors.append(_AnswerOnlyNoRepeatNGram(int(ngram), prompt_length))
+    return processors
 
 
 class _CountingStreamer(TextIteratorStreamer):
@@ -75,10 +111,12 @@ class GenerateStream(TextStream):
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
             pad_id = getattr(tokenizer, "eos_token_id", None)
+        generate_kwargs = {**params.generate_kwargs(), **(extra_generate_kwargs or {})}
+        processors = answer_only_repetition_control(generate_kwargs, self.stats.prompt_tokens)
         self._kwargs = {
             **inputs,
-            **params.generate_kwargs(),
-            **(extra_generate_kwargs or {}),
+            **generate_kwargs,
+            "logits_processor": LogitsProcessorList(processors),
             "streamer": self._streamer,
             "stopping_criteria": StoppingCriteriaList([_StopOnEvent(self._stop)]),
             "pad_token_id": pad_id,

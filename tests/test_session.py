@@ -194,3 +194,78 @@ def test_import_rejects_tampered_exports(session, tiny_backend, cat_image, tmp_p
     with pytest.raises(InvalidUpload, match="not valid JSON"):
         target.import_chat(tmp_path / "junk.json")
     assert target.history == []
+
+
+POISONS = {
+    "stats number": (lambda d: d["messages"][1].update(stats={"time_to_first_token_s": "soon"}),
+                     "time_to_first_token_s is 'soon'"),
+    "stats bool": (lambda d: d["messages"][1].update(stats={"output_tokens": True}), "output_tokens is True"),
+    "role": (lambda d: d["messages"][0].update(role="system"), "role is 'system'; accepted: user, assistant, note"),
+    "text": (lambda d: d["messages"][0].update(text=["a"]), r"text is \['a'\]"),
+    "unknown image": (lambda d: d["messages"][0].update(image_ids=["f" * 64]), "which the export lacks"),
+    "image ids type": (lambda d: d["messages"][0].update(image_ids="abc"), "image_ids must be a list"),
+    "message type": (lambda d: d["messages"].append("hello"), "must be an object"),
+    "messages type": (lambda d: d.update(messages={"role": "user"}), "'messages' must be a list"),
+    "trace hits": (lambda d: d["messages"][1].update(retrieval={"hits": "x"}), "retrieval.hits must be a list"),
+    "trace score": (lambda d: d["messages"][1].update(retrieval={"images": [{"file_name": "a", "score": "high"}]}),
+                    "score is 'high'"),
+    "trace mode": (lambda d: d["messages"][1].update(retrieval={"mode": "<script>"}), "mode is '<script>'"),
+    "image key": (lambda d: d["images"].update({"../../etc/passwd": {"file": "images/x.png"}}), "is not a sha256"),
+    "system prompt": (lambda d: d.update(system_prompt=7), "system_prompt is 7"),
+}
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_a_poisoned_export_is_refused_whole(session, tiny_backend, cat_image, tmp_path, poison):
+    path = session.attach(cat_image).attachment.path
+    list(session.send("q", [path]))
+    json_path = session.export(tmp_path / "export")
+    data = json.loads(json_path.read_text())
+    change, message = POISONS[poison]
+    change(data)
+    json_path.write_text(json.dumps(data))
+    target = ChatSession(tiny_backend, None, tmp_path / "t", system_prompt="mine")
+    list(target.send("kept question"))
+    before = [(m.role, m.text) for m in target.history]
+    with pytest.raises(InvalidUpload, match=message):
+        target.import_chat(json_path)
+    assert [(m.role, m.text) for m in target.history] == before and target.system_prompt == "mine"
+    assert list(target.send("still works")), "the session is not left busy"
+
+
+def test_import_drops_paths_and_unknown_keys_from_traces(session, tiny_backend, tmp_path):
+    list(session.send("q"))
+    session.history[-1].retrieval = {
+        "query": "q", "mode": "hybrid", "used": 1, "notes": ["n"], "timings_ms": {"total": 2.5},
+        "hits": [{"id": "c1", "doc_id": "d" * 64, "file_name": "a.md", "text": "t", "score": 0.1, "page": 2,
+                  "image_path": "/etc/passwd", "evidence": "e", "html": "<b>x</b>"}],
+        "images": [{"id": "i1", "doc_id": "d" * 64, "file_name": "cat.png", "score": 0.5, "image_path": "/tmp/x"}],
+        "context_images": ["0" * 64], "extra": {"path": "/etc"},
+    }
+    json_path = session.export(tmp_path / "export")
+    fresh = ChatSession(tiny_backend, None, tmp_path / "other")
+    fresh.import_chat(json_path)
+    trace = fresh.history[-1].retrieval
+    assert trace["hits"] == [{"id": "c1", "doc_id": "d" * 64, "file_name": "a.md", "text": "t", "score": 0.1,
+                              "page": 2, "evidence": "e"}]
+    assert trace["images"] == [{"id": "i1", "doc_id": "d" * 64, "file_name": "cat.png", "score": 0.5}]
+    assert trace["context_images"] == [] and "extra" not in trace and trace["timings_ms"] == {"total": 2.5}
+
+
+def test_export_download_is_random_and_old_exports_are_purged(session, tmp_path):
+    import os
+    import time
+
+    from mmchat.session import purge_exports
+
+    list(session.send("q"))
+    old = tmp_path / "exports" / "gone" / "mmchat-chat-1.zip"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x")
+    os.utime(old, (time.time() - 4000, time.time() - 4000))
+    first = session.export_download(tmp_path / "exports" / "me")
+    second = session.export_download(tmp_path / "exports" / "me")
+    assert first != second and first.parent == second.parent == tmp_path / "exports" / "me"
+    assert not old.exists() and not old.parent.exists()
+    assert purge_exports(tmp_path / "exports", max_age_s=0, now=time.time() + 1) == 2
+    assert not any((tmp_path / "exports").iterdir())

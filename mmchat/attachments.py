@@ -111,7 +111,7 @@ class Attachment:
                     "upload the image again."
                 )
             _check_pil_bomb_limit(img.size, self.display_name)
-            _decode(img, self.display_name)
+            _decode(img, self.display_name, data)
             img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
 
@@ -268,6 +268,24 @@ def _human_pixels(n: int) -> str:
     return f"{n / 1_000_000:.1f}".removesuffix(".0") + " megapixels"
 
 
+def _pixels_vs_limit(n: int, limit: int) -> tuple[str, str]:
+    """`n` and `limit` for a message; exact counts when rounding would make them look equal
+    (6325 x 6325 is 40,005,625 pixels, over a 40,000,000 limit, though both round to 40 MP)."""
+    shown, limit_shown = _human_pixels(n), _human_pixels(limit)
+    if shown == limit_shown:
+        return f"{n:,} pixels", f"{limit:,} pixels"
+    return shown, limit_shown
+
+
+def _ratio(value: float, other: float | None = None) -> str:
+    """`value` as "20" / "2.5" / "16,000", with enough decimals to differ from `other`."""
+    for decimals in (1, 2, 3, 4):
+        shown = f"{value:,.{decimals}f}".rstrip("0").rstrip(".")
+        if other is None or shown != f"{other:,.{decimals}f}".rstrip("0").rstrip("."):
+            return shown
+    return f"{value:,}"
+
+
 def _check_size(size: int, display: str, limits: UploadLimits) -> None:
     if size == 0:
         raise InvalidUpload(
@@ -289,9 +307,18 @@ def _check_pixels(width: int, height: int, display: str, limits: UploadLimits) -
             f"accepted: {_accepted(limits)} images with at least 1 x 1 pixels."
         )
     if pixels > limits.max_pixels:
+        shown, limit = _pixels_vs_limit(pixels, limits.max_pixels)
         raise InvalidUpload(
-            f"{display}: image is {width} x {height} pixels ({_human_pixels(pixels)}); "
-            f"the limit is {_human_pixels(limits.max_pixels)}."
+            f"{display}: image is {width} x {height} pixels ({shown}); the limit is {limit}."
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_aspect_ratio:
+        raise InvalidUpload(
+            f"{display}: image is {width} x {height} pixels, an aspect ratio of "
+            f"{_ratio(ratio, limits.max_aspect_ratio)}:1; the limit is "
+            f"{_ratio(limits.max_aspect_ratio)}:1 (image encoders scale the short side to their "
+            "input size, so a thin strip would become millions of pixels); crop it and upload "
+            "it again."
         )
 
 
@@ -299,9 +326,10 @@ def _check_pil_bomb_limit(size: tuple[int, int], display: str) -> None:
     """Pillow's own guard, applied explicitly (independent of the global warnings state)."""
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and size[0] * size[1] > limit:
+        shown, limit_shown = _pixels_vs_limit(size[0] * size[1], int(limit))
         raise InvalidUpload(
-            f"{display}: image is {size[0]} x {size[1]} pixels "
-            f"({_human_pixels(size[0] * size[1])}); the limit is {_human_pixels(int(limit))}."
+            f"{display}: image is {size[0]} x {size[1]} pixels ({shown}); "
+            f"the limit is {limit_shown}."
         )
 
 
@@ -437,10 +465,53 @@ def _pil_formats(formats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 def _bomb_error(err: Exception, display: str, max_pixels: int | None) -> InvalidUpload:
     """Pillow's decompression-bomb refusal, in the same words as our own pixel check."""
     limits = [n for n in (max_pixels, Image.MAX_IMAGE_PIXELS) if n is not None]
-    limit = f"; the limit is {_human_pixels(int(min(limits)))}" if limits else ""
     found = re.search(r"\((\d+) pixels\)", str(err))
     size = _human_pixels(int(found.group(1))) if found else "too many pixels"
+    limit = ""
+    if limits:
+        limit = _human_pixels(int(min(limits)))
+        if found:
+            size, limit = _pixels_vs_limit(int(found.group(1)), int(min(limits)))
+        limit = f"; the limit is {limit}"
     return InvalidUpload(f"{display}: image is {size}{limit} (refused as a decompression bomb).")
+
+
+# Pillow's refusals of compressed PNG metadata (zTXt/iTXt text, iCCP colour profile) that
+# inflates past PngImagePlugin.MAX_TEXT_CHUNK / MAX_TEXT_MEMORY: a metadata decompression bomb.
+_METADATA_BOMB_MESSAGES = ("Decompressed data too large", "Too much memory used in text chunks")
+_PNG_COMPRESSED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
+
+
+def _png_compressed_chunks(data: bytes) -> list[str]:
+    """The compressed metadata chunk types a PNG holds, in order of first appearance."""
+    found: list[str] = []
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind in _PNG_COMPRESSED_CHUNKS and kind.decode() not in found:
+            found.append(kind.decode())
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return found
+
+
+def _metadata_bomb(err: BaseException, display: str, data: bytes | None) -> InvalidUpload | None:
+    """The message for Pillow's refusal of oversized compressed metadata, else None."""
+    if not isinstance(err, ValueError) or not str(err).startswith(_METADATA_BOMB_MESSAGES):
+        return None
+    from PIL import PngImagePlugin
+
+    chunks = _png_compressed_chunks(data) if data and data.startswith(b"\x89PNG") else []
+    what = {"zTXt": "zTXt text", "iTXt": "iTXt text", "iCCP": "iCCP colour profile"}
+    which = ", ".join(what[c] for c in chunks) if chunks else "zTXt/iTXt text or iCCP profile"
+    return InvalidUpload(
+        f"{display}: the image carries an oversized compressed metadata chunk ({which}) "
+        f"that inflates past {_human_bytes(PngImagePlugin.MAX_TEXT_CHUNK)} "
+        "(refused as a decompression bomb); re-export the image without that metadata and "
+        "upload it again."
+    )
 
 
 def _open_header(
@@ -451,9 +522,13 @@ def _open_header(
         return Image.open(io.BytesIO(data), formats=_pil_formats(formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise _bomb_error(err, display, max_pixels) from None
+    except ValueError as err:
+        if bomb := _metadata_bomb(err, display, data):
+            raise bomb from None
+        raise
 
 
-def _decode(img: Image.Image, display: str) -> None:
+def _decode(img: Image.Image, display: str, data: bytes | None = None) -> None:
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -461,6 +536,8 @@ def _decode(img: Image.Image, display: str) -> None:
     except MemoryError:
         raise InvalidUpload(f"{display}: image is too large to decode.") from None
     except Exception as err:  # OSError (truncated), SyntaxError, ValueError, zlib.error, ...
+        if bomb := _metadata_bomb(err, display, data):
+            raise bomb from None
         fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "image")
         raise InvalidUpload(
             f"{display}: the {fmt} data is corrupt or truncated ({err}); "
@@ -516,7 +593,7 @@ def _ingest_bytes(data: bytes, display: str, store_dir: Path, limits: UploadLimi
         width, height = img.size
         _check_pixels(width, height, display, limits)
         _check_pil_bomb_limit(img.size, display)
-        _decode(img, display)
+        _decode(img, display, data)
         width, height = _displayed_size(img)
     sha = hashlib.sha256(data).hexdigest()
     path = _store(data, sha, _EXTENSIONS.get(fmt, f".{fmt.lower()}"), store_dir, display)

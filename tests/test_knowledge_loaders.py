@@ -30,6 +30,7 @@ from mmchat.errors import ConfigError, InvalidUpload, UserFacingError
 from mmchat.knowledge.loaders import (
     ACCEPTED,
     SUPPORTED_KINDS,
+    WORK_DIR_NAME,
     KnowledgeLimits,
     LoadedFile,
     load_file,
@@ -52,7 +53,8 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def private_tempdir(tmp_path: Path, monkeypatch) -> Path:
-    """Parsing copies go to a temp dir we can inspect: it must be empty after every test."""
+    """The system temp dir, redirected where we can inspect it: reading copies go under the
+    store's own `.work` folder, never here, so it must stay empty."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -67,7 +69,12 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def store_files(store: Path) -> list[Path]:
-    return sorted(store.iterdir()) if store.exists() else []
+    """The kept copies in `store`; the readers' working folder must be empty by now."""
+    if not store.exists():
+        return []
+    work = store / WORK_DIR_NAME
+    assert not work.exists() or list(work.iterdir()) == [], "a reading copy was left behind"
+    return sorted(p for p in store.iterdir() if p.name != WORK_DIR_NAME)
 
 
 def refused(source, store: Path, *, name: str, limits: KnowledgeLimits = KnowledgeLimits()) -> str:
@@ -405,9 +412,11 @@ def test_chinese_text_decodes_in_each_accepted_encoding(tmp_path, store, encodin
 
 
 def test_text_in_another_encoding_is_refused(store):
-    message = refused("résumé café".encode("latin-1"), store, name="cv.txt")
-    assert "the text is not valid UTF-8, UTF-16 or GB18030" in message
-    assert "save it as UTF-8" in message
+    # Latin-1 bytes that no accepted encoding reads as plausible text (0x81 is unassigned in
+    # Windows-1252; as GB18030 they are rare CJK characters).
+    message = refused("r\u00e9sum\u00e9 caf\u00e9 \x81".encode("latin-1"), store, name="cv.txt")
+    assert "the text's encoding is not recognised" in message
+    assert "save it as UTF-8" in message and "accepted encodings: UTF-8, UTF-16" in message
 
 
 def test_utf8_with_a_broken_byte_is_not_misread_as_gb18030(store):

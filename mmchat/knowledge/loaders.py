@@ -38,12 +38,15 @@ import codecs
 import hashlib
 import os
 import re
+import shutil
 import struct
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mmchat.attachments import _human_bytes, _sniff, _store, ingest_upload, read_limited, safe_display_name
 from mmchat.config import UploadLimits
@@ -51,6 +54,8 @@ from mmchat.errors import ConfigError, InvalidUpload
 
 __all__ = [
     "ACCEPTED",
+    "Deadline",
+    "ENCODINGS",
     "KnowledgeLimits",
     "LoadedFile",
     "SUPPORTED_KINDS",
@@ -60,12 +65,17 @@ __all__ = [
 
 SUPPORTED_KINDS = ("pdf", "docx", "markdown", "html", "text", "image")
 ACCEPTED = (
-    "PDF, Word (.docx), Markdown, HTML, plain text (UTF-8/UTF-16/GB18030), "
+    "PDF, Word (.docx), Markdown, HTML, plain text (UTF-8/UTF-16/GB18030/Windows-1252), "
     "and PNG/JPEG/WebP images"
+)
+ENCODINGS = (
+    "UTF-8, UTF-16 (with BOM), GB18030 (Simplified Chinese) and Windows-1252/Latin-1 "
+    "(Western European)"
 )
 
 MAX_ZIP_ENTRIES = 10_000
 _HEAD_BYTES = 8192  # what content sniffing looks at
+WORK_DIR_NAME = ".work"  # default folder for reading copies, inside store_dir
 _BIG_ENTRY = 1024 * 1024  # DOCX entries at least this big also get a per-entry ratio check
 _INFLATE_STEP = 64 * 1024  # DOCX parts are inflated at most this much at a time when checked
 _MAX_CONTROL_RATIO = 0.01  # text with more control characters than this is binary garbage
@@ -122,16 +132,63 @@ class KnowledgeLimits:
     max_unzipped_bytes: int = 200 * 1024 * 1024  # DOCX (a zip): total uncompressed size
     max_zip_ratio: float = 100.0  # DOCX: uncompressed/compressed ratio (zip bombs)
     max_pixels: int = 40_000_000  # images
+    max_aspect_ratio: float = 20.0  # images: longest side / shortest side
+    max_parse_seconds: float = 60.0  # reading one file (checked between steps)
+    max_html_depth: int = 256  # HTML element nesting
+    max_sections: int = 5000  # Markdown headers
+    max_docx_xml_bytes: int = 32 * 1024 * 1024  # DOCX: word/*.xml, as the ZIP declares them
+    max_chunks: int = 10_000  # chunks per document (enforced by the knowledge base's splitter)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "KnowledgeLimits":
+        """The limits a `KnowledgeConfig` sets (the others keep their defaults)."""
+        return cls(
+            max_file_bytes=config.max_file_mb * 1024 * 1024,
+            max_parse_seconds=float(config.max_parse_seconds),
+            max_html_depth=config.max_html_depth,
+            max_sections=config.max_sections,
+            max_docx_xml_bytes=config.max_docx_xml_mb * 1024 * 1024,
+            max_chunks=config.max_chunks,
+        )
 
     def __post_init__(self) -> None:
         for name in (
             "max_file_bytes", "max_pages", "max_chars", "max_unzipped_bytes",
-            "max_zip_ratio", "max_pixels",
+            "max_zip_ratio", "max_pixels", "max_parse_seconds", "max_html_depth",
+            "max_sections", "max_docx_xml_bytes", "max_chunks",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(
                     f"knowledge limit {name} must be positive, got {getattr(self, name)}"
                 )
+        if not self.max_aspect_ratio >= 1:
+            raise ConfigError(
+                f"knowledge limit max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}"
+            )
+
+
+class Deadline:
+    """A wall-clock budget for reading one upload; `check` refuses once it is spent.
+
+    Checked between steps (decode, parse, tidy, each document split): a single parser call is
+    not interrupted, which is why the structure limits bound what each call is given.
+    """
+
+    def __init__(self, seconds: float, display: str) -> None:
+        self.seconds = seconds
+        self.display = display
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def check(self, step: str) -> None:
+        if self.elapsed() > self.seconds:
+            raise InvalidUpload(
+                f"{self.display}: reading it took longer than the {self.seconds:g} s allowed "
+                f"(stopped while {step}, after {self.elapsed():.1f} s); split it into smaller "
+                "files or simplify its structure."
+            )
 
 
 @dataclass(frozen=True)
@@ -181,14 +238,22 @@ def load_file(
     store_dir: Path,
     limits: KnowledgeLimits = KnowledgeLimits(),
     original_name: str | None = None,
+    work_dir: Path | None = None,
+    deadline: Deadline | None = None,
 ) -> LoadedFile:
     """Validate one uploaded file, read it and store a copy in `store_dir`.
 
     `source` is a path (`str` or path-like) or the file's bytes; `original_name` is the name
     the user gave it (for messages and the text-kind extension; by default the path's last
     component, or "upload" for bytes). Raises `InvalidUpload` for anything refused.
+
+    The readers get a private copy in a fresh folder under `work_dir` (default
+    `store_dir/.work`; never the system temp folder), removed afterwards; a process killed
+    mid-parse leaves it there for `purge_work_dir` at the next start. `deadline` (default: a
+    new one of `limits.max_parse_seconds`) is checked between steps.
     """
     data, display = _read_source(source, original_name, limits)
+    deadline = deadline or Deadline(limits.max_parse_seconds, display)
     ext = _extension(display)
     kind = _classify(data[:_HEAD_BYTES], ext)
     if kind is None:
@@ -197,14 +262,25 @@ def load_file(
         return _load_image(data, display, Path(store_dir), limits)
 
     sha = hashlib.sha256(data).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="mmchat-knowledge-") as tmp:
-        work = Path(tmp)
+    work_root = Path(work_dir) if work_dir is not None else Path(store_dir) / WORK_DIR_NAME
+    try:
+        work_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="reading-", dir=work_root))
+    except OSError as err:
+        raise InvalidUpload(
+            f"{display}: the server cannot make a working copy ({err.strerror or err}); "
+            "try again later."
+        ) from None
+    try:
         if kind == "pdf":
             parts, pages = _read_pdf(data, work, display, limits)
         elif kind == "docx":
             parts, pages = _read_docx(data, work, display, limits), None
         else:
-            parts, pages = _read_text_kind(kind, data, work, display, limits), None
+            parts, pages = _read_text_kind(kind, data, work, display, limits, deadline), None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    deadline.check("parsing")
 
     parts = [(_tidy(text), meta) for text, meta in parts]
     parts = [(text, meta) for text, meta in parts if text]
@@ -213,6 +289,7 @@ def load_file(
             f"{display}: the {_KIND_LABEL[kind]} file contains no text; accepted: {ACCEPTED}."
         )
     _check_chars(sum(len(text) for text, _ in parts), display, limits)
+    deadline.check("cleaning up the text")
 
     from llama_index.core import Document
 
@@ -230,6 +307,28 @@ def load_file(
         documents=documents,
         pages=pages,
     )
+
+
+def purge_work_dir(work_dir: Path, older_than: float | None = None) -> int:
+    """Remove reading copies left in `work_dir` by a killed process (all of them, or those last
+    modified before the `older_than` timestamp); returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(Path(work_dir).iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if older_than is not None and entry.stat().st_mtime >= older_than:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,13 +405,65 @@ def _decode_head(head: bytes) -> str | None:
     elif b"\x00" in head:
         return None
     else:
-        encodings = ("utf-8-sig", "gb18030")
+        encodings = ("utf-8-sig",) + LEGACY_ENCODINGS
     for encoding in encodings:
         try:
             text = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
         except UnicodeDecodeError:
             continue
+        if encoding in LEGACY_ENCODINGS and _implausible(text, encoding):
+            continue
         return text if _garbage(text) is None else None
+    return None
+
+
+# Legacy (BOM-less, non-UTF) encodings accepted, in the order tried. Both decode almost any
+# bytes, so each is accepted only when the text it yields is plausible (`_implausible`):
+# GB18030 turns Latin-1 German, Shift-JIS Japanese and random bytes into rare-CJK noise.
+LEGACY_ENCODINGS = ("gb18030", "cp1252")
+_LEGACY_LABEL = {"gb18030": "GB18030", "cp1252": "Windows-1252/Latin-1"}
+_MIN_COMMON_GB = 0.9  # share of non-ASCII characters that must be common (GB2312) Chinese
+_MAX_LATIN_NON_ASCII = 0.3  # Western text: at most this share of letters may be non-ASCII
+_LATIN_PUNCT = set("€‚„…†‡ˆ‰‹›‘’“”•–—˜™¡¢£¤¥¦§¨©ª«¬®¯°±²³´µ¶·¸¹º»¼½¾¿×÷\xa0\xad")
+_common_gb: frozenset[str] | None = None
+
+
+def _common_gb_chars() -> frozenset[str]:
+    """GB2312's punctuation, full-width forms and its 6,763 common Hanzi (rows 1-3, 16-87)."""
+    global _common_gb
+    if _common_gb is None:
+        chars = set()
+        for row in list(range(0xA1, 0xA4)) + list(range(0xB0, 0xF8)):
+            for cell in range(0xA1, 0xFF):
+                try:
+                    chars.add(bytes((row, cell)).decode("gb2312"))
+                except UnicodeDecodeError:
+                    pass
+        _common_gb = frozenset(chars)
+    return _common_gb
+
+
+def _implausible(text: str, encoding: str) -> str | None:
+    """Why `text` (decoded as the legacy `encoding`) is not plausible text, or None."""
+    non_ascii = re.findall(r"[^\x00-\x7f]", text)
+    if not non_ascii:
+        return None
+    if encoding == "gb18030":
+        common = _common_gb_chars()
+        share = sum(ch in common for ch in non_ascii) / len(non_ascii)
+        if share < _MIN_COMMON_GB:
+            return f"only {share:.0%} of its non-ASCII characters are common Chinese characters"
+        return None
+    # Windows-1252/Latin-1: accented letters inside mostly-ASCII words, and typography.
+    odd = sum(not (ch.isalpha() or ch in _LATIN_PUNCT) for ch in non_ascii)
+    if odd > 0.05 * len(non_ascii):
+        return f"{odd:,} of its {len(non_ascii):,} non-ASCII characters are neither letters nor punctuation"
+    letters = sum(ch.isalpha() for ch in text)
+    if len(non_ascii) > _MAX_LATIN_NON_ASCII * max(letters, 1):
+        return f"{len(non_ascii):,} of its {letters:,} letters are non-ASCII"
+    runs = sum(len(run) for run in re.findall(r"[^\x00-\x7f]{4,}", text))
+    if runs > 0.05 * len(non_ascii):
+        return "its non-ASCII characters come in long runs, not inside words"
     return None
 
 
@@ -532,6 +683,17 @@ def _check_zip(infos: list[zipfile.ZipInfo], display: str, limits: KnowledgeLimi
             f"{display}: the .docx unpacks to {_human_bytes(total)}; the limit is "
             f"{_human_bytes(limits.max_unzipped_bytes)} ({bomb})."
         )
+    xml = [info for info in infos if info.filename.startswith("word/")
+           and info.filename.lower().endswith(".xml")]
+    xml_total = sum(info.file_size for info in xml)
+    if xml_total > limits.max_docx_xml_bytes:
+        biggest = max(xml, key=lambda info: info.file_size)
+        raise InvalidUpload(
+            f"{display}: the document's XML unpacks to {_human_bytes(xml_total)} "
+            f"({biggest.filename}: {_human_bytes(biggest.file_size)}); the limit is "
+            f"{_human_bytes(limits.max_docx_xml_bytes)} (parsing it would take tens of seconds and "
+            "gigabytes of memory); split the document into smaller files."
+        )
     worst = [(total, packed)] + [
         (info.file_size, info.compress_size) for info in infos if info.file_size >= _BIG_ENTRY
     ]
@@ -597,19 +759,20 @@ def _check_inflated_sizes(data: bytes, infos: list[zipfile.ZipInfo], display: st
 
 
 def _decode_text(data: bytes, display: str) -> str:
-    """UTF-8 (BOM optional), UTF-16 (BOM required) or GB18030; refuses anything else."""
-    advice = "save it as UTF-8 and upload it again; accepted: " + ACCEPTED + "."
+    """UTF-8 (BOM optional), UTF-16 (BOM required), or a legacy encoding (GB18030,
+    Windows-1252) whose result is plausible text; refuses anything else, naming why."""
+    advice = f"save it as UTF-8 and upload it again; accepted encodings: {ENCODINGS}."
     if data.startswith(codecs.BOM_UTF8):
         attempts = [("utf-8", data[len(codecs.BOM_UTF8) :])]
     elif data.startswith(_UTF16_BOMS):
         attempts = [("utf-16", data)]
     else:
-        attempts = [("utf-8", data), ("gb18030", data)]
+        attempts = [("utf-8", data)] + [(encoding, data) for encoding in LEGACY_ENCODINGS]
     text = None
+    why: list[str] = []
     for encoding, payload in attempts:
         try:
-            text = payload.decode(encoding)
-            break
+            candidate = payload.decode(encoding)
         except UnicodeDecodeError as err:
             if encoding == "utf-8" and len(attempts) > 1:
                 seen = payload[: err.start].decode("utf-8")
@@ -618,11 +781,20 @@ def _decode_text(data: bytes, display: str) -> str:
                         f"{display}: the text is UTF-8 but has invalid bytes at offset "
                         f"{err.start:,}; {advice}"
                     ) from None
-            last_error = err
+            label = _LEGACY_LABEL.get(encoding, encoding.upper())
+            why.append(f"not {label} (undecodable bytes at offset {err.start:,})")
+            continue
+        reason = _implausible(candidate, encoding) if encoding in LEGACY_ENCODINGS else None
+        if reason:
+            sample = "".join(ch for ch in candidate[:200] if ord(ch) > 127)[:12]
+            why.append(f"read as {_LEGACY_LABEL[encoding]} it is not plausible text ({reason}, "
+                       f"e.g. {sample!r})")
+            continue
+        text = candidate
+        break
     if text is None:
         raise InvalidUpload(
-            f"{display}: the text is not valid UTF-8, UTF-16 or GB18030 (undecodable bytes "
-            f"at offset {last_error.start:,}); {advice}"
+            f"{display}: the text's encoding is not recognised: {'; '.join(why)}; {advice}"
         )
     if reason := _garbage(text):
         raise InvalidUpload(f"{display}: not a text file ({reason}); accepted: {ACCEPTED}.")
@@ -630,27 +802,78 @@ def _decode_text(data: bytes, display: str) -> str:
 
 
 def _read_text_kind(
-    kind: str, data: bytes, work: Path, display: str, limits: KnowledgeLimits
+    kind: str, data: bytes, work: Path, display: str, limits: KnowledgeLimits,
+    deadline: Deadline | None = None,
 ) -> list[tuple[str, dict]]:
+    deadline = deadline or Deadline(limits.max_parse_seconds, display)
     text = _decode_text(data, display)
     _check_chars(len(text), display, limits)  # early: no parsing of oversized text
     if not text.strip():
         raise InvalidUpload(
             f"{display}: the {_KIND_LABEL[kind]} file contains no text; accepted: {ACCEPTED}."
         )
+    deadline.check("decoding the text")
     try:
         if kind == "markdown":
+            _check_markdown_structure(text, display, limits)
             return _markdown_parts(text, work)
         if kind == "html":
-            return _html_parts(text, work)
+            return _html_parts(text, work, display, limits, deadline)
         from llama_index.readers.file import FlatReader
 
         docs = FlatReader().load_data(_write(work, "document.txt", text))
         return [(doc.text or "", {}) for doc in docs]
     except InvalidUpload:
         raise
+    except RecursionError:
+        raise InvalidUpload(
+            f"{display}: the {_KIND_LABEL[kind]} structure is nested too deeply to read; "
+            "simplify it or upload it as plain text."
+        ) from None
     except Exception as err:
         raise _reader_failed(err, display, kind) from None
+
+
+_MD_HEADER_RE = re.compile(r"^(#+)\s+(.*)")
+
+
+def _check_markdown_structure(text: str, display: str, limits: KnowledgeLimits) -> None:
+    """Refuse Markdown whose sections would explode before MarkdownReader builds them.
+
+    Counts headers the way `MarkdownReader.markdown_to_tups` finds them (a stripped line
+    starting with `#`s and a space, outside ``` blocks), and the header text its sections
+    repeat: each section's header is the path of all open headers, so thousands of nested
+    levels would copy the same text into every section.
+    """
+    sections = 0
+    repeated = 0
+    open_headers: dict[int, int] = {}  # level -> header length
+    in_code = False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code:
+            continue
+        match = _MD_HEADER_RE.match(line.strip())
+        if not match:
+            continue
+        sections += 1
+        if sections > limits.max_sections:
+            raise InvalidUpload(
+                f"{display}: the Markdown has more than {limits.max_sections:,} sections "
+                f"(headers); the limit is {limits.max_sections:,} per file; split it into "
+                "smaller files."
+            )
+        level = len(match.group(1))
+        open_headers = {k: v for k, v in open_headers.items() if k < level}
+        open_headers[level] = len(match.group(2))
+        repeated += sum(open_headers.values())
+        if repeated > limits.max_chars:
+            raise InvalidUpload(
+                f"{display}: the Markdown's nested headers would repeat more than "
+                f"{limits.max_chars:,} characters of header text across its sections "
+                f"(the limit for a file's text); flatten its header levels or split it."
+            )
 
 
 def _markdown_parts(text: str, work: Path) -> list[tuple[str, dict]]:
@@ -669,30 +892,123 @@ def _markdown_parts(text: str, work: Path) -> list[tuple[str, dict]]:
     return parts
 
 
-def _html_parts(text: str, work: Path) -> list[tuple[str, dict]]:
-    from bs4 import BeautifulSoup, Comment, Declaration, Doctype, ProcessingInstruction
-    from llama_index.readers.file import HTMLTagReader
+# HTML elements without content (never pushed on the open-element stack), and a cheap scan of
+# tags for `_html_depth_estimate`.
+_HTML_VOID = frozenset((
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+    "source", "track", "wbr", "keygen", "command", "basefont", "frame", "isindex", "spacer",
+))
+_HTML_TAG_RE = re.compile(r"<(/?)([A-Za-z][^\s/>]*)[^>]*?(/?)>")
+_HTML_SKIP_RE = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>", re.S | re.I)
 
+
+def _html_depth_estimate(text: str, limit: int) -> int:
+    """How deep html.parser (as BeautifulSoup drives it) will nest the elements: a start tag
+    opens one (unless void or `<x/>`), an end tag closes up to the latest open one of its
+    name and is ignored when none is open. Linear; stops as soon as `limit` is passed."""
+    stack: list[str] = []
+    deepest = 0
+    for match in _HTML_TAG_RE.finditer(_HTML_SKIP_RE.sub("", text)):
+        closing, name, self_closing = match.groups()
+        name = name.lower()
+        if closing:
+            for i in range(len(stack) - 1, -1, -1):
+                if stack[i] == name:
+                    del stack[i:]
+                    break
+        elif name not in _HTML_VOID and not self_closing:
+            stack.append(name)
+            if len(stack) > deepest:
+                deepest = len(stack)
+                if deepest > limit:
+                    break
+    return deepest
+
+
+def _html_depth(soup: Any) -> int:
+    """The parsed tree's real element depth, without recursion."""
+    deepest = 0
+    stack = [(soup, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for child in getattr(node, "contents", ()):
+            if getattr(child, "contents", None) is not None and getattr(child, "name", None):
+                stack.append((child, depth + 1))
+    return deepest
+
+
+def _html_parts(
+    text: str, work: Path, display: str = "upload", limits: KnowledgeLimits = KnowledgeLimits(),
+    deadline: Deadline | None = None,
+) -> list[tuple[str, dict]]:
+    """The text of each `<body>` (or of the whole fragment), one line per block element.
+
+    Equivalent to dropping scripts, styles and comments, putting a line break after block
+    elements, `<br>` and a space after table cells, then `HTMLTagReader(tag="body")` on the
+    result, but done in one iterative walk over the parsed tree: bs4's serializer compares
+    tags structurally (recursive `Tag.__eq__`) and each `insert_after` scans its siblings,
+    so the serialize-and-reparse round trip is quadratic and overflows the stack on deep
+    nesting (100,000 nested `<div>`s: 7 minutes, then RecursionError).
+    """
+    from bs4 import BeautifulSoup, CData, NavigableString
+
+    deadline = deadline or Deadline(limits.max_parse_seconds, display)
+    depth_refusal = (
+        f"{display}: the HTML nests elements {{depth}} deep; the limit is "
+        f"{limits.max_html_depth:,} levels; simplify the page or upload it as plain text."
+    )
+    estimate = _html_depth_estimate(text, limits.max_html_depth)
+    if estimate > limits.max_html_depth:
+        raise InvalidUpload(depth_refusal.format(depth=f"more than {limits.max_html_depth:,}"))
     soup = BeautifulSoup(text, "html.parser")
+    deadline.check("parsing the HTML")
+    depth = _html_depth(soup)
+    if depth > limits.max_html_depth:
+        raise InvalidUpload(depth_refusal.format(depth=f"{depth:,}"))
+
     title = " ".join(soup.title.get_text(" ").split()) if soup.title else ""
-    for tag in soup.find_all(_HTML_DROP):
-        tag.decompose()
-    for node in soup.find_all(
-        string=lambda s: isinstance(s, (Comment, Declaration, Doctype, ProcessingInstruction))
-    ):
-        node.extract()
-    for tag in soup.find_all("br"):
-        tag.replace_with("\n")
-    for tag in soup.find_all(("td", "th")):
-        tag.insert_after(" ")
-    for tag in soup.find_all(_HTML_BLOCKS):
-        tag.insert_after("\n")
-    markup = str(soup) if soup.body is not None else f"<body>{soup}</body>"
-    docs = HTMLTagReader(tag="body").load_data(_write(work, "document.html", markup))
+    drop = frozenset(_HTML_DROP)
+    blocks = frozenset(_HTML_BLOCKS)
+    text_types = (NavigableString, CData)
+
+    def text_of(node: Any) -> str:
+        out: list[str] = []
+        stack: list[Any] = list(reversed(node.contents))
+        while stack:
+            item = stack.pop()
+            if isinstance(item, tuple):  # a separator due after an element's content
+                out.append(item[0])
+            elif isinstance(item, NavigableString):
+                if type(item) in text_types:
+                    out.append(str(item))
+            elif item.name in drop:
+                continue
+            elif item.name == "br":
+                out.append("\n")
+            else:
+                if item.name in blocks:
+                    stack.append(("\n",))
+                elif item.name in ("td", "th"):
+                    stack.append((" ",))
+                stack.extend(reversed(item.contents))
+        return "".join(out)
+
+    bodies = soup.find_all("body") or [soup]
     parts = []
-    for doc in docs:
-        lines = (" ".join(line.split()) for line in (doc.text or "").split("\n"))
+    for body in bodies:
+        pieces = []
+        for child in body.contents:
+            if isinstance(child, NavigableString):
+                if type(child) in text_types and child.strip():
+                    pieces.append(child.strip())
+            elif child.name == "body" or child.name in drop or child.name == "br":
+                continue
+            else:
+                pieces.append(text_of(child).strip())
+        lines = (" ".join(line.split()) for line in "\n".join(pieces).split("\n"))
         parts.append(("\n".join(lines), {}))
+        deadline.check("extracting the HTML text")
     if title and parts and not parts[0][0].lstrip().startswith(title):
         parts[0] = (f"{title}\n\n{parts[0][0]}", parts[0][1])
     return parts

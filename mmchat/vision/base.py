@@ -72,6 +72,31 @@ def as_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+# Encoders resize an image's short side to their input size (224-336 px) and centre-crop;
+# a 16000 x 1 strip would be resized to 224 x 3.6 million pixels first (gigabytes, seconds).
+MAX_ASPECT_RATIO = 20.0
+
+
+def bounded_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """`image` with its long side centre-cropped to at most `max_ratio` x its short side.
+
+    Shortest-side resizing followed by a centre crop (what the encoders here do) only ever
+    looks at the central part of the long side, so for them the crop changes nothing but the
+    cost; images within the ratio are returned as they are. Uploads beyond
+    `UploadLimits.max_aspect_ratio` are refused earlier; this guards direct callers.
+    """
+    width, height = image.size
+    short = max(min(width, height), 1)
+    keep = int(short * max_ratio)
+    if max(width, height) <= keep:
+        return image
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
+
+
 _imagenet_labels: tuple[str, ...] | None = None
 
 

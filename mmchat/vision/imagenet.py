@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from mmchat.errors import ModelUnavailable
-from mmchat.vision.base import as_rgb, imagenet_labels, ranked
+from mmchat.vision.base import as_rgb, bounded_aspect, imagenet_labels, ranked
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class ImageNetClassifier:
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         if isinstance(images, Image.Image):
             raise TypeError("pass a list of images, not a single image")
-        return torch.stack([self._transform(as_rgb(image)) for image in images]).to(self.device)
+        return torch.stack([self._transform(as_rgb(bounded_aspect(image))) for image in images]).to(self.device)
 
     def _pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model._avg_pooling(self._model.extract_features(pixels)).flatten(1)

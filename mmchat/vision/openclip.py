@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from mmchat.errors import ConfigError, ModelUnavailable
-from mmchat.vision.base import ImageEncoder, as_rgb, l2_normalize
+from mmchat.vision.base import ImageEncoder, as_rgb, bounded_aspect, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class OpenClipEncoder(ImageEncoder):
         rows = []
         with self._torch.no_grad():
             for start in range(0, len(images), BATCH_SIZE):
-                pixels = self._torch.stack([self._preprocess(as_rgb(im)) for im in images[start : start + BATCH_SIZE]])
+                pixels = self._torch.stack([self._preprocess(as_rgb(bounded_aspect(im))) for im in images[start : start + BATCH_SIZE]])
                 rows.append(self._model.encode_image(pixels.to(self.device)).float().cpu().numpy())
         return l2_normalize(np.concatenate(rows)) if rows else np.zeros((0, self.dim), dtype=np.float32)
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
 
@@ -79,6 +80,11 @@ def test_app_py_serves_on_loopback_answers_with_sources_and_keeps_its_knowledge(
         assert "| [1] | llava-overview.pdf, p." in final[3] and "llava-overview.pdf, p. 2" in final[3]  # sources panel
         # the default bind is loopback only
         assert f"127.0.0.1:{port}" in log_path.read_text()
+        # a DNS-rebinding Host is refused; nothing of the project, the venv or the log is served
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=30) as http:
+            assert http.get("/", headers={"Host": f"rebind.example:{port}"}).status_code == 400
+            for outside in (ROOT / "pyproject.toml", Path(sys.prefix) / "pyvenv.cfg", log_path):
+                assert http.get(f"gradio_api/file={outside}").status_code == 403, outside
     finally:
         stop_app(server, log)
     # Restart: the knowledge base is still there and the demo corpus is not indexed again.

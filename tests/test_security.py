@@ -14,6 +14,7 @@ import gc
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -277,7 +278,7 @@ def test_exports_are_per_session_unguessable_and_removed(app):
     for folder in folders:
         assert len(folder.name) == 40 and all(c in "0123456789abcdef" for c in folder.name)
         (export,) = folder.glob("*.zip")
-        assert len(export.stem.rsplit("-", 1)[-1]) >= 16, export.name  # a random token, not an address
+        assert re.fullmatch(r"mmchat-chat-\d{8}-\d{6}-[\w-]{16}\.zip", export.name), export.name  # a random token
     alice_folder = next(f for f in folders if next(f.glob("*.zip")).read_bytes() == Path(alice_download).read_bytes())
     alice_export = next(alice_folder.glob("*.zip"))
     cached = Path(get_upload_folder()) / hash_file(alice_export)

@@ -1,8 +1,9 @@
 """Compose the Gradio app from its tabs and launch it.
 
 `build_app(config, runtime)` returns a `gr.Blocks` (queued, with a concurrency limit) whose
-status line reports the model, device, dtype, quantization and memory, and says plainly when
-the offline stand-in is in use. `launch_kwargs` gives what `Blocks.launch` needs: host/port
+status is one short line ("offline · cpu · 7 docs · ready", saying plainly when the offline
+stand-in is in use) that opens on demand to the model, device, dtype, quantization, memory and
+knowledge base (`mmchat.ui.style`, which also holds the page's CSS). `launch_kwargs` gives what `Blocks.launch` needs: host/port
 from the config, uploads capped, only the app's own directories served (nothing else from the
 working directory or the temp folder), unknown Host headers refused, served files inert
 (`mmchat.ui.security`). Gradio's cached copies older than an hour are deleted, and so are
@@ -93,7 +94,7 @@ def served_dirs(config: AppConfig, runtime: Runtime) -> list[str]:
 
 
 def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
-    from gradio.utils import get_upload_folder
+    from gradio.utils import get_cache_folder, get_upload_folder
     from starlette.middleware import Middleware
 
     from mmchat.ui.security import (
@@ -112,8 +113,9 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
         "max_file_size": max_file_size,
         "allowed_paths": allowed,
         # Gradio also hands out anything in the working directory and the temp folder:
-        # block both except the app's own directories and gradio's upload folder.
-        "blocked_paths": OutsideAppDirs([os.getcwd(), tempfile.gettempdir()], [*allowed, get_upload_folder()]),
+        # block both except the app's own directories and gradio's upload and examples caches.
+        "blocked_paths": OutsideAppDirs([os.getcwd(), tempfile.gettempdir()],
+                                        [*allowed, get_upload_folder(), get_cache_folder()]),
         "app_kwargs": {"middleware": [
             Middleware(HostGuard, allowed=hosts, any_ip=config.server.host in ALL_INTERFACES),
             Middleware(SafeFileResponses),

@@ -202,7 +202,7 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
                 yield chatbot_messages(session), gr.update(), session, gr.update(), *sources_of(session)
 
     def sources_of(session: Any) -> tuple:
-        return sources_markdown(session), sources_gallery(session)
+        return sources_markdown(session), sources_gallery(session, runtime.knowledge)
 
     def respond(message: dict | None, session: Any, *settings_values: Any):
         message = message or {}

@@ -196,14 +196,15 @@ def sources_markdown(session: Any) -> str:
     return retrieval_markdown(_last_retrieval(session))
 
 
-def sources_gallery(session: Any) -> list[tuple[Any, str]]:
-    """The last answer's retrieved images, each found by its id in the knowledge base now.
+def sources_gallery(session: Any, knowledge: Any = None) -> list[tuple[Any, str]]:
+    """The last answer's retrieved images, each found by its id in `knowledge` (default: the
+    session's knowledge base) now.
 
     A trace (possibly from an imported chat) is never trusted for a path: an image the
     knowledge base no longer holds (or never held) is shown as a grey "missing" tile.
     """
     retrieval = _last_retrieval(session) or {}
-    knowledge = getattr(session, "knowledge", None)
+    knowledge = knowledge if knowledge is not None else getattr(session, "knowledge", None)
     items: list[tuple[Any, str]] = []
     for hit in retrieval.get("images", []):
         score = hit.get("score")

@@ -90,6 +90,8 @@ def served_dirs(config: AppConfig, runtime: Runtime) -> list[str]:
     kept copies (thumbnails of retrieved images). Not the data directory as a whole: gradio's
     upload folder lies in it and holds whatever a browser sent."""
     dirs = [runtime.upload_dir, runtime.export_dir, EXAMPLE_DIR, config.knowledge.resolved_path() / "files"]
+    if runtime.knowledge is not None:  # a knowledge base given to the runtime may live elsewhere
+        dirs.append(runtime.knowledge.files_dir)
     return [str(Path(d).resolve()) for d in dirs]
 
 

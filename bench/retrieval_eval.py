@@ -159,6 +159,10 @@ def calibration(kb: Any, demo_kb: Any, questions: list[dict[str, Any]], off_topi
     found = sorted(a for a in answers if a is not None)
     off_eval = best_relevances(kb, off_topic)
     off_demo = best_relevances(demo_kb, off_topic)
+    # Images the demo corpus would show for each off-topic question (text→image, at the
+    # encoder's image_min_score), as "file score".
+    off_images = [[f"{h.file_name} {h.score:.2f}" for h in demo_kb.search(q["question"], top_k=5).images]
+                  for q in off_topic]
 
     def quantiles(values: list[float]) -> dict[str, float]:
         values = sorted(values)
@@ -172,7 +176,7 @@ def calibration(kb: Any, demo_kb: Any, questions: list[dict[str, Any]], off_topi
         "answers_kept": sum(a >= floor for a in found) / max(1, len(found)),
         "answers_found": len(found), "questions": len(questions),
         "off_topic": [q["question"] for q in off_topic],
-        "off_topic_eval": off_eval, "off_topic_demo": off_demo,
+        "off_topic_eval": off_eval, "off_topic_demo": off_demo, "off_topic_demo_images": off_images,
         "off_topic_eval_refused": sum(v < floor for v in off_eval) / len(off_eval),
         "off_topic_demo_refused": sum(v < floor for v in off_demo) / len(off_demo),
     }
@@ -186,9 +190,10 @@ def print_calibration(c: dict[str, Any]) -> None:
         print("answer-chunk relevance: " + ", ".join(f"{k} {v:.3f}" for k, v in c["answer_quantiles"].items()))
     print(f"off-topic refused (best relevance < floor): eval corpus {c['off_topic_eval_refused']:.0%}, "
           f"demo corpus {c['off_topic_demo_refused']:.0%}")
-    print("| off-topic question | best relevance (eval) | best relevance (demo) |\n|---|---|---|")
-    for q, a, b in zip(c["off_topic"], c["off_topic_eval"], c["off_topic_demo"]):
-        print(f"| {q} | {a:.3f}{' (kept)' if a >= floor else ''} | {b:.3f}{' (kept)' if b >= floor else ''} |")
+    print("| off-topic question | best relevance (eval) | best relevance (demo) | demo images shown |\n|---|---|---|---|")
+    for q, a, b, images in zip(c["off_topic"], c["off_topic_eval"], c["off_topic_demo"], c["off_topic_demo_images"]):
+        print(f"| {q} | {a:.3f}{' (kept)' if a >= floor else ''} | {b:.3f}{' (kept)' if b >= floor else ''} "
+              f"| {', '.join(images) or '-'} |")
 
 
 def main(argv=None) -> int:

@@ -266,7 +266,7 @@ class KnowledgeConfig:
     )
     min_relevance: float = _help(
         "relevance (0..1, calibrated on tests/fixtures/rag_eval) below which a chunk is not cited; "
-        "0 turns the floor off", 0.3
+        "0 turns the floor off", 0.2
     )
     image_match_min_score: float = _help(
         "cosine below which an indexed image does not count as a match for a chat photo "

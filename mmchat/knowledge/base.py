@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mmchat.config import KnowledgeConfig
 from mmchat.errors import InvalidUpload, UserFacingError
-from mmchat.knowledge.retrieval import Hit, HybridRetriever, RetrievalResult
+from mmchat.knowledge.retrieval import (
+    ATTACHMENT_REFERENCE, Hit, HybridRetriever, RetrievalResult, apply_relevance_floor,
+)
 from mmchat.knowledge.store import DocumentRecord, KnowledgeStore, open_client
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,17 @@ class KnowledgeBase:
         # The stand-in compares label texts (MiniLM: related ~0.4+), CLIP compares across
         # modalities (matching text-image pairs score ~0.25-0.35).
         return 0.35 if getattr(self.encoder, "is_stand_in", False) else 0.2
+
+    @property
+    def image_match_min_score(self) -> float:
+        """The cosine an indexed image needs to count as a match for a chat photo (image→image)."""
+        if self.config.image_match_min_score > 0:
+            return self.config.image_match_min_score
+        # Measured with the stand-in (label texts through MiniLM): the same photo re-encoded,
+        # resized, cropped to 70 % or mirrored scores >= 0.94; different photos (cat vs coffee
+        # 0.41, a horse vs the cat 0.61) stay below. CLIP's image-image cosines run higher for
+        # unrelated photos; 0.85 is its usual near-duplicate level (not measured here).
+        return 0.8 if getattr(self.encoder, "is_stand_in", False) else 0.85
 
     # ----- ingest ------------------------------------------------------------------------
     def ingest(
@@ -408,7 +421,20 @@ class KnowledgeBase:
         whole_document: bool = False,
         image_top_k: int | None = None,
         image_vectors: Iterable[Sequence[float]] = (),
+        min_relevance: float | None = None,
     ) -> RetrievalResult:
+        """What a chat turn retrieves for `query`: the text sources to cite, and images.
+
+        - `result.hits`: the best `top_k` chunks whose calibrated relevance (0..1,
+          `Hit.relevance`) is at least the floor (`[knowledge] min_relevance`, or
+          `min_relevance` here; 0 turns it off). `result.relevant` is False when none passed:
+          then answer without sources, and `result.notes` carries "no source relevant enough
+          (best relevance 0.xx < floor 0.yy)"; the held-back hits are in `result.below_floor`
+          and `result.best_relevance` is the best score before the floor (both in the trace).
+        - `result.images`: indexed images near the chat photos' vectors (`image_vectors`,
+          image→image, at least `image_match_min_score`) or near the query's text (text→image,
+          at least `image_min_score`; not for a question about the chat's own picture).
+        """
         top_k = top_k or self.config.top_k
         image_top_k = self.config.image_top_k if image_top_k is None else image_top_k
         started = time.perf_counter()
@@ -425,15 +451,19 @@ class KnowledgeBase:
                     "'Whole document' needs one or more documents chosen in the filter, together "
                     f"under {self.config.whole_document_max_chars} characters; used the best chunks instead."
                 )
+            apply_relevance_floor(result, self.config.min_relevance if min_relevance is None else min_relevance)
         image_started = time.perf_counter()
         images: dict[str, Hit] = {}
         for vector in image_vectors:
-            for hit in self.retriever.search_images(image_vector=vector, top_k=image_top_k, min_score=self.image_min_score,
-                                                    exclude=set(self._pending)):
+            for hit in self.retriever.search_images(image_vector=vector, top_k=image_top_k,
+                                                    min_score=self.image_match_min_score, exclude=set(self._pending)):
                 images.setdefault(hit.id, hit)
-        for hit in self.retriever.search_images(query, top_k=image_top_k, min_score=self.image_min_score,
-                                                doc_ids=doc_ids or None, exclude=set(self._pending)):
-            images.setdefault(hit.id, hit)
+        # A question about the chat's own picture ("what animal is in this picture?") finds
+        # indexed images by that picture (above), not by its words.
+        if not ATTACHMENT_REFERENCE.search(query):
+            for hit in self.retriever.search_images(query, top_k=image_top_k, min_score=self.image_min_score,
+                                                    doc_ids=doc_ids or None, exclude=set(self._pending)):
+                images.setdefault(hit.id, hit)
         result.images = sorted(images.values(), key=lambda h: -h.score)[: max(image_top_k, 0)]
         result.timings_ms["images"] = (time.perf_counter() - image_started) * 1000
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000

@@ -8,12 +8,16 @@ character unigrams and bigrams for CJK runs, the standard dictionary-free approa
 
 `LexicalIndex` is an in-memory `bm25s` index built from the store on open and updated per
 document as documents are acknowledged or deleted; it holds nothing the store does not have.
-It does not embed or fuse.
+`LexicalIndex.query` returns the top chunks and, for any other chunks asked about (the dense
+retriever's candidates), their BM25 score and rank too, plus the query terms' IDF weights, so
+the fusion can score every candidate with both retrievers and `coverage` can say which share
+of the query's information a chunk contains. It does not embed or fuse.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -59,6 +63,37 @@ class LexicalHit:
 
 
 @dataclass(frozen=True)
+class LexicalResult:
+    """What one BM25 query found: the top `hits`, the score and rank of other chunks asked
+    about (`scores`: id -> (score, rank or None when it scored 0)), and `weights`, the IDF of
+    each distinct query term (terms no chunk contains get the largest IDF the corpus allows)."""
+
+    hits: list[LexicalHit]
+    scores: dict[str, tuple[float, int | None]]
+    weights: dict[str, float]
+    chunks: int = 0  # how many chunks the index held (the IDF of an unseen term is idf(0, chunks))
+
+
+def idf(df: int, n: int) -> float:
+    """BM25's (Lucene) inverse document frequency of a term found in `df` of `n` chunks."""
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+def coverage(weights: dict[str, float], tokens: Iterable[str]) -> float:
+    """The IDF-weighted share of the query's terms that occur in `tokens` (0..1).
+
+    Rare terms weigh more than common ones, and a query term no chunk contains still counts
+    in the total, so a question about something the corpus does not mention scores low
+    everywhere. Comparable across queries and languages, unlike a raw BM25 score.
+    """
+    total = sum(weights.values())
+    if total <= 0:
+        return 0.0
+    present = set(tokens)
+    return sum(w for term, w in weights.items() if term in present) / total
+
+
+@dataclass(frozen=True)
 class LexicalRow:
     """One indexed chunk: its tokens, owner, and what a hit shows (text, metadata)."""
 
@@ -84,6 +119,7 @@ class LexicalIndex:
         self._retriever = None
         self._ids: list[str] = []
         self._owners = np.array([], dtype=object)
+        self._positions: dict[str, int] = {}
         self._snapshot_rows: dict[str, LexicalRow] = {}
 
     def __len__(self) -> int:
@@ -127,27 +163,51 @@ class LexicalIndex:
             self._retriever = retriever
             self._ids = list(rows)
             self._owners = np.array([r.doc_id for r in rows.values()], dtype=object)
+            self._positions = {row_id: i for i, row_id in enumerate(rows)}
             self._snapshot_rows = rows
 
     def search(
         self, query: str, k: int, doc_ids: Sequence[str] | None = None, exclude: Iterable[str] = (),
     ) -> list[LexicalHit]:
+        return self.query(query, k, doc_ids, exclude).hits
+
+    def query(
+        self, query: str, k: int, doc_ids: Sequence[str] | None = None, exclude: Iterable[str] = (),
+        score_ids: Iterable[str] = (),
+    ) -> LexicalResult:
+        """The top `k` chunks for `query`, and the BM25 score and rank of each of `score_ids`."""
         with self._lock:
-            retriever, ids, owners = self._retriever, self._ids, self._owners
-        if retriever is None or k <= 0:
-            return []
-        terms = [t for t in dict.fromkeys(tokenize(query)) if t in retriever.vocab_dict]
-        if not terms:
-            return []
+            retriever, ids, owners, positions = self._retriever, self._ids, self._owners, self._positions
+        if retriever is None:
+            return LexicalResult([], {}, {}, 0)
+        n = len(ids)
+        distinct = list(dict.fromkeys(tokenize(query)))
+        vocab = retriever.vocab_dict
+        indptr = retriever.scores["indptr"]
+        weights = {
+            t: idf(int(indptr[vocab[t] + 1] - indptr[vocab[t]]) if t in vocab else 0, n) for t in distinct
+        }
+        terms = [t for t in distinct if t in vocab]
+        if not terms or k <= 0 and not score_ids:
+            return LexicalResult([], {}, weights, n)
         scores = retriever.get_scores(terms)
         if doc_ids is not None:
             scores = np.where(np.isin(owners, list(doc_ids)), scores, 0.0)
         exclude = list(exclude)
         if exclude:
             scores = np.where(np.isin(owners, exclude), 0.0, scores)
-        k = min(k, int(np.count_nonzero(scores)))
-        if k == 0:
-            return []
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [LexicalHit(ids[i], float(scores[i]), rank) for rank, i in enumerate(top, start=1)]
+        hits: list[LexicalHit] = []
+        k = min(max(k, 0), int(np.count_nonzero(scores)))
+        if k > 0:
+            top = np.argpartition(-scores, k - 1)[:k]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            hits = [LexicalHit(ids[i], float(scores[i]), rank) for rank, i in enumerate(top, start=1)]
+        ranked = {h.id: (h.score, h.rank) for h in hits}
+        others: dict[str, tuple[float, int | None]] = {}
+        for row_id in score_ids:
+            if row_id in ranked:
+                others[row_id] = ranked[row_id]
+            elif row_id in positions:
+                score = float(scores[positions[row_id]])
+                others[row_id] = (score, int(np.count_nonzero(scores > score)) + 1 if score > 0 else None)
+        return LexicalResult(hits, others, weights, n)

@@ -1,11 +1,33 @@
-"""Hybrid retrieval: dense top-k (LlamaIndex over Chroma) fused with BM25 by reciprocal rank.
+"""Hybrid retrieval: dense (LlamaIndex over Chroma) and BM25, fused by trusted, normalised scores.
 
-`HybridRetriever.search(query)` embeds the query once, asks the text collection through
-LlamaIndex's `VectorIndexRetriever` and the BM25 index (`mmchat.knowledge.lexical`) for
-candidates, fuses them with reciprocal rank fusion (score = sum of 1 / (60 + rank)), and
-keeps each retriever's own rank and score on the hit, so the sources panel can show why a
-chunk was chosen. (LlamaIndex's `QueryFusionRetriever` replaces those with the fused score
-and wants an LLM object, hence the few lines of fusion here.) It also finds images: by text
+`HybridRetriever.search(query)` embeds the query once and asks the text collection (through
+LlamaIndex's `VectorIndexRetriever`) and the BM25 index (`mmchat.knowledge.lexical`) for
+candidates. Every candidate is then scored by BOTH retrievers: BM25 gives the score of any
+chunk, and the dense cosine of a BM25-only candidate comes from its stored embedding. Fusion:
+
+- dense evidence `D` = the cosine mapped onto the embedder's own scale (`EmbedderProfile`:
+  0 at its typical unrelated-pair cosine, 1 at its typical paraphrase cosine, clipped);
+- lexical evidence `L` = BM25 score / the best BM25 score among the candidates;
+- dense trust `t` for a (query, chunk) pair: 1 for text the embedder reads, falling with the
+  CJK share of the query and of the chunk by how badly the embedder handles CJK (measured
+  once per embedder on translation pairs: ~0.1 for the English-only MiniLM, ~1 for a
+  multilingual model);
+- score = (t·D + L) / (t + 1): the mean of the evidence that can be trusted for that pair.
+
+Reciprocal rank fusion was used before; it let a chunk ranked mediocre by both retrievers
+beat one ranked first by one of them, and trusted MiniLM's near-random ranking of Chinese
+text as much as BM25 (see `python -m bench retrieval-eval` for the figures).
+
+Each hit also gets a calibrated `relevance` in [0, 1], comparable across queries and
+languages: the same trusted mean on absolute scales, (t·D + C) / (t + 1), where C is the
+IDF-weighted share of the query's terms the chunk contains (query terms no chunk has count
+too, so off-topic questions score low; measured on tests/fixtures/rag_eval, a mean separates
+answers from off-topic questions better than max(t·D, C)). A question that points at the
+chat's own picture ("this picture", "这张图片") counts that reference as a term no chunk
+holds and gets no dense support. `apply_relevance_floor` keeps hits at or above a floor and
+says when none is relevant enough.
+Near-duplicate chunks (re-uploaded near-copies) collapse to the best-ranked one. Each hit
+keeps both retrievers' scores and ranks for the sources panel. It also finds images: by text
 (the image encoder's text tower) and by image (an uploaded chat image's vector).
 
 Results carry timings per step and turn into a JSON-able trace for the chat history. This
@@ -14,15 +36,31 @@ module does not ingest and does not build prompts.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from mmchat.knowledge.lexical import LexicalIndex
+import numpy as np
+
+from mmchat.knowledge.lexical import LexicalIndex, coverage, idf, tokenize
 from mmchat.knowledge.store import KnowledgeStore, cosine_from_similarity
 
-RRF_K = 60
+log = logging.getLogger(__name__)
+
+NEAR_DUPLICATE = 0.8  # shingle overlap at which two chunks count as copies of each other
+SHINGLE = 5  # characters per shingle (works for CJK and Latin text alike)
+# A question that points at the chat's own picture ("this picture", "the photo", "这张图片"):
+# no document holds that picture, and the embedder cannot see it (see `_fuse`).
+ATTACHMENT_REFERENCE = re.compile(
+    r"\b(?:this|that|these|those|the|my|attached|uploaded)\s+(?:picture|image|photo|photograph|pic|screenshot)s?\b"
+    r"|这张图片?|这幅图|这张照片|这个图片?|图片?[中里上]|照片[中里上]",
+    re.IGNORECASE,
+)
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass
@@ -34,11 +72,15 @@ class Hit:
     kind: str = "text"  # "text" or "image"
     page: int | None = None
     chunk: int | None = None
-    score: float = 0.0  # fused (RRF) for text; cosine for images
+    score: float = 0.0  # fused (trusted mean of normalised scores) for text; cosine for images
     dense: float | None = None  # cosine similarity to the query
-    dense_rank: int | None = None
+    dense_rank: int | None = None  # None: not among the dense retriever's candidates
     lexical: float | None = None  # BM25 score
-    lexical_rank: int | None = None
+    lexical_rank: int | None = None  # None: no query term in the chunk
+    relevance: float | None = None  # calibrated 0..1, comparable across queries and languages
+    coverage: float | None = None  # IDF-weighted share of the query's terms in the chunk
+    dense_trust: float | None = None  # how far the dense cosine counts for this pair (0..1)
+    duplicates: list[str] = field(default_factory=list)  # file names of collapsed near-copies
     image_path: str | None = None
 
     @property
@@ -61,6 +103,14 @@ class RetrievalResult:
     mode: str = "hybrid"  # "hybrid" or "whole document"
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    best_relevance: float = 0.0  # of the ranked text hits, before any floor; 0.0: none
+    min_relevance: float = 0.0  # the floor applied (0.0: none)
+    below_floor: list[Hit] = field(default_factory=list)  # ranked hits the floor held back
+
+    @property
+    def relevant(self) -> bool:
+        """Whether any text source passed the relevance floor (what a chat turn should cite)."""
+        return bool(self.hits)
 
     def to_trace(self) -> dict[str, Any]:
         return {
@@ -70,15 +120,127 @@ class RetrievalResult:
             "images": [h.to_dict() for h in self.images],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "notes": list(self.notes),
+            "best_relevance": round(self.best_relevance, 4),
+            "min_relevance": self.min_relevance,
+            "below_floor": [
+                {"id": h.id, "file_name": h.file_name, "page": h.page, "chunk": h.chunk,
+                 "relevance": h.relevance, "score": h.score}
+                for h in self.below_floor
+            ],
         }
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> dict[str, float]:
-    fused: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
-    return fused
+def apply_relevance_floor(result: RetrievalResult, floor: float) -> RetrievalResult:
+    """Keep the hits whose relevance is at least `floor`; the others move to `below_floor`.
+
+    Nothing is dropped silently: the best relevance stays on the result and in the trace, and
+    when no hit is left a note says why ("no source relevant enough (best relevance 0.xx <
+    floor 0.yy)"). Hits without a relevance (whole-document mode) are always kept.
+    """
+    result.min_relevance = floor
+    if floor <= 0:
+        return result
+    kept = [h for h in result.hits if h.relevance is None or h.relevance >= floor]
+    result.below_floor = [h for h in result.hits if h not in kept]
+    if result.hits and not kept:
+        result.notes.append(
+            f"no source relevant enough (best relevance {result.best_relevance:.2f} < floor {floor:.2f})"
+        )
+    result.hits = kept
+    return result
+
+
+def cjk_share(text: str) -> float:
+    """The share of a text's letters and digits that are CJK characters (0..1)."""
+    letters = sum(1 for c in text if c.isalnum())
+    return len(_CJK_CHAR.findall(text)) / letters if letters else 0.0
+
+
+def shingles(text: str, size: int = SHINGLE) -> set[str]:
+    """Character shingles of the lower-cased, space-normalised text (for near-duplicates)."""
+    flat = _SPACE.sub(" ", text.lower()).strip()
+    if len(flat) <= size:
+        return {flat} if flat else set()
+    return {flat[i : i + size] for i in range(len(flat) - size + 1)}
+
+
+def near_duplicate(a: set[str], b: set[str], threshold: float = NEAR_DUPLICATE) -> bool:
+    """Whether two shingle sets overlap by `threshold` of the smaller one (>= their Jaccard),
+    so a near-copy whose chunk boundaries moved by a sentence still counts."""
+    if not a or not b:
+        return False
+    return len(a & b) / min(len(a), len(b)) >= threshold
+
+
+# Paraphrase pairs and Chinese translations: what `EmbedderProfile.measure` embeds once.
+_PROBE = (
+    ("The cat is sleeping on the sofa.", "A cat naps on the couch.", "猫在沙发上睡觉。"),
+    ("How much does a train ticket cost?", "What is the price of a railway ticket?", "火车票多少钱？"),
+    ("The meeting was moved to Friday afternoon.", "The meeting now takes place on Friday after lunch.",
+     "会议改到了星期五下午。"),
+    ("Water boils at one hundred degrees Celsius.", "At 100 degrees water starts to boil.", "水在一百摄氏度时沸腾。"),
+    ("Please close the window, it is cold.", "Shut the window please, it's chilly.", "请把窗户关上，太冷了。"),
+    ("The company hired twenty new engineers this year.", "This year the firm took on 20 more engineers.",
+     "公司今年招聘了二十名新工程师。"),
+)
+
+
+@dataclass(frozen=True)
+class EmbedderProfile:
+    """How to read one embedder's cosines, measured on a few sentence pairs (no knobs).
+
+    `unrelated`: its mean cosine between unrelated English sentences; `related`: between
+    English paraphrases. Cosines are mapped to 0 at `unrelated` and 1 at `related`, so the
+    dense evidence of different embedders (MiniLM spreads 0..0.8, others crowd 0.6..1) lives
+    on one scale. `cjk_trust`: how well it tells a Chinese sentence's English translation from
+    unrelated English, relative to how well it tells English paraphrases apart (0..1):
+    ~0.1 for all-MiniLM-L6-v2 (English only), ~1 for a multilingual embedder.
+    """
+
+    unrelated: float = 0.0
+    related: float = 1.0
+    cjk_trust: float = 1.0
+
+    def calibrate(self, cosine: float | np.ndarray) -> Any:
+        return np.clip((np.asarray(cosine) - self.unrelated) / (self.related - self.unrelated), 0.0, 1.0)
+
+    def trust(self, query_cjk: float, chunk_cjk: float | np.ndarray) -> Any:
+        """How far the dense cosine counts for a (query, chunk) pair, from their CJK shares."""
+        gap = 1.0 - self.cjk_trust
+        return (1.0 - query_cjk * gap) * (1.0 - np.asarray(chunk_cjk) * gap)
+
+    @classmethod
+    def measure(cls, embedder: Any) -> "EmbedderProfile":
+        try:
+            vectors = np.asarray(embedder.get_text_embedding_batch([s for row in _PROBE for s in row]), dtype=np.float64)
+        except Exception as err:  # a stub embedder: read cosines as they are
+            log.warning("could not profile the text embedder (%s); dense scores are used uncalibrated", err)
+            return cls()
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        english, paraphrase, chinese = (vectors[i::3] for i in range(3))
+        n = len(_PROBE)
+        off = ~np.eye(n, dtype=bool)
+        similar = english @ paraphrase.T
+        related, unrelated = float(np.diag(similar).mean()), float(similar[off].mean())
+        if related - unrelated < 0.05:  # it cannot tell paraphrases from unrelated text at all
+            return cls()
+        crossed = chinese @ english.T
+        gap = float(np.diag(crossed).mean() - crossed[off].mean())
+        return cls(unrelated=unrelated, related=related,
+                   cjk_trust=float(np.clip(gap / (related - unrelated), 0.0, 1.0)))
+
+
+_PROFILES: dict[int, EmbedderProfile] = {}
+_PROFILES_LOCK = threading.Lock()
+
+
+def profile_of(embedder: Any) -> EmbedderProfile:
+    """The embedder's profile, measured on first use and kept for the process."""
+    key = id(embedder)
+    with _PROFILES_LOCK:
+        if key not in _PROFILES:
+            _PROFILES[key] = EmbedderProfile.measure(embedder)
+        return _PROFILES[key]
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -139,58 +301,148 @@ class HybridRetriever:
         candidates: int = 20,
         query_embedding: Sequence[float] | None = None,
         lexical: bool = True,
+        dense: bool = True,
         exclude: set[str] | frozenset[str] = frozenset(),
     ) -> RetrievalResult:
-        """Top chunks for `query`; `exclude` names documents being indexed (not yet acknowledged)."""
+        """Top chunks for `query`; `exclude` names documents being indexed (not yet acknowledged).
+
+        `lexical=False` / `dense=False` turn one retriever off (the baselines the evaluation
+        compares with). `min_score`: dense candidates under this cosine are not taken from the
+        dense list (BM25 may still bring them). Near-duplicates of a better-ranked hit are left
+        out and named on it (`Hit.duplicates`). No relevance floor here: see
+        `apply_relevance_floor`.
+        """
         from llama_index.core.schema import QueryBundle
 
+        if not (dense or lexical):
+            raise ValueError("search needs the dense retriever, BM25, or both")
         result = RetrievalResult(query=query)
         timings = result.timings_ms
         n = max(candidates, top_k)
-        started = time.perf_counter()
-        if query_embedding is None:
-            query_embedding = self.text_embedder.get_query_embedding(query)
-        timings["embed"] = (time.perf_counter() - started) * 1000
-
-        started = time.perf_counter()
-        retriever = self.text_index.as_retriever(similarity_top_k=n, filters=_doc_filter(doc_ids))
-        dense = retriever.retrieve(QueryBundle(query_str=query, embedding=list(query_embedding)))
-        timings["dense"] = (time.perf_counter() - started) * 1000
-
-        if exclude:
-            dense = [s for s in dense if s.node.ref_doc_id not in exclude]
         hits: dict[str, Hit] = {}
-        for rank, scored in enumerate(dense, start=1):
-            node = scored.node
-            hit = self._hit_from(node.node_id, node.get_content(), node.metadata, node.ref_doc_id)
-            hit.dense, hit.dense_rank = cosine_from_similarity(scored.score), rank
-            hits[hit.id] = hit
+        profile = EmbedderProfile()
+        if dense:
+            profile = profile_of(self.text_embedder)
+            started = time.perf_counter()
+            if query_embedding is None:
+                query_embedding = self.text_embedder.get_query_embedding(query)
+            timings["embed"] = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            retriever = self.text_index.as_retriever(similarity_top_k=n, filters=_doc_filter(doc_ids))
+            found_dense = retriever.retrieve(QueryBundle(query_str=query, embedding=list(query_embedding)))
+            timings["dense"] = (time.perf_counter() - started) * 1000
+            for scored in found_dense:
+                node = scored.node
+                cosine = cosine_from_similarity(scored.score)
+                if node.ref_doc_id in exclude or cosine < min_score:
+                    continue
+                hit = self._hit_from(node.node_id, node.get_content(), node.metadata, node.ref_doc_id)
+                hit.dense, hit.dense_rank = cosine, len(hits) + 1
+                hits[hit.id] = hit
 
-        lexical_ranking: list[str] = []
+        weights: dict[str, float] = {}
         if lexical:
             started = time.perf_counter()
             self.refresh_lexical()  # a no-op once built
-            lexical_hits = self.lexical.search(query, n, doc_ids, exclude)
-            for lexical_hit in lexical_hits:
+            found = self.lexical.query(query, n, doc_ids, exclude, score_ids=list(hits))
+            weights = dict(found.weights)
+            if ATTACHMENT_REFERENCE.search(query):
+                # The picture the question points at is in no chunk: one unmatched term at the
+                # largest IDF this corpus allows.
+                weights["\x00attachment"] = idf(0, found.chunks)
+            for lexical_hit in found.hits:
                 if lexical_hit.id not in hits:  # a BM25-only hit: its text is in the index
                     row = self.lexical.row(lexical_hit.id)
                     if row is None:
                         continue
                     hits[lexical_hit.id] = self._hit_from(lexical_hit.id, row.text, row.metadata, row.doc_id)
-                hits[lexical_hit.id].lexical = lexical_hit.score
-                hits[lexical_hit.id].lexical_rank = lexical_hit.rank
-                lexical_ranking.append(lexical_hit.id)
+            for row_id, (score, rank) in found.scores.items():
+                hits[row_id].lexical, hits[row_id].lexical_rank = score, rank
+            for lexical_hit in found.hits:
+                if lexical_hit.id in hits:
+                    hits[lexical_hit.id].lexical, hits[lexical_hit.id].lexical_rank = lexical_hit.score, lexical_hit.rank
             timings["lexical"] = (time.perf_counter() - started) * 1000
+            if dense:
+                started = time.perf_counter()
+                self._dense_for_lexical_only(hits, query_embedding)
+                timings["rescore"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
-        dense_ranking = [s.node.node_id for s in dense if hits[s.node.node_id].dense >= min_score]
-        fused = reciprocal_rank_fusion([dense_ranking, lexical_ranking])
-        ranked = sorted(fused, key=lambda i: (-fused[i], i))[:top_k]
-        for row_id in ranked:
-            hits[row_id].score = fused[row_id]
-        result.hits = [hits[i] for i in ranked]
+        result.hits = self._fuse(query, hits, profile, weights, top_k, dense, lexical)
+        if "\x00attachment" in weights:
+            result.notes.append("the question points at a picture in the chat; documents count only for what it names")
+        result.best_relevance = max((h.relevance or 0.0 for h in result.hits), default=0.0)
         timings["fuse"] = (time.perf_counter() - started) * 1000
         return result
+
+    def _dense_for_lexical_only(self, hits: dict[str, Hit], query_embedding: Sequence[float]) -> None:
+        """The dense cosine of BM25-only candidates, from their stored embeddings."""
+        missing = [row_id for row_id, hit in hits.items() if hit.dense is None]
+        if not missing:
+            return
+        got = self.store.text_collection.get(ids=missing, include=["embeddings"])
+        if got.get("embeddings") is None or not len(got["ids"]):
+            return
+        vectors = np.asarray(got["embeddings"], dtype=np.float32)
+        query = np.asarray(query_embedding, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+        cosines = vectors @ query / np.maximum(norms, 1e-12)
+        for row_id, cosine in zip(got["ids"], cosines):
+            hits[row_id].dense = float(cosine)
+
+    def _fuse(
+        self, query: str, hits: dict[str, Hit], profile: "EmbedderProfile", weights: dict[str, float],
+        top_k: int, dense: bool, lexical: bool,
+    ) -> list[Hit]:
+        """Score, order, collapse near-duplicates and cut to `top_k` (see the module docstring)."""
+        if not hits:
+            return []
+        ids = list(hits)
+        cosine = np.array([hits[i].dense or 0.0 for i in ids])
+        bm25 = np.array([hits[i].lexical or 0.0 for i in ids])
+        if dense:
+            evidence = profile.calibrate(cosine)
+            trust = profile.trust(cjk_share(query), np.array([cjk_share(hits[i].text) for i in ids]))
+        else:
+            evidence = trust = np.zeros(len(ids))
+        top = float(bm25.max())
+        lexical_evidence = bm25 / top if lexical and top > 0 else np.zeros(len(ids))
+        fused = (trust * evidence + lexical_evidence) / (trust + 1.0) if lexical else evidence
+        # Relevance: the same trusted mean on absolute scales (calibrated cosine, IDF coverage).
+        # A question about the chat's picture gets no dense support (the embedder read the
+        # words, not the picture), with full weight: only what it names in the documents counts.
+        about_picture = "\x00attachment" in weights
+        for number, row_id in enumerate(ids):
+            hit = hits[row_id]
+            hit.score = float(fused[number])
+            hit.dense_trust = float(trust[number]) if dense else None
+            if weights:
+                row = self.lexical.row(row_id)
+                tokens = row.tokens if row is not None else tokenize(hit.text)
+                hit.coverage = coverage(weights, tokens)
+            dense_part, weight = float(trust[number] * evidence[number]), float(trust[number])
+            if about_picture:
+                dense_part, weight = 0.0, 1.0
+            if lexical:
+                hit.relevance = (dense_part + (hit.coverage or 0.0)) / (weight + 1.0)
+            else:
+                hit.relevance = dense_part
+        order = sorted(ids, key=lambda i: (-hits[i].score, -(hits[i].dense or 0.0), -(hits[i].lexical or 0.0), i))
+        kept: list[Hit] = []
+        kept_shingles: list[set[str]] = []
+        for row_id in order:
+            hit = hits[row_id]
+            own = shingles(hit.text)
+            copy_of = next((k for k, ks in zip(kept, kept_shingles) if near_duplicate(own, ks)), None)
+            if copy_of is not None:
+                if hit.file_name not in copy_of.duplicates:
+                    copy_of.duplicates.append(hit.file_name)
+                continue
+            kept.append(hit)
+            kept_shingles.append(own)
+            if len(kept) == top_k:
+                break
+        return kept
 
     @staticmethod
     def _hit_from(row_id: str, text: str, metadata: dict[str, Any], doc_id: Any) -> Hit:

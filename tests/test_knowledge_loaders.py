@@ -69,12 +69,11 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def store_files(store: Path) -> list[Path]:
-    """The kept copies in `store`; the readers' working folder must be empty by now."""
+    """The kept copies in `store`; the readers' working folder must be gone by now."""
     if not store.exists():
         return []
-    work = store / WORK_DIR_NAME
-    assert not work.exists() or list(work.iterdir()) == [], "a reading copy was left behind"
-    return sorted(p for p in store.iterdir() if p.name != WORK_DIR_NAME)
+    assert not (store / WORK_DIR_NAME).exists(), "a reading copy or its folder was left behind"
+    return sorted(store.iterdir())
 
 
 def refused(source, store: Path, *, name: str, limits: KnowledgeLimits = KnowledgeLimits()) -> str:

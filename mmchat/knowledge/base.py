@@ -16,6 +16,7 @@ It holds no UI and no chat history.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,33 @@ class IngestCancelled(Exception):
     pass
 
 
+# Chunk sizes are counted in the embedder's tokens, but WordPiece turns any "word" longer than
+# 100 characters into one [UNK]: a 1.9 M-character line without spaces counted as one token and
+# became one chunk. So a text counts as at least len/MAX_CHARS_PER_TOKEN tokens (prose runs at
+# 4-5 characters per token, so real text is unaffected), and runs of more than LONG_RUN
+# non-space characters get a space every LONG_RUN characters before splitting (the splitter's
+# last resort, one split per character, would tokenize each of 1.9 M characters separately).
+MAX_CHARS_PER_TOKEN = 8
+LONG_RUN = 200
+_LONG_RUN_RE = re.compile(r"\S{%d,}" % (LONG_RUN + 1))
+
+
+def _char_floor(tokenize: Callable[[str], list]) -> Callable[[str], list]:
+    def count(text: str) -> list:
+        tokens = tokenize(text)
+        floor = len(text) // MAX_CHARS_PER_TOKEN
+        return tokens if len(tokens) >= floor else list(tokens) + [""] * (floor - len(tokens))
+
+    return count
+
+
+def _break_long_runs(text: str) -> str:
+    """`text` with a space every LONG_RUN characters inside longer runs of non-space."""
+    return _LONG_RUN_RE.sub(
+        lambda m: " ".join(m[0][i : i + LONG_RUN] for i in range(0, len(m[0]), LONG_RUN)), text
+    )
+
+
 def _source_name(source: Any) -> tuple[Any, str | None]:
     if isinstance(source, tuple):
         return source[0], source[1]
@@ -83,13 +111,15 @@ class KnowledgeBase:
         client: Any | None = None,
     ) -> None:
         from mmchat.knowledge.embeddings import ImageEncoderEmbedding, load_text_embedder
-        from mmchat.knowledge.loaders import KnowledgeLimits
+        from mmchat.knowledge.loaders import WORK_DIR_NAME, KnowledgeLimits, purge_work_dir
 
         self.config = config
         self.root = config.resolved_path()
         self.files_dir = self.root / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
-        self.limits = KnowledgeLimits(max_file_bytes=config.max_file_mb * 1024 * 1024)
+        self.limits = KnowledgeLimits.from_config(config)
+        # Readers' working copies (loaders' default: files/.work), never the system temp dir.
+        self.work_dir = self.files_dir / WORK_DIR_NAME
         self.encoder = encoder
         self.text_embedder = text_embedder or load_text_embedder(config.embedder)
         self.image_embedder = ImageEncoderEmbedding(encoder) if encoder is not None else None
@@ -108,6 +138,9 @@ class KnowledgeBase:
         if purged:
             log.warning("knowledge base: removed leftovers of %d interrupted ingest(s)", purged)
         self._remove_unlisted_files(grace)
+        leftovers = purge_work_dir(self.work_dir, older_than=grace)
+        if leftovers:
+            log.warning("knowledge base: removed %d reading copies left by a killed ingest", leftovers)
         self.retriever = HybridRetriever(self.store, self.text_embedder, self.image_embedder)
         self.retriever.refresh_lexical(force=True)
         self.splitter = self._splitter()
@@ -136,7 +169,8 @@ class KnowledgeBase:
 
         size = self.config.chunk_size or min(512, max_tokens(self.text_embedder) * 3 // 4)
         overlap = self.config.chunk_overlap if self.config.chunk_overlap >= 0 else size // 5
-        return SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=text_tokenizer(self.text_embedder))
+        return SentenceSplitter(chunk_size=size, chunk_overlap=overlap,
+                                tokenizer=_char_floor(text_tokenizer(self.text_embedder)))
 
     @property
     def image_min_score(self) -> float:
@@ -165,7 +199,7 @@ class KnowledgeBase:
         cancel: threading.Event | None = None,
     ) -> IngestReport:
         """Index files (paths, bytes, or `(source, original name)` pairs); never raises for a bad file."""
-        from mmchat.knowledge.loaders import load_file
+        from mmchat.knowledge.loaders import Deadline, load_file
 
         progress = progress or (lambda fraction, message: None)
         cancel = cancel or threading.Event()
@@ -190,8 +224,10 @@ class KnowledgeBase:
                         progress((_i + fraction) / len(pairs), f"{label}: {message} ({_i + 1}/{len(pairs)})")
 
                     step(0.0, "reading")
+                    deadline = Deadline(self.limits.max_parse_seconds, label)
                     try:
-                        loaded = load_file(source, store_dir=self.files_dir, limits=self.limits, original_name=name)
+                        loaded = load_file(source, store_dir=self.files_dir, limits=self.limits, original_name=name,
+                                           work_dir=self.work_dir, deadline=deadline)
                     except UserFacingError as err:
                         report.failed.append((label, str(err)))
                         continue
@@ -205,7 +241,7 @@ class KnowledgeBase:
                         continue
                     self._pending.add(loaded.sha256)  # searches skip it until acknowledged
                     try:
-                        record = self._index(loaded, step, cancel)
+                        record = self._index(loaded, step, cancel, deadline)
                     except Exception as err:
                         self._discard(loaded)
                         if isinstance(err, IngestCancelled):
@@ -235,13 +271,13 @@ class KnowledgeBase:
         self.store.delete_chunks(loaded.sha256)
         Path(loaded.path).unlink(missing_ok=True)
 
-    def _index(self, loaded: Any, step: Progress, cancel: threading.Event) -> DocumentRecord:
+    def _index(self, loaded: Any, step: Progress, cancel: threading.Event, deadline: Any = None) -> DocumentRecord:
         added = time.time()
         rows: list[tuple[str, str, str, dict]] = []  # for BM25, once acknowledged
         if loaded.kind == "image":
             self._index_image(loaded, added)
         else:
-            rows = self._index_text(loaded, added, step, cancel)
+            rows = self._index_text(loaded, added, step, cancel, deadline)
         chunks = len(rows)
         if cancel.is_set():
             raise IngestCancelled
@@ -261,10 +297,24 @@ class KnowledgeBase:
         return record
 
     def _index_text(
-        self, loaded: Any, added: float, step: Progress, cancel: threading.Event,
+        self, loaded: Any, added: float, step: Progress, cancel: threading.Event, deadline: Any = None,
     ) -> list[tuple[str, str, str, dict]]:
-        """Split, embed and store a document's chunks; returns its BM25 rows."""
+        """Split, embed and store a document's chunks; returns its BM25 rows.
+
+        Splitting is bounded: `limits.max_chunks` chunks per file (refused as soon as it is
+        passed) and the reading `deadline`, checked between the file's parts."""
         from llama_index.core.schema import MetadataMode, NodeRelationship, RelatedNodeInfo
+
+        from mmchat.knowledge.loaders import Deadline
+
+        deadline = deadline or Deadline(self.limits.max_parse_seconds, loaded.display_name)
+        max_chunks = self.limits.max_chunks
+        too_many = (
+            f"{loaded.display_name}: splits into more than {max_chunks:,} chunks; the limit is "
+            f"{max_chunks:,} per file; split it into smaller files."
+        )
+        if len(loaded.documents) > max_chunks:
+            raise InvalidUpload(too_many)
 
         hidden = ["doc_id", "page", "chunk", "kind", "added", "content_hash"]
         for number, document in enumerate(loaded.documents):
@@ -274,7 +324,16 @@ class KnowledgeBase:
             document.metadata.update({"kind": loaded.kind, "added": added, "content_hash": loaded.sha256})
             document.excluded_embed_metadata_keys = list(hidden)
             document.excluded_llm_metadata_keys = list(hidden)
-        nodes = self.splitter.get_nodes_from_documents(loaded.documents)
+            if _LONG_RUN_RE.search(document.text):
+                document.set_content(_break_long_runs(document.text))
+        nodes = []
+        for document in loaded.documents:  # one at a time: the same nodes, checked in between
+            if cancel.is_set():
+                raise IngestCancelled
+            deadline.check("splitting the text into chunks")
+            nodes.extend(self.splitter.get_nodes_from_documents([document]))
+            if len(nodes) > max_chunks:
+                raise InvalidUpload(too_many)
         if not nodes:
             raise InvalidUpload(f"{loaded.display_name}: no text to index")
         source = RelatedNodeInfo(node_id=loaded.sha256)

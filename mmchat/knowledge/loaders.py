@@ -263,14 +263,7 @@ def load_file(
 
     sha = hashlib.sha256(data).hexdigest()
     work_root = Path(work_dir) if work_dir is not None else Path(store_dir) / WORK_DIR_NAME
-    try:
-        work_root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="reading-", dir=work_root))
-    except OSError as err:
-        raise InvalidUpload(
-            f"{display}: the server cannot make a working copy ({err.strerror or err}); "
-            "try again later."
-        ) from None
+    work = _make_work_dir(work_root, display)
     try:
         if kind == "pdf":
             parts, pages = _read_pdf(data, work, display, limits)
@@ -280,6 +273,7 @@ def load_file(
             parts, pages = _read_text_kind(kind, data, work, display, limits, deadline), None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        _remove_if_empty(work_root)
     deadline.check("parsing")
 
     parts = [(_tidy(text), meta) for text, meta in parts]
@@ -309,6 +303,33 @@ def load_file(
     )
 
 
+def _make_work_dir(work_root: Path, display: str) -> Path:
+    """A fresh folder for one file's reading copies, inside `work_root` (created as needed;
+    retried, since a concurrent load removes `work_root` when it leaves it empty)."""
+    for attempt in range(3):
+        try:
+            work_root.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix="reading-", dir=work_root))
+        except FileNotFoundError:
+            if attempt < 2:
+                continue
+            err: OSError = FileNotFoundError(f"{work_root} vanished")
+        except OSError as error:
+            err = error
+        raise InvalidUpload(
+            f"{display}: the server cannot make a working copy ({err.strerror or err}); "
+            "try again later."
+        ) from None
+    raise AssertionError("unreachable")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (another load is using it), or already gone
+        pass
+
+
 def purge_work_dir(work_dir: Path, older_than: float | None = None) -> int:
     """Remove reading copies left in `work_dir` by a killed process (all of them, or those last
     modified before the `older_than` timestamp); returns how many were removed."""
@@ -328,6 +349,7 @@ def purge_work_dir(work_dir: Path, older_than: float | None = None) -> int:
             removed += 1
         except OSError:
             continue
+    _remove_if_empty(Path(work_dir))
     return removed
 
 
@@ -459,8 +481,9 @@ def _implausible(text: str, encoding: str) -> str | None:
     if odd > 0.05 * len(non_ascii):
         return f"{odd:,} of its {len(non_ascii):,} non-ASCII characters are neither letters nor punctuation"
     letters = sum(ch.isalpha() for ch in text)
-    if len(non_ascii) > _MAX_LATIN_NON_ASCII * max(letters, 1):
-        return f"{len(non_ascii):,} of its {letters:,} letters are non-ASCII"
+    accented = sum(ch.isalpha() for ch in non_ascii)
+    if accented > _MAX_LATIN_NON_ASCII * max(letters, 1):
+        return f"{accented:,} of its {letters:,} letters are non-ASCII"
     runs = sum(len(run) for run in re.findall(r"[^\x00-\x7f]{4,}", text))
     if runs > 0.05 * len(non_ascii):
         return "its non-ASCII characters come in long runs, not inside words"

@@ -8,8 +8,8 @@ and every question is asked three ways:
 
 - dense: `HybridRetriever.search(..., lexical=False)` (LlamaIndex over Chroma only);
 - bm25: the BM25 index alone (`LexicalIndex.search`), its chunks' texts from the index;
-- hybrid: `KnowledgeBase.search(...)`, what a chat turn gets (the relevance floor is lifted
-  here, `min_relevance=0`, so the ranking itself is measured; the floor is reported apart).
+- hybrid: `KnowledgeBase.search(..., min_relevance=0)`, what a chat turn gets with the
+  relevance floor lifted, so the ranking itself is measured (the floor is reported apart).
 
 Sets:
 - `eval`: `tests/fixtures/rag_eval` (frozen; see its README). A hit is a retrieved chunk of
@@ -87,7 +87,7 @@ def ranked(kb: Any, mode: str, query: str, k: int) -> list[tuple[str, str]]:
             row = kb.retriever.lexical.row(hit.id)
             out.append((row.metadata.get("file_name", ""), row.text))
         return out
-    return [(h.file_name, h.text) for h in kb.search(query, top_k=k, image_top_k=0).hits]
+    return [(h.file_name, h.text) for h in kb.search(query, top_k=k, image_top_k=0, min_relevance=0.0).hits]
 
 
 def evaluate(kb: Any, questions: list[dict[str, Any]], k: int) -> dict[str, Any]:

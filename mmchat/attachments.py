@@ -8,12 +8,15 @@ What this module does:
 * enforces the limits before doing expensive work: the byte size is checked from `os.stat`
   (or `len`) before the file is read, and the pixel count from the image header before any
   pixel is decoded, so decompression bombs are refused without allocating them; Pillow's own
-  `DecompressionBombWarning`/`DecompressionBombError` are turned into `InvalidUpload` too;
+  `DecompressionBombWarning`/`DecompressionBombError` are turned into `InvalidUpload` too, and
+  so is its refusal of oversized compressed PNG metadata (zTXt/iTXt/iCCP), by name; the aspect
+  ratio is limited too (`max_aspect_ratio`), since encoders resize the short side up;
 * decodes the image fully once, so truncated or corrupt data is refused at upload time rather
   than when the model needs it;
 * stores the original bytes inside `store_dir` under their SHA-256 (`<sha256><ext>`), written
   to a temporary file there and moved into place with `os.replace`, so identical uploads are
-  deduplicated and the user's file name never becomes part of a path;
+  deduplicated and the user's file name never becomes part of a path (the size-limited read,
+  content sniffing and this store live in `mmchat.files`, shared with knowledge uploads);
 * sanitises the original file name for display only (`safe_display_name`).
 
 Every rejection is an `mmchat.errors.InvalidUpload` whose message names the file (by its
@@ -32,19 +35,21 @@ import hashlib
 import io
 import os
 import re
-import stat
-import tempfile
 import unicodedata
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from PIL import Image, ImageOps
 
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload
+from mmchat.files import human_bytes as _human_bytes
+from mmchat.files import read_limited
+from mmchat.files import sniff as _sniff
+from mmchat.files import store_atomic as _store
 
 __all__ = [
     "Attachment",
@@ -253,15 +258,6 @@ def _accepted(limits: UploadLimits) -> str:
     return ", ".join(f.upper() for f in limits.formats)
 
 
-def _human_bytes(n: int) -> str:
-    if n < 1024:
-        return f"{n} bytes"
-    for unit, scale in (("KB", 1024), ("MB", 1024**2), ("GB", 1024**3)):
-        if n < scale * 1024 or unit == "GB":
-            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
-    raise AssertionError("unreachable")
-
-
 def _human_pixels(n: int) -> str:
     if n < 1_000_000:
         return f"{n:,} pixels"
@@ -333,116 +329,11 @@ def _check_pil_bomb_limit(size: tuple[int, int], display: str) -> None:
         )
 
 
-def read_limited(
-    path: str, display: str, max_bytes: int, check_size: Callable[[int], None], accepted: str
-) -> bytes:
-    """Read a regular file after checking its size from `os.stat`; never more than `max_bytes`.
-
-    `check_size(n)` raises the caller's own size message; `accepted` names what the caller
-    accepts, for the not-a-regular-file message. Shared by image and knowledge uploads.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InvalidUpload(f"{display}: file not found; upload it again.") from None
-    except OSError as err:
-        raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidUpload(f"{display}: not a regular file; accepted: {accepted}.")
-    check_size(st.st_size)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as err:
-        raise InvalidUpload(f"{display}: file cannot be read ({err.strerror or err}).") from None
-    check_size(len(data))  # it may have changed since the stat
-    return data
-
-
 def _read_limited(path: str, display: str, limits: UploadLimits) -> bytes:
     return read_limited(
         path, display, limits.max_bytes, lambda size: _check_size(size, display, limits),
         f"{_accepted(limits)} image files",
     )
-
-
-# Magic bytes of common files, for a friendlier message than "cannot identify image file".
-# (kind, label): kind "image" = an image format (accepted or not), "other" = not an image.
-_MAGIC: tuple[tuple[int, bytes, str, str], ...] = (
-    (0, b"\x89PNG\r\n\x1a\n", "image", "PNG"),
-    (0, b"\xff\xd8\xff", "image", "JPEG"),
-    (0, b"GIF87a", "image", "GIF"),
-    (0, b"GIF89a", "image", "GIF"),
-    (0, b"BM", "image", "BMP"),
-    (0, b"II*\x00", "image", "TIFF"),
-    (0, b"MM\x00*", "image", "TIFF"),
-    (0, b"\x00\x00\x01\x00", "image", "ICO"),
-    (0, b"8BPS", "image", "PSD"),
-    (0, b"\x00\x00\x00\x0cjP  ", "image", "JPEG 2000"),
-    (0, b"\xff\x0a", "image", "JPEG XL"),
-    (0, b"\x00\x00\x00\x0cJXL ", "image", "JPEG XL"),
-    (0, b"%PDF-", "other", "PDF"),
-    (0, b"PK\x03\x04", "other", "ZIP"),
-    (0, b"PK\x05\x06", "other", "ZIP"),
-    (0, b"\x1f\x8b", "other", "GZIP"),
-    (0, b"7z\xbc\xaf\x27\x1c", "other", "7Z"),
-    (0, b"Rar!\x1a\x07", "other", "RAR"),
-    (0, b"\x7fELF", "other", "ELF executable"),
-    (0, b"MZ", "other", "Windows executable"),
-    (0, b"%!PS", "other", "PostScript"),
-    (0, b"ID3", "other", "MP3"),
-    (0, b"OggS", "other", "OGG"),
-    (0, b"fLaC", "other", "FLAC"),
-    (0, b"\x1aE\xdf\xa3", "other", "Matroska/WebM video"),
-    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "other", "MS Office document"),
-    (0, b"SQLite format 3\x00", "other", "SQLite database"),
-)
-_ISO_BMFF_BRANDS = {
-    b"heic": ("image", "HEIC"), b"heix": ("image", "HEIC"), b"hevc": ("image", "HEIC"),
-    b"mif1": ("image", "HEIF"), b"msf1": ("image", "HEIF"), b"avif": ("image", "AVIF"),
-    b"avis": ("image", "AVIF"), b"qt  ": ("other", "QuickTime video"),
-}
-
-
-def _sniff(data: bytes) -> tuple[str, str] | None:
-    """Guess what `data` is from its first bytes: ("image"|"other", label) or None."""
-    head = data[:64]
-    if head[:4] == b"RIFF" and len(head) >= 12:
-        kind = head[8:12]
-        if kind == b"WEBP":
-            return "image", "WEBP"
-        if kind == b"WAVE":
-            return "other", "WAV audio"
-        if kind == b"AVI ":
-            return "other", "AVI video"
-    if head[4:8] == b"ftyp":
-        return _ISO_BMFF_BRANDS.get(head[8:12], ("other", "MP4/MOV video"))
-    for offset, magic, kind, label in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return kind, label
-    return _sniff_text(data[:4096])
-
-
-def _sniff_text(sample: bytes) -> tuple[str, str] | None:
-    if not sample or b"\x00" in sample:
-        return None
-    try:
-        text = sample.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.start < len(sample) - 3:  # not just a character cut at the sample's end
-            return None
-        text = sample[: err.start].decode("utf-8")
-    printable = sum(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
-    if printable < 0.95 * max(len(text), 1):
-        return None
-    lowered = text.lstrip("\ufeff \t\r\n").lower()
-    if "<svg" in lowered[:1024]:
-        return "image", "SVG"
-    if lowered.startswith(("<!doctype html", "<html")):
-        return "other", "HTML"
-    if lowered.startswith("<?xml"):
-        return "other", "XML"
-    return "other", "text"
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,33 +513,3 @@ def _not_an_image(data: bytes, display: str, limits: UploadLimits) -> InvalidUpl
             f"re-save the image and upload the complete file; accepted: {accepted}"
         )
     return InvalidUpload(f"{display}: image format {label} is not accepted; accepted: {accepted}")
-
-
-def _store(data: bytes, sha: str, ext: str, store_dir: Path, display: str) -> Path:
-    """Write `data` as `store_dir/<sha><ext>` atomically; reuse an existing complete copy."""
-    store_dir = store_dir.expanduser().absolute()
-    target = store_dir / f"{sha}{ext}"
-    try:
-        if target.is_file() and target.stat().st_size == len(data):
-            return target  # written earlier by os.replace, so complete
-        store_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=store_dir, prefix=".upload-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    except OSError as err:
-        # The server's disk, not the user's file: still shown, since the upload failed.
-        raise InvalidUpload(
-            f"{display}: the upload could not be stored on the server "
-            f"({err.strerror or err}); try again later."
-        ) from None
-    return target

@@ -8,13 +8,20 @@ What this module does:
   `.pdf` without `%PDF-`, a `.png` that is text) is refused;
 * enforces `KnowledgeLimits` before the expensive work: the byte size from `os.stat` (or
   `len`) before the file is read, the PDF page count before text is extracted, a DOCX's
-  uncompressed size, compression ratio and entry count from the ZIP central directory before
-  anything is inflated, and the extracted character count; images go through
-  `mmchat.attachments.ingest_upload` (pixel limits, truncated data, decompression bombs);
+  uncompressed size, compression ratio, entry count and XML size from the ZIP central
+  directory before anything is inflated, Markdown's section count and HTML's nesting depth
+  from cheap linear scans before the parsers run, the extracted character count, and a
+  wall-clock `Deadline` checked between steps; images go through
+  `mmchat.attachments.ingest_upload` (pixel and aspect-ratio limits, truncated data,
+  decompression and metadata bombs);
 * parses with LlamaIndex's file readers (`PDFReader`, `DocxReader`, `MarkdownReader`,
-  `HTMLTagReader` on `<body>`, `FlatReader`); text is decoded here first (UTF-8 with or
-  without BOM, UTF-16 with BOM, else GB18030) because those readers assume UTF-8, and HTML has
-  its scripts, styles and comments removed before the reader sees it;
+  `FlatReader`); text is decoded here first because those readers assume UTF-8: UTF-8 with
+  or without BOM, UTF-16 with BOM, else GB18030 or Windows-1252/Latin-1 but only when the
+  decoded text is plausible (mostly common GB2312 characters; accented letters inside
+  mostly-ASCII words), so Shift-JIS or random bytes are refused instead of indexed as noise.
+  HTML is parsed with BeautifulSoup and its `<body>` text taken the way `HTMLTagReader`
+  takes it, minus scripts, styles and comments, in one linear walk (bs4's serialize-and-
+  reparse round trip is quadratic and recursive);
 * returns a `LoadedFile`: one `Document` per PDF page that has text (metadata `page` is the
   real 1-based page number), one per Markdown section (`section` = its header), one for a
   DOCX, HTML or text file; every `Document` carries `file_name` (the display name) and a
@@ -28,8 +35,10 @@ reader is reported the same way, never as a traceback.
 
 What it does not do: no chunking, embedding, vector store or OCR (scanned PDFs are refused),
 no legacy `.doc`, no password handling, and it imports no torch. The readers are imported
-lazily (they pull in pandas). Parsing happens on a private copy in a temporary directory,
-which is removed afterwards.
+lazily (they pull in pandas). Parsing happens on a private copy in a fresh folder under the
+caller's `work_dir` (default `store_dir/.work`, never the system temp folder), removed
+afterwards; `purge_work_dir` removes what a killed process left there. A single parser call is
+not interrupted: the structure limits bound what each call is given.
 """
 
 from __future__ import annotations
@@ -48,9 +57,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmchat.attachments import _human_bytes, _sniff, _store, ingest_upload, read_limited, safe_display_name
+from mmchat.attachments import ingest_upload, safe_display_name
 from mmchat.config import UploadLimits
 from mmchat.errors import ConfigError, InvalidUpload
+from mmchat.files import human_bytes as _human_bytes
+from mmchat.files import read_limited
+from mmchat.files import sniff as _sniff
+from mmchat.files import store_atomic as _store
 
 __all__ = [
     "ACCEPTED",

@@ -80,7 +80,7 @@ class Hit:
     relevance: float | None = None  # calibrated 0..1, comparable across queries and languages
     coverage: float | None = None  # IDF-weighted share of the query's terms in the chunk
     dense_trust: float | None = None  # how far the dense cosine counts for this pair (0..1)
-    duplicates: list[str] = field(default_factory=list)  # file names of collapsed near-copies
+    duplicates: str = ""  # file names of near-copies collapsed into this hit, "; "-separated
     image_path: str | None = None
 
     @property
@@ -435,8 +435,9 @@ class HybridRetriever:
             own = shingles(hit.text)
             copy_of = next((k for k, ks in zip(kept, kept_shingles) if near_duplicate(own, ks)), None)
             if copy_of is not None:
-                if hit.file_name not in copy_of.duplicates:
-                    copy_of.duplicates.append(hit.file_name)
+                names = [n for n in copy_of.duplicates.split("; ") if n]
+                if hit.file_name not in names:
+                    copy_of.duplicates = "; ".join(names + [hit.file_name])
                 continue
             kept.append(hit)
             kept_shingles.append(own)

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, tiny_backend, standin_encoder, text_embedder, cat_image):
-    """The app with a knowledge base holding cat.png; yields (url, config, runtime, data_dir)."""
+    """The app with a knowledge base holding cat.png; yields (url, config, runtime, data_dir, demo)."""
     from mmchat.config import KnowledgeConfig, load_config
     from mmchat.knowledge.base import KnowledgeBase
     from mmchat.runtime import Runtime
@@ -60,7 +60,7 @@ def app(tmp_path_factory, tiny_backend, standin_encoder, text_embedder, cat_imag
     runtime = Runtime(config, backend=tiny_backend, encoder=standin_encoder, knowledge=kb)
     demo = build_app(config, runtime)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(config, runtime))
-    yield f"http://127.0.0.1:{port}/", config, runtime, data_dir
+    yield f"http://127.0.0.1:{port}/", config, runtime, data_dir, demo
     demo.close()
 
 
@@ -86,7 +86,7 @@ def make_zip(path: Path, payload: dict) -> Path:
 def outside_files(app):
     """Files the app must never serve: one in the temp folder (made after launch), the
     project's pyproject.toml, the venv's pyvenv.cfg, an app log beside the data directory."""
-    _, _, _, data_dir = app
+    data_dir = app[3]
     marker = secrets.token_hex(8)
     tmp_secret = Path(tempfile.mkdtemp()) / "secret.txt"
     tmp_secret.write_text(f"TMP-SECRET-{marker}")
@@ -115,7 +115,7 @@ def crafted_export(paths: list[str], cat_doc_id: str) -> dict:
 
 
 def test_crafted_import_never_serves_files_outside_the_app(app, outside_files, tmp_path):
-    url, config, runtime, _ = app
+    url, config, runtime, _, demo = app
     kb = runtime.knowledge
     cat_record = next(r for r in kb.documents() if r.kind == "image")
     cat_bytes = (kb.files_dir / cat_record.stored).read_bytes()
@@ -141,30 +141,28 @@ def test_crafted_import_never_serves_files_outside_the_app(app, outside_files, t
             assert response.status_code in (403, 404), (path, response.status_code)
             assert response.content not in secrets_
 
-    # And gradio itself would refuse to copy them into its cache (its own check, our lists).
-    from gradio.utils import get_upload_folder, is_allowed_file
+    # And gradio's check before it copies an output into its cache (which alone would accept the
+    # working directory and the temp folder) refuses them for this app.
+    from gradio import processing_utils
+    from gradio.context import LocalContext
+    from gradio.exceptions import InvalidPathError
 
-    from mmchat.ui.app import launch_kwargs
-
-    kwargs = launch_kwargs(config, runtime)
-    gradio_allowed = kwargs["allowed_paths"] + [os.getcwd(), tempfile.gettempdir()]  # what gradio adds
-
-    def gradio_allows(path) -> bool:
-        return is_allowed_file(Path(os.path.abspath(path)), kwargs["blocked_paths"], gradio_allowed,
-                               [get_upload_folder()])[0]
-
-    assert not any(gradio_allows(f) for f in outside_files)
-    assert gradio_allows(kb.files_dir / cat_record.stored) and gradio_allows(ROOT / "knowledge" / "images" / "cat.png")
     late = Path(tempfile.gettempdir()) / f"late-{secrets.token_hex(4)}.txt"  # made after launch
     late.write_text("late")
+    token = LocalContext.blocks.set(demo)
     try:
-        assert not gradio_allows(late)
+        for path in [*outside_files, late, ROOT / "README.md"]:
+            with pytest.raises(InvalidPathError, match="only from its own directories"):
+                processing_utils._check_allowed(path, False)
+        processing_utils._check_allowed(kb.files_dir / cat_record.stored, False)
+        processing_utils._check_allowed(ROOT / "knowledge" / "images" / "cat.png", False)
     finally:
+        LocalContext.blocks.reset(token)
         late.unlink()
 
 
 def test_import_keeps_only_ids_scores_and_text_of_a_trace(app, tmp_path):
-    url, _, runtime, _ = app
+    url, _, runtime, *_ = app
     session = runtime.new_session()
     session.import_chat(make_zip(tmp_path / "c.zip", crafted_export(["/etc/passwd"], "0" * 64)))
     trace = session.history[1].retrieval
@@ -175,7 +173,7 @@ def test_import_keeps_only_ids_scores_and_text_of_a_trace(app, tmp_path):
 
 # ----- 2. uploaded active content is never served as a page of the app ---------------------
 def test_uploaded_html_and_svg_come_back_as_inert_downloads(app, cat_image):
-    url, _, runtime, _ = app
+    url, _, runtime, *_ = app
     png = io.BytesIO()
     cat_image.save(png, format="PNG")
     script = b"<script>fetch('/config').then(r => r.text()).then(alert)</script>"
@@ -211,7 +209,7 @@ def test_uploaded_html_and_svg_come_back_as_inert_downloads(app, cat_image):
 
 # ----- 3. a poisoned import is refused whole, and the busy lock never leaks ------------------
 def test_poisoned_import_is_refused_and_the_chat_goes_on(app, tmp_path):
-    url, _, _, _ = app
+    url, *_ = app
     client = Client(url, verbose=False)
     before = chat(client, "first question")[0]
     exported = client.predict(api_name="/export")["value"]
@@ -231,7 +229,7 @@ def test_poisoned_import_is_refused_and_the_chat_goes_on(app, tmp_path):
 def test_a_render_failure_mid_answer_does_not_leave_the_session_busy(app, monkeypatch):
     import mmchat.ui.chat as chat_ui
 
-    url, _, _, _ = app
+    url, *_ = app
     client = Client(url, verbose=False)
     chat(client, "warm up")
     real = chat_ui.chatbot_messages
@@ -259,7 +257,7 @@ def test_exports_are_per_session_unguessable_and_removed(app):
     from gradio.processing_utils import hash_file
     from gradio.utils import get_upload_folder
 
-    url, _, runtime, _ = app
+    url, _, runtime, *_ = app
     stale = runtime.export_dir / "stale-session" / "mmchat-chat-old.zip"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"old")
@@ -296,7 +294,7 @@ def test_exports_are_per_session_unguessable_and_removed(app):
 
 # ----- 5. DNS rebinding: only the configured host names -------------------------------------
 def test_foreign_host_header_is_refused(app):
-    url, config, _, _ = app
+    url, config, *_ = app
     port = config.server.port
     with httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/").status_code == 200
@@ -327,7 +325,7 @@ def test_allowed_hosts_for_spaces_and_lan(monkeypatch):
 
 # ----- 6. upload messages: the size limit names the file; odd names are accepted ------------
 def test_oversized_upload_message_names_the_file_and_the_limit(app):
-    url, config, _, _ = app
+    url, config, *_ = app
     limit_mb = config.knowledge.max_file_mb
     with httpx.Client(base_url=url, timeout=60) as http:
         response = http.post("gradio_api/upload", files=[
@@ -339,7 +337,7 @@ def test_oversized_upload_message_names_the_file_and_the_limit(app):
 
 @pytest.mark.parametrize("name", ["IMG_0412", "cat.png.download", "CAT.PNG", '猫 "quoted".png', "my cat's photo.jpg"])
 def test_odd_image_names_are_accepted(app, tmp_path, cat_image, name):
-    url, _, _, _ = app
+    url, *_ = app
     path = tmp_path / name
     cat_image.save(path, format="JPEG" if name.endswith(".jpg") else "PNG")
     final = chat(Client(url, verbose=False), "what is it?", [path])
@@ -348,7 +346,7 @@ def test_odd_image_names_are_accepted(app, tmp_path, cat_image, name):
 
 
 def test_a_non_image_without_extension_is_refused_by_content(app, tmp_path):
-    url, _, _, _ = app
+    url, *_ = app
     notes = tmp_path / "notes"
     notes.write_text("just some text, not a picture")
     job = Client(url, verbose=False).submit({"text": "look", "files": [handle_file(str(notes))]}, SYSTEM, 8, 0.0, 0.9,

@@ -13,7 +13,6 @@ exports (at start and on each export; a session's exports also when it ends).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from mmchat.runtime import Runtime  # noqa: E402
 from mmchat.session import EXPORT_MAX_AGE_S, purge_exports  # noqa: E402
 from mmchat.ui.chat import EXAMPLE_DIR, build_chat_tab, end_session  # noqa: E402
 from mmchat.ui.knowledge import build_knowledge_tab, document_choices  # noqa: E402
+from mmchat.ui.security import SERVED_DIRS_ATTR, restrict_file_moves  # noqa: E402
 from mmchat.ui.style import APP_CSS, CITATION_HEAD, status_view  # noqa: E402
 
 TITLE = "mmchat — multimodal chat"
@@ -80,6 +80,10 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
                 )
             demo.load(chat_document_choices, None, chat["rag_docs"], show_progress="hidden")
     demo.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
+    # Files this app's events return must lie in its own directories (not merely in the working
+    # directory or the temp folder, which gradio accepts by default).
+    setattr(demo, SERVED_DIRS_ATTR, served_dirs(config, runtime))
+    restrict_file_moves()
     demo.mmchat_runtime = runtime  # for tests and scripts that need the loaded models
     return demo
 
@@ -96,11 +100,10 @@ def served_dirs(config: AppConfig, runtime: Runtime) -> list[str]:
 
 
 def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
-    from gradio.utils import get_cache_folder, get_upload_folder
     from starlette.middleware import Middleware
 
     from mmchat.ui.security import (
-        ALL_INTERFACES, HostGuard, OutsideAppDirs, SafeFileResponses, UploadLimitMessage, allowed_host_names,
+        ALL_INTERFACES, HostGuard, SafeFileResponses, UploadLimitMessage, allowed_host_names,
     )
 
     # Gradio's own cap is the larger of the two; each path then applies its own limit
@@ -113,11 +116,9 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
         "server_port": config.server.port,
         "share": config.server.share,
         "max_file_size": max_file_size,
+        # Gradio would also hand out anything in the working directory and the temp folder;
+        # build_app's guard (security.restrict_file_moves) accepts only these directories.
         "allowed_paths": allowed,
-        # Gradio also hands out anything in the working directory and the temp folder:
-        # block both except the app's own directories and gradio's upload and examples caches.
-        "blocked_paths": OutsideAppDirs([os.getcwd(), tempfile.gettempdir()],
-                                        [*allowed, get_upload_folder(), get_cache_folder()]),
         "app_kwargs": {"middleware": [
             Middleware(HostGuard, allowed=hosts, any_ip=config.server.host in ALL_INTERFACES),
             Middleware(SafeFileResponses),

@@ -1,7 +1,7 @@
 """Server hardening for the Gradio app: which hosts, which files, and how files are served.
 
 Three ASGI middlewares, installed through `Blocks.launch(app_kwargs={"middleware": ...})`
-(see `mmchat.ui.app.launch_kwargs`), and the list of paths gradio must never serve:
+(see `mmchat.ui.app.launch_kwargs`), and a guard on which files gradio may hand out:
 
 - `HostGuard` answers 400 to any request whose `Host` header is not one of the configured
   names (127.0.0.1, localhost, the bound host, `[server] allowed_hosts`): a page on another
@@ -13,12 +13,11 @@ Three ASGI middlewares, installed through `Blocks.launch(app_kwargs={"middleware
   uploaded .html or .svg never runs script on the app's origin.
 - `UploadLimitMessage` rewrites gradio's 413 "File size exceeded maximum allowed size of N
   bytes." so it names the file and the limit in MB.
-- `OutsideAppDirs` is gradio's `blocked_paths`: gradio lets an app hand out any file in the
-  working directory and the system temp folder; this list blocks everything there except the
-  app's own directories (recomputed at each check, so files created later are blocked too).
+- `restrict_file_moves()`: gradio lets an app hand out any file in the working directory and
+  the system temp folder; for this app's Blocks only its own directories are accepted.
 
-It does not decide what the app's own directories are (`launch_kwargs` does) and holds no
-UI. Imports neither gradio nor torch.
+It does not decide what the app's own directories are (`mmchat.ui.app.served_dirs` does) and
+holds no UI. Imports neither gradio (until `restrict_file_moves` runs) nor torch.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ALL_INTERFACES = ("0.0.0.0", "::", "")
@@ -217,51 +216,44 @@ def _inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-class OutsideAppDirs(list):
-    """Gradio `blocked_paths`: every entry of `roots` (the working directory and the system
-    temp folder) that neither lies in nor leads to one of the `keep` directories.
+SERVED_DIRS_ATTR = "mmchat_served_dirs"
 
-    Gradio reads `blocked_paths` by iterating it at each check; iterating this list lists the
-    roots afresh, so a file created in the temp folder after launch is blocked too. Blocked
-    paths take precedence over allowed ones in gradio, hence blocking around `keep`, not
-    above it.
+
+def restrict_file_moves() -> None:
+    """Make gradio accept, for an app's outputs, only files in that app's own directories.
+
+    Gradio 6 copies any file an event returns into its cache, and so serves it, when it lies
+    in `allowed_paths`, the working directory or the system temp folder
+    (`gradio.processing_utils._check_allowed`). `blocked_paths` cannot carve the app's own
+    folders out of those two (blocking wins over allowing, and a list of everything else there
+    is costly: gradio resolves each entry on every file of every update). So the check is
+    wrapped: for a Blocks carrying `mmchat_served_dirs` (set by `mmchat.ui.app.build_app`), a
+    file outside those directories and gradio's upload folder is refused before gradio's own
+    check runs; other Blocks in the process are untouched. Idempotent.
     """
+    from gradio import processing_utils
+    from gradio.context import LocalContext
+    from gradio.exceptions import InvalidPathError
+    from gradio.utils import get_upload_folder
 
-    def __init__(self, roots: Iterable[str | Path], keep: Iterable[str | Path]) -> None:
-        self.roots = sorted({_resolved(r) for r in roots})
-        self.keep = sorted({_resolved(k) for k in keep})
-        super().__init__(str(r) for r in self.roots)  # never empty: gradio tests truthiness
+    original = getattr(processing_utils, "_check_allowed", None)
+    if original is None:
+        import gradio
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.current())
+        raise RuntimeError(f"gradio {gradio.__version__} has no processing_utils._check_allowed; "
+                           "mmchat.ui.security needs updating for this gradio version")
+    if getattr(original, "mmchat_guard", False):
+        return
 
-    def current(self) -> list[str]:
-        blocked: list[str] = []
-        for root in self.roots:
-            self._walk(root, blocked)
-        return blocked
+    def check_allowed(path: str | Path, check_in_upload_folder: bool) -> None:
+        blocks = LocalContext.blocks.get(None)
+        served = getattr(blocks, SERVED_DIRS_ATTR, None)
+        if served is not None and not check_in_upload_folder:
+            real = _resolved(path)
+            if not any(_inside(real, _resolved(d)) for d in [*served, get_upload_folder()]):
+                raise InvalidPathError(f"Cannot move {real} to the gradio cache dir: this app serves files "
+                                       f"only from its own directories ({', '.join(map(str, served))})")
+        original(path, check_in_upload_folder)
 
-    def _walk(self, directory: Path, blocked: list[str]) -> None:
-        if any(_inside(directory, k) for k in self.keep):
-            return
-        try:
-            children = list(directory.iterdir())
-        except OSError:
-            blocked.append(str(directory))
-            return
-        for child in children:
-            real = _resolved(child)
-            if any(_inside(real, k) for k in self.keep):
-                continue
-            if any(_inside(k, real) for k in self.keep):
-                # Leads to a kept directory. Gradio resolves links on both sides, so a link is
-                # left out (blocking it would block its target): its target is walked where it
-                # lies, and a target outside the roots is not served by gradio at all.
-                if not child.is_symlink():
-                    self._walk(real, blocked)
-            else:
-                blocked.append(str(child))
-
-    def __repr__(self) -> str:
-        return f"OutsideAppDirs(roots={[str(r) for r in self.roots]}, keep={[str(k) for k in self.keep]})"
-
+    check_allowed.mmchat_guard = True  # type: ignore[attr-defined]
+    processing_utils._check_allowed = check_allowed

@@ -1,12 +1,18 @@
 """End to end in a real headless Chromium (Debian's, driven by playwright): upload a photo of
-a cat, ask, and watch the offline model's answer stream in. Saves a screenshot under
-`tests/artifacts/`. Needs `/usr/bin/chromium` (installed by `.ci/run`; on CI its absence
-fails the test instead of skipping it).
+a cat, ask, and watch the offline model's answer stream in; index a PDF and see cited sources;
+the layout a person sees at 1400×1000 and on a phone (390×844): chat and input on the first
+screen, a one-line status, readable tables, Stop/Cancel active only while something runs;
+and the shipped examples answered in the app's default state (demo corpus indexed).
+
+Screenshots go to `$MMCHAT_TEST_ARTIFACTS` or `tests/artifacts/` (ignored by git). Needs
+`/usr/bin/chromium` (installed by `.ci/run`; on CI its absence fails the test instead of
+skipping it). Real models, real server; nothing is mocked.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +22,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(os.environ.get("MMCHAT_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -51,7 +57,7 @@ def test_upload_cat_photo_and_watch_the_answer_stream(app_url, browser, tmp_path
     page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
     # The status line reports the offline stand-in plainly.
     page.wait_for_function(
-        "document.querySelector('#mmchat-status')?.innerText.includes('Offline stand-in')", timeout=60_000
+        "document.querySelector('#mmchat-status')?.innerText.includes('offline stand-in')", timeout=60_000
     )
 
     page.set_input_files("#mmchat-input input[type=file]", str(cat_path))
@@ -70,7 +76,7 @@ def test_upload_cat_photo_and_watch_the_answer_stream(app_url, browser, tmp_path
             if "tok/s" in text:  # the per-answer trace appears once the answer is complete
                 break
         time.sleep(0.03)
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
     assert seen, "no answer appeared"
     final = seen[-1]
@@ -102,7 +108,14 @@ def test_index_a_pdf_then_ask_and_see_the_cited_sources(app_url, browser):
         "document.querySelector('#mmchat-knowledge-documents')?.innerText.includes('llava-overview.pdf')",
         timeout=30_000,
     )
-    ARTIFACTS.mkdir(exist_ok=True)
+    # Indexed files leave the upload box (adding one more later sends only that one), and
+    # Cancel goes quiet again once indexing has ended.
+    page.wait_for_function(
+        "!document.querySelector('#mmchat-knowledge-files')?.innerText.includes('llava-overview.pdf')",
+        timeout=10_000,
+    )
+    page.wait_for_function("document.querySelector('#mmchat-knowledge-cancel')?.disabled", timeout=10_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-knowledge.png"), full_page=True)
 
     page.get_by_role("tab", name="Chat").click()
@@ -161,3 +174,168 @@ def test_clicking_a_citation_opens_its_source(browser):
         page.close()
     finally:
         demo.close()
+
+
+def test_a_refused_image_is_dropped_and_the_text_kept(app_url, browser, tmp_path):
+    """A file that is not an image is refused by name; the text comes back, the file does not."""
+    fake = tmp_path / "holiday.png"
+    fake.write_bytes(b"%PDF-1.4\n" + b"x" * 200)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
+    page.set_input_files("#mmchat-input input[type=file]", str(fake))
+    page.wait_for_selector("#mmchat-input img[src*='holiday.png']", timeout=30_000)  # its (broken) thumbnail
+    page.fill("#mmchat-input textarea", "Where was this taken?")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.body.innerText.includes('holiday.png:')", timeout=60_000)  # the warning
+    page.wait_for_function(
+        "document.querySelector('#mmchat-input textarea')?.value === 'Where was this taken?'", timeout=30_000
+    )
+    page.wait_for_selector("#mmchat-input img", state="detached", timeout=10_000)  # the refused file is gone
+    page.close()
+
+
+# ----- the default state: retrieval on, demo corpus indexed -------------------------------------
+
+@pytest.fixture(scope="module")
+def default_app_url(tmp_path_factory, launch_app, offline_backend, standin_encoder):
+    """The app as `python app.py` starts it: knowledge base on, the demo corpus indexed."""
+    return launch_app(tmp_path_factory.mktemp("browser-default"), offline_backend, standin_encoder,
+                      preset="offline", generation={"max_new_tokens": 48, "temperature": 0.0},
+                      knowledge={"seed_demo": True})
+
+
+def open_when_ready(browser, url: str, width: int, height: int):
+    """A page at this size once the status says the demo corpus is indexed and all is ready."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
+    page.wait_for_function(
+        "/\\b[1-9]\\d* docs · ready\\b/.test(document.querySelector('#mmchat-status summary')?.innerText || '')",
+        timeout=300_000,
+    )
+    return page
+
+
+def ask_example(page, question: str, answers_before: int) -> str:
+    """Click the shipped example with this question, send it, and return the finished answer."""
+    page.locator("#mmchat-examples button", has_text=question).first.click()
+    page.wait_for_function(
+        "q => document.querySelector('#mmchat-input textarea')?.value === q", arg=question, timeout=10_000
+    )
+    page.wait_for_selector("#mmchat-input img", timeout=10_000)  # the example's photo is attached
+    page.locator("#mmchat-input textarea").press("Enter")
+    # The answer is complete when its trace line (tok/s) shows; count only finished answers.
+    page.wait_for_function(
+        "n => document.querySelector('#mmchat-chatbot').innerText.split('tok/s').length - 1 > n",
+        arg=answers_before, timeout=180_000,
+    )
+    # ...and the event has ended: the textbox is unlocked and Stop is off again.
+    page.wait_for_function(
+        "!document.querySelector('#mmchat-input textarea').disabled && document.querySelector('#mmchat-stop').disabled",
+        timeout=30_000,
+    )
+    return page.locator("#mmchat-chatbot [data-testid='bot']").last.inner_text()
+
+
+def answer_body(answer: str) -> str:
+    """The answer's own words: without its sources footer, passages and trace line."""
+    return re.split(r"\n\s*(?:Sources:|first token|no tokens)", answer)[0]
+
+
+# For each visible table cell with text: the most lines any one of its words or runs of text
+# wraps onto (line boxes more than 6 px apart), its width, and whether it is the last cell of
+# its row (the excerpt column, which may wrap).
+CELL_LINES_JS = """sel => Array.from(document.querySelectorAll(sel)).filter(c => c.offsetParent !== null).map(c => {
+  let lines = 0;
+  const walker = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.textContent.trim() || !node.parentElement.offsetParent) continue;
+    const range = document.createRange(); range.selectNodeContents(node);
+    const tops = Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => r.top).sort((a, b) => a - b);
+    let n = tops.length ? 1 : 0;
+    for (let i = 1; i < tops.length; i++) if (tops[i] - tops[i - 1] > 6) n++;
+    lines = Math.max(lines, n);
+  }
+  return {text: c.innerText.trim().slice(0, 40), lines, width: c.getBoundingClientRect().width,
+          last: c === c.parentElement.lastElementChild};
+}).filter(c => c.text)"""
+
+
+def box(page, selector: str) -> dict:
+    """The element's box in page coordinates (independent of scrolling)."""
+    return page.evaluate(
+        "s => { const r = document.querySelector(s).getBoundingClientRect();"
+        " return {top: r.top + scrollY, bottom: r.bottom + scrollY, height: r.height, width: r.width}; }",
+        selector,
+    )
+
+
+@pytest.mark.parametrize("width,height", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_layout_first_screen_status_buttons_and_tables(default_app_url, browser, width, height):
+    page = open_when_ready(browser, default_app_url, width, height)
+    size = f"{width}x{height}"
+    # One compact status line; the full status opens on demand.
+    status = box(page, "#mmchat-status")
+    assert status["height"] <= 48, f"the status takes {status['height']:.0f} px; one line expected"
+    summary = page.locator("#mmchat-status summary").inner_text()
+    assert "offline" in summary and "cpu" in summary and "stand-in" in summary, summary
+    assert "Knowledge" not in page.locator("#mmchat-status").inner_text(), "full status shown without asking"
+    page.locator("#mmchat-status summary").click()
+    page.wait_for_function("document.querySelector('#mmchat-status').innerText.includes('documents ·')")
+    page.locator("#mmchat-status summary").click()
+    # Stop looks (and is) inactive while nothing runs.
+    assert page.locator("#mmchat-stop").is_disabled()
+
+    answer = ask_example(page, "What animal is this?", 0)
+    assert answer.strip()
+    page.wait_for_function(
+        "(b => b.disabled && b.classList.contains('secondary'))(document.querySelector('#mmchat-stop'))",
+        timeout=10_000,
+    )
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(500)  # let the buttons' colour transition end before the screenshot
+    # The chat and its input are on the first screen, before and after an answer.
+    chat, field = box(page, "#mmchat-chatbot"), box(page, "#mmchat-input")
+    assert field["bottom"] <= height, f"the input ends at {field['bottom']:.0f} px, below the {height} px screen"
+    assert chat["top"] < height / 3 and chat["height"] >= 240, chat
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"chat-{size}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"chat-{size}-full.png"), full_page=True)
+
+    page.get_by_role("tab", name="Knowledge").click()
+    page.wait_for_function(
+        "document.querySelector('#mmchat-knowledge-documents')?.innerText.includes('llava-overview.pdf')",
+        timeout=30_000,
+    )
+    # One knowledge status line on this tab (the page-wide status keeps its details closed).
+    visible = page.evaluate("document.body.innerText")
+    assert visible.count("chunks ·") == 1, visible
+    assert page.locator("#mmchat-knowledge-cancel").is_disabled()
+    page.locator("#mmchat-knowledge-query textarea").fill("What rank should a LoRA adapter use?")
+    page.click("#mmchat-knowledge-search")
+    page.wait_for_selector("#mmchat-knowledge-hits table td", timeout=60_000)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / f"knowledge-{size}.png"), full_page=True)
+    # Readable tables: no number, name or header wraps; the excerpt column keeps some width.
+    hits = page.evaluate(CELL_LINES_JS, "#mmchat-knowledge-hits th, #mmchat-knowledge-hits td")
+    assert len(hits) >= 6, hits
+    wrapped = [c for c in hits if not c["last"] and c["lines"] > 1]
+    assert not wrapped, f"search result cells wrap at {size}: {wrapped}"
+    narrow = [c for c in hits if c["last"] and c["text"] and c["width"] < 120]
+    assert not narrow, f"excerpt column too narrow at {size}: {narrow}"
+    documents = page.evaluate(CELL_LINES_JS, "#mmchat-knowledge-documents th, #mmchat-knowledge-documents td")
+    wrapped = [c for c in documents if c["lines"] > 1]
+    assert documents and not wrapped, f"document table cells wrap at {size}: {wrapped}"
+    page.close()
+
+
+def test_shipped_examples_answered_in_the_default_state(default_app_url, browser):
+    """Retrieval on, demo corpus indexed: the photo examples must still be answered from the
+    photo (the demo documents are about LoRA, RAG and LLaVA, not cats or coffee)."""
+    page = open_when_ready(browser, default_app_url, 1280, 900)
+    cat = ask_example(page, "What animal is this?", 0)
+    assert re.search(r"\b(cat|cats|kitten)\b", answer_body(cat), re.I), cat
+    coffee = ask_example(page, "What is in the cup?", 1)
+    assert re.search(r"\b(espresso|coffee)\b", answer_body(coffee), re.I), coffee
+    page.close()

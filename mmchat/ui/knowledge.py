@@ -3,9 +3,11 @@
 `build_knowledge_tab(runtime)` lays out the components and wires each event with an
 `api_name` (`/knowledge_add`, `/knowledge_cancel`, `/knowledge_documents`, `/knowledge_delete`,
 `/knowledge_reset`, `/knowledge_search`) so `gradio_client` can drive it. Indexing shows a
-progress bar and can be cancelled; a bad file is named in the result and the others are still
-indexed. The search box tries retrieval without the LLM. Imports no torch: the knowledge base
-lives in `Runtime`.
+progress bar (on the result line only) and can be cancelled (Cancel is active only while
+indexing runs); a bad file is named in the result and the others are still indexed; the upload
+box empties once its files are dealt with, so adding one more later sends only that one. The
+search box tries retrieval without the LLM. Imports no torch: the knowledge base lives in
+`Runtime`.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             )
             with gr.Row():
                 add_btn = gr.Button("Index", variant="primary", elem_id="mmchat-knowledge-index")
-                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="mmchat-knowledge-cancel")
+                # Cancel looks active only while indexing runs (switched by the events below).
+                cancel_btn = gr.Button("Cancel", variant="secondary", interactive=False,
+                                       elem_id="mmchat-knowledge-cancel")
             result = gr.Markdown(elem_id="mmchat-knowledge-result")
-            table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=True,
-                                 elem_id="mmchat-knowledge-documents")
+            # No wrapping: each column as wide as its content, the table scrolls sideways on a phone.
+            table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=False,
+                                 pinned_columns=1, max_height=360, elem_id="mmchat-knowledge-documents")
             with gr.Row():
                 delete_choice = gr.Dropdown(label="Document", choices=[], scale=3)
                 delete_btn = gr.Button("Delete", scale=1, elem_id="mmchat-knowledge-delete")
@@ -64,11 +69,12 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             query = gr.Textbox(label="Try retrieval (no LLM)", placeholder="Ask something your documents answer…",
                                elem_id="mmchat-knowledge-query")
             with gr.Row():
-                top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label="Top k")
-                search_docs = gr.Dropdown(label="Only these documents", choices=[], multiselect=True)
+                top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label="Top k", min_width=200)
+                search_docs = gr.Dropdown(label="Only these documents", choices=[], multiselect=True, min_width=200)
             search_btn = gr.Button("Search", elem_id="mmchat-knowledge-search")
-            hits = gr.Markdown(elem_id="mmchat-knowledge-hits")
-            gallery = gr.Gallery(label="Images", columns=3, height=220, elem_id="mmchat-knowledge-gallery")
+            hits = gr.Markdown(elem_id="mmchat-knowledge-hits", elem_classes="mmchat-hits")
+            gallery = gr.Gallery(label="Images", columns=3, height=220, object_fit="contain",
+                                 elem_id="mmchat-knowledge-gallery")
 
     def listing():
         choices = document_choices(runtime)
@@ -85,18 +91,20 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             knowledge = runtime.wait_knowledge(timeout=120)
         except UserFacingError as err:
             gr.Warning(str(err))
-            return (str(err), *listing())
+            return (str(err), *listing(), gr.update())
         paths = [_path(u) for u in uploads or [] if _path(u)]
         if not paths:
             gr.Warning("choose one or more files to index first")
-            return ("*Nothing to index.*", *listing())
+            return ("*Nothing to index.*", *listing(), gr.update())
         cancel = cancels.setdefault(request.session_hash or "", threading.Event())
         cancel.clear()
         progress(0.0, desc="starting")
         report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=m), cancel=cancel)
         for name, message in report.failed:
             gr.Warning(message if message.startswith(name) else f"{name}: {message}")
-        return (report.summary(), *listing())
+        # Every file was dealt with (indexed, already there or refused and named): empty the
+        # upload box so adding one more later does not send these again. Kept after a cancel.
+        return (report.summary(), *listing(), gr.update() if report.cancelled else None)
 
     def cancel_ingest(request: gr.Request) -> None:
         event = cancels.get(request.session_hash or "")
@@ -140,13 +148,23 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
         return retrieval_markdown(found.to_trace(), numbered_only=False), images
 
     listing_outputs = [table, delete_choice, search_docs, status]
-    add_event = add_btn.click(add, [files], [result, *listing_outputs], api_name="knowledge_add",
-                              concurrency_limit=2, concurrency_id="ingest")
+    # Progress shows on the component that is working, nowhere else.
+    on_result = {"show_progress_on": [result]}
+    on_hits = {"show_progress_on": [hits]}
+    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+    # Cancel is switched on before indexing starts and off when it ends (chained: see chat.py).
+    add_event = add_btn.click(lambda: gr.Button(interactive=True, variant="stop"), None, cancel_btn, **quiet).then(
+        add, [files], [result, *listing_outputs, files], api_name="knowledge_add",
+        concurrency_limit=2, concurrency_id="ingest", **on_result,
+    )
+    add_event.then(lambda: gr.Button(interactive=False, variant="secondary"), None, cancel_btn, **quiet)
     cancel_btn.click(cancel_ingest, None, None, api_name="knowledge_cancel", queue=False)
-    delete_event = delete_btn.click(delete, [delete_choice], [result, *listing_outputs], api_name="knowledge_delete")
-    reset_event = reset_btn.click(reset, [confirm], [result, *listing_outputs, confirm], api_name="knowledge_reset")
-    search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search")
-    query.submit(search, [query, top_k, search_docs], [hits, gallery])
+    delete_event = delete_btn.click(delete, [delete_choice], [result, *listing_outputs], api_name="knowledge_delete",
+                                    **on_result)
+    reset_event = reset_btn.click(reset, [confirm], [result, *listing_outputs, confirm], api_name="knowledge_reset",
+                                  **on_result)
+    search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search", **on_hits)
+    query.submit(search, [query, top_k, search_docs], [hits, gallery], **on_hits)
     return {
         "refresh": listing,
         "listing_outputs": listing_outputs,

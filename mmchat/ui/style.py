@@ -29,6 +29,7 @@ APP_CSS = """
 .mmchat-hits .prose, .mmchat-hits .md { overflow-x: auto; }
 @media (max-width: 640px) {
   .mmchat-hits table, .mmchat-hits tbody, .mmchat-hits tr { display: block; width: 100%; }
+  .mmchat-hits table { border: none !important; }
   .mmchat-hits thead { display: none; }
   .mmchat-hits tr { border-top: 1px solid var(--border-color-primary); padding: 4px 0; }
   .mmchat-hits td { display: inline-block; border: none !important; padding: 2px 6px 2px 0 !important; }

@@ -76,11 +76,13 @@ class IngestCancelled(Exception):
 # 100 characters into one [UNK]: a 1.9 M-character line without spaces counted as one token and
 # became one chunk. So a text counts as at least len/MAX_CHARS_PER_TOKEN tokens (prose runs at
 # 4-5 characters per token, so real text is unaffected), and runs of more than LONG_RUN
-# non-space characters get a space every LONG_RUN characters before splitting (the splitter's
-# last resort, one split per character, would tokenize each of 1.9 M characters separately).
+# characters with neither space nor punctuation the splitter breaks at get a space every
+# LONG_RUN characters before splitting (the splitter's last resort, one split per character,
+# would tokenize each of 1.9 M characters separately). Chinese prose, which has no spaces but
+# has punctuation, is left as it is.
 MAX_CHARS_PER_TOKEN = 8
 LONG_RUN = 200
-_LONG_RUN_RE = re.compile(r"\S{%d,}" % (LONG_RUN + 1))
+_LONG_RUN_RE = re.compile(r"[^\s,.;，。；？！、]{%d,}" % (LONG_RUN + 1))
 
 
 def _char_floor(tokenize: Callable[[str], list]) -> Callable[[str], list]:
@@ -93,7 +95,7 @@ def _char_floor(tokenize: Callable[[str], list]) -> Callable[[str], list]:
 
 
 def _break_long_runs(text: str) -> str:
-    """`text` with a space every LONG_RUN characters inside longer runs of non-space."""
+    """`text` with a space every LONG_RUN characters inside longer unbreakable runs."""
     return _LONG_RUN_RE.sub(
         lambda m: " ".join(m[0][i : i + LONG_RUN] for i in range(0, len(m[0]), LONG_RUN)), text
     )

@@ -211,7 +211,7 @@ def open_when_ready(browser, url: str, width: int, height: int):
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
     page.wait_for_function(
-        "/\\b[1-9]\\d* docs · ready\\b/.test(document.querySelector('#mmchat-status summary')?.innerText || '')",
+        "/\\b[1-9]\\d* docs? · ready\\b/.test(document.querySelector('#mmchat-status summary')?.innerText || '')",
         timeout=300_000,
     )
     return page

@@ -22,6 +22,8 @@ APP_CSS = """
 #mmchat-status details[open] > summary { margin-bottom: 0.4em; }
 .mmchat-actions { gap: 6px !important; flex-wrap: wrap; }
 .mmchat-actions > * { flex: 1 1 72px !important; min-width: 64px !important; }
+/* Stop and Cancel switch colour at once when a run starts or ends (no fade). */
+#mmchat-stop, #mmchat-knowledge-cancel { transition: none !important; }
 /* Retrieval tables: number columns stay on one line, the excerpt takes the rest. */
 .mmchat-hits table { width: 100%; table-layout: auto; }
 .mmchat-hits th, .mmchat-hits td { white-space: nowrap; padding: 4px 6px !important; vertical-align: top; }
@@ -53,7 +55,8 @@ def status_line(runtime: Any) -> str:
     if not runtime.config.knowledge.enabled:
         parts.append("knowledge off")
     elif runtime.knowledge is not None:
-        parts.append(f"{runtime.knowledge.counts()['documents']} docs")
+        count = runtime.knowledge.counts()["documents"]
+        parts.append(f"{count} doc{'' if count == 1 else 's'}")
         if not runtime.knowledge_settled():
             ready = "indexing…"
     elif runtime.knowledge_error is not None:

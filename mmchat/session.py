@@ -36,7 +36,9 @@ from mmchat.attachments import Attachment, ingest_image, ingest_upload, load_att
 from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
+from mmchat.knowledge.lexical import tokenize
 from mmchat.knowledge.passages import best_passage
+from mmchat.knowledge.retrieval import DOCUMENT_REFERENCE
 from mmchat.prompt import Source, Turn, fit_to_context, replace_last_user_text, with_context
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,6 @@ EXPORT_IMAGES = "images"
 MAX_IMPORT_BYTES = 200 * 1024 * 1024
 # Shown under an answer: the sentences of each source that best match the question.
 EVIDENCE_CHARS = 320
-# Words by which a question about an attached photo asks for the documents too.
-DOCUMENT_POINTERS = re.compile(
-    r"\b(documents?|docs?|pdfs?|files?|papers?|sources?|knowledge|according|guides?|manuals?|articles?|"
-    r"notes?|uploaded|retrieved|corpus)\b|文档|资料|文件|知识库|根据|论文|文章|指南",
-    re.IGNORECASE,
-)
 
 
 @dataclass
@@ -90,6 +86,24 @@ class ChatMessage:
 
     def to_turn(self) -> Turn:
         return Turn(self.role, self.text, tuple(self.image_ids))
+
+
+RELEVANCE_REMARKS = ("no source relevant enough", "the question points at a picture")
+# Words that refer to the attached photo itself: they do not make a question about documents.
+PHOTO_WORDS = frozenset(
+    "picture pictures image images photo photos photograph pic shown show see look looks here "
+    "animal animals thing things object objects color colour kind type cup".split()
+)
+
+
+def question_terms(text: str) -> set[str]:
+    """The question's own terms: no stop words, no words about the photo, CJK only as bigrams."""
+    terms = set()
+    for term in tokenize(text):
+        if term in PHOTO_WORDS or ("\u3400" <= term[0] <= "\ud7af" and len(term) < 2):
+            continue
+        terms.add(term)
+    return terms
 
 
 def _relevance(hit: Any) -> float:
@@ -252,9 +266,17 @@ class ChatSession:
             return {"query": question.text, "hits": [], "images": [], "timings_ms": {},
                     "notes": [f"Retrieval failed ({err.__class__.__name__}: {err}); this answer "
                               "does not use the knowledge base."]}
+        # What the retriever says about relevance goes to the sources panel, not into the chat
+        # as a note: nothing went wrong.
+        info = [n for n in result.notes if n.startswith(RELEVANCE_REMARKS)]
+        result.notes = [n for n in result.notes if n not in info]
         if question.image_ids and result.hits and result.mode != "whole document":
-            self._gate_image_question(question.text, result)
+            left_out = self._gate_image_question(question.text, result)
+            if left_out:
+                info.append(left_out)
         trace = result.to_trace()
+        # Shown in the sources panel, not as notes in the chat: nothing went wrong.
+        trace["info"] = trace.get("info", []) + info
         policy = self.backend.info.answer
         for hit in trace["hits"]:
             hit["evidence"] = best_passage(question.text, hit["text"], EVIDENCE_CHARS)
@@ -269,24 +291,33 @@ class ChatSession:
                     log.warning("retrieved image %s not usable: %s", hit.file_name, err)
         return trace
 
-    def _gate_image_question(self, text: str, result: Any) -> None:
+    def _gate_image_question(self, text: str, result: Any) -> str | None:
         """A question about the attached photo uses documents only when asked to or on a strong match.
 
-        "What animal is this?" next to a cat photo shares words with any document about images;
-        its sources would only distract the model from the photo.
+        "What animal is this?" next to a cat photo shares a word with any document about
+        images, and its sources would only distract the model from the photo. A strong match
+        names at least two of the question's own terms (not words about the photo itself) that
+        one source contains, with a relevance of at least `image_question_min_relevance`.
+        Returns why the documents were left out (for the sources panel), or None.
         """
-        if DOCUMENT_POINTERS.search(text) or any(
+        if DOCUMENT_REFERENCE.search(text) or any(
             h.file_name and Path(h.file_name).stem.lower() in text.lower() for h in result.hits
         ):
-            return
+            return None
         strong = float(getattr(self.knowledge.config, "image_question_min_relevance", 0.6))
-        best = max((_relevance(h) for h in result.hits), default=0.0)
-        if best >= strong:
-            return
+        terms = question_terms(text)
+        best_relevance, best_shared = 0.0, 0
+        for hit in result.hits:
+            shared = len(terms & set(tokenize(hit.text)))
+            best_relevance = max(best_relevance, _relevance(hit))
+            if shared >= 2 and _relevance(hit) >= strong:
+                return None
+            best_shared = max(best_shared, shared)
         result.hits = []
-        result.notes.append(
-            f"The question is about the attached image, so documents were not used (best match "
-            f"{best:.2f}, below {strong:.2f}); mention the documents to use them."
+        return (
+            f"The question is about the attached image, so documents were not used (best match: "
+            f"relevance {best_relevance:.2f}, {best_shared} shared term(s); needs 2 terms and {strong:.2f}). "
+            "Mention the documents to use them."
         )
 
     def _fit(self, turns: list[Turn], retrieval: dict[str, Any] | None, count_tokens: Any, params: GenerationParams):
@@ -580,10 +611,11 @@ def _sanitized_trace(trace: Any, where: str, image_ids: set[str]) -> dict[str, A
     timings = trace.get("timings_ms", {})
     top["timings_ms"] = _check_scalars(timings, {k: ((int, float), False) for k in timings} if isinstance(timings, dict) else {},
                                        f"{where}.timings_ms")
-    notes = trace.get("notes", [])
-    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
-        raise InvalidUpload(f"{where}.notes must be a list of strings")
-    top["notes"] = list(notes)
+    for key in ("notes", "info"):  # info: what the sources panel says about relevance
+        lines = trace.get(key, [])
+        if not isinstance(lines, list) or not all(isinstance(n, str) for n in lines):
+            raise InvalidUpload(f"{where}.{key} must be a list of strings")
+        top[key] = list(lines)
     if "context_images" in trace:
         context = trace["context_images"]
         if not isinstance(context, list) or not all(isinstance(i, str) for i in context):

@@ -59,6 +59,13 @@ ATTACHMENT_REFERENCE = re.compile(
     r"|这张图片?|这幅图|这张照片|这个图片?|图片?[中里上]|照片[中里上]",
     re.IGNORECASE,
 )
+# Words by which a question asks for the documents ("according to the guide", "根据文档"): the
+# picture it may also point at then does not count against the documents.
+DOCUMENT_REFERENCE = re.compile(
+    r"\b(documents?|docs?|pdfs?|files?|papers?|sources?|knowledge|according|guides?|manuals?|articles?|"
+    r"notes?|uploaded|retrieved|corpus)\b|文档|资料|文件|知识库|根据|论文|文章|指南",
+    re.IGNORECASE,
+)
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _SPACE = re.compile(r"\s+")
 
@@ -346,7 +353,7 @@ class HybridRetriever:
             self.refresh_lexical()  # a no-op once built
             found = self.lexical.query(query, n, doc_ids, exclude, score_ids=list(hits))
             weights = dict(found.weights)
-            if ATTACHMENT_REFERENCE.search(query):
+            if ATTACHMENT_REFERENCE.search(query) and not DOCUMENT_REFERENCE.search(query):
                 # The picture the question points at is in no chunk: one unmatched term at the
                 # largest IDF this corpus allows.
                 weights["\x00attachment"] = idf(0, found.chunks)

@@ -65,7 +65,7 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             with gr.Row():
                 confirm = gr.Checkbox(label="Yes, remove every document", value=False)
                 reset_btn = gr.Button("Reset knowledge base", variant="stop", size="sm")
-        with gr.Column(scale=2):
+        with gr.Column(scale=3):  # as wide as the documents side: the excerpts need the room
             query = gr.Textbox(label="Try retrieval (no LLM)", placeholder="Ask something your documents answer…",
                                elem_id="mmchat-knowledge-query")
             with gr.Row():

@@ -146,7 +146,11 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
             with gr.Accordion("Knowledge (RAG)", open=knowledge_on, visible=knowledge_on):
                 use_knowledge = gr.Checkbox(label="Answer from the knowledge base", value=knowledge_on,
                                             elem_id="mmchat-use-knowledge")
-                rag_top_k = gr.Slider(1, 12, value=runtime.config.knowledge.top_k, step=1, label="Sources per answer")
+                rag_top_k = gr.Slider(
+                    1, 12, value=runtime.config.knowledge.top_k, step=1, label="Sources per answer",
+                    info=f"at most; small models get fewer (offline preset: {PRESETS['offline'].answer.max_sources}, "
+                         "trimmed to their best sentences)",
+                )
                 rag_docs = gr.Dropdown(label="Only these documents (empty: all)", choices=[], multiselect=True,
                                        elem_id="mmchat-rag-docs")
                 whole_document = gr.Checkbox(label="Use the whole document (short documents chosen above)", value=False)

@@ -349,6 +349,16 @@ def test_a_long_line_without_spaces_is_split_into_bounded_chunks(make_knowledge)
     assert LONG_RUN < bound
 
 
+def test_only_unbreakable_runs_get_spaces():
+    from mmchat.knowledge.base import _break_long_runs
+
+    chinese = "知识库支持中文文档，检索很快。" * 200  # no spaces, but punctuation to split at
+    prose = "Ordinary words, sentences; and a https://example.com/" + "p" * 150 + " link. " * 50
+    for text in (chinese, prose):
+        assert _break_long_runs(text) == text
+    assert _break_long_runs("x" * 450) == "x" * 200 + " " + "x" * 200 + " " + "x" * 50
+
+
 def test_chunk_count_and_parse_time_are_limited_by_config(make_knowledge):
     kb = make_knowledge(seed_demo=False, max_chunks=5, chunk_size=64, chunk_overlap=0)
     text = " ".join(f"Sentence number {i} says something." for i in range(400)).encode()

@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     try:
         for name in args.sets:
             folder = SETS[name]
-            kb = open_kb(tmp / name, embedder, min_relevance=0.0) if _has_floor() else open_kb(tmp / name, embedder)
+            kb = open_kb(tmp / name, embedder, min_relevance=0.0)
             ingest(kb, sorted(p for p in (folder / "docs").iterdir() if p.is_file()))
             questions = load_questions(folder)
             result = evaluate(kb, questions, args.top_k)
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
             results[name] = result
             print(markdown_table(f"{name}: {folder.relative_to(ROOT)} ({result['chunks']} chunks, "
                                  f"{len(questions)} questions)", result, args.top_k) + "\n", flush=True)
-            if name == "eval" and not args.no_calibration and _has_floor():
+            if name == "eval" and not args.no_calibration:
                 results["calibration"] = run_calibration(tmp, embedder, kb, questions, folder, args.top_k)
     finally:
         from chromadb.api.client import SharedSystemClient
@@ -239,16 +239,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _has_floor() -> bool:
-    from mmchat.config import KnowledgeConfig
-
-    return hasattr(KnowledgeConfig, "min_relevance") or "min_relevance" in KnowledgeConfig.__dataclass_fields__
-
-
 def run_calibration(tmp: Path, embedder: Any, kb: Any, questions: list[dict[str, Any]], folder: Path,
                     k: int) -> dict[str, Any]:
-    from mmchat.config import KnowledgeConfig
-    from mmchat.config import EncoderConfig
+    from mmchat.config import EncoderConfig, KnowledgeConfig
     from mmchat.vision import load_image_encoder
 
     encoder = load_image_encoder(EncoderConfig(kind="standin"),

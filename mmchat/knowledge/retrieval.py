@@ -237,17 +237,18 @@ class EmbedderProfile:
                    cjk_trust=float(np.clip(gap / (related - unrelated), 0.0, 1.0)))
 
 
-_PROFILES: dict[int, EmbedderProfile] = {}
+_PROFILES: dict[int, tuple[Any, EmbedderProfile]] = {}
 _PROFILES_LOCK = threading.Lock()
 
 
 def profile_of(embedder: Any) -> EmbedderProfile:
-    """The embedder's profile, measured on first use and kept for the process."""
+    """The embedder's profile, measured on first use and kept for the process (with a
+    reference to the embedder, so its id cannot be reused by another one)."""
     key = id(embedder)
     with _PROFILES_LOCK:
         if key not in _PROFILES:
-            _PROFILES[key] = EmbedderProfile.measure(embedder)
-        return _PROFILES[key]
+            _PROFILES[key] = (embedder, EmbedderProfile.measure(embedder))
+        return _PROFILES[key][1]
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -278,7 +278,10 @@ class KnowledgeConfig:
         "reading one knowledge upload (parse + split into chunks) may take this long before it "
         "is refused; checked between steps, so structure limits below bound each step", 60.0
     )
-    max_html_depth: int = _help("deepest element nesting an HTML upload may have", 256)
+    max_html_depth: int = _help(
+        "deepest element nesting an HTML upload may have (html.parser nests unclosed <p>/<li>, "
+        "so old hand-written pages run deep; the text walk is linear at any depth)", 2000
+    )
     max_sections: int = _help("most Markdown sections (headers) one upload may have", 5000)
     max_chunks: int = _help("most chunks one document may be split into", 10000)
     max_docx_xml_mb: int = _help(

@@ -191,7 +191,7 @@ def test_100000_nested_divs_are_refused_in_well_under_a_second(tmp_path):
     with bounded(seconds=2.0, megabytes=60):
         message = refused_file(html.encode(), "nested.html", tmp_path / "store")
     assert message == (
-        "nested.html: the HTML nests elements more than 256 deep; the limit is 256 levels; "
+        "nested.html: the HTML nests elements more than 2,000 deep; the limit is 2,000 levels; "
         "simplify the page or upload it as plain text."
     )
 
@@ -206,6 +206,10 @@ def test_html_within_the_depth_limit_and_a_wide_page_read_in_linear_time(tmp_pat
         loaded = load_file(wide.encode(), store_dir=tmp_path / "b", original_name="wide.html")
     lines = loaded.documents[0].text.split("\n")
     assert lines[:2] == ["line 0", "line 1"] and lines[-1] == "line 19999" and len(lines) == 20_000
+    # old hand-written HTML: html.parser nests every unclosed <p>, 500 levels deep here
+    old = "<body>" + "".join(f"<p>paragraph {i}\n" for i in range(500)) + "</body>"
+    loaded = load_file(old.encode(), store_dir=tmp_path / "d", original_name="old.html")
+    assert loaded.documents[0].text.split("\n") == [f"paragraph {i}" for i in range(500)]
     # the depth limit is a setting
     message = refused_file(deep.encode(), "deep.html", tmp_path / "c", KnowledgeLimits(max_html_depth=100))
     assert "nests elements more than 100 deep; the limit is 100 levels" in message
@@ -443,7 +447,7 @@ def test_the_app_refuses_the_bad_inputs_and_keeps_serving(tmp_path, launch_app, 
     assert time.perf_counter() - started < 60
     assert "indexed 1 file(s)" in result, result
     for needle in ("refused strip.png", "aspect ratio of 16,000:1", "refused nested.html",
-                   "the limit is 256 levels", "refused headers.md", "more than 5,000 sections",
+                   "the limit is 2,000 levels", "refused headers.md", "more than 5,000 sections",
                    "refused japanese.txt", "accepted encodings"):
         assert needle in result, (needle, result)
     # the strip in a chat message is refused, and the chat still answers afterwards

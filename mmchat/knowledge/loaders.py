@@ -147,7 +147,7 @@ class KnowledgeLimits:
     max_pixels: int = 40_000_000  # images
     max_aspect_ratio: float = 20.0  # images: longest side / shortest side
     max_parse_seconds: float = 60.0  # reading one file (checked between steps)
-    max_html_depth: int = 256  # HTML element nesting
+    max_html_depth: int = 2000  # HTML element nesting (unclosed <p>/<li> nest in html.parser)
     max_sections: int = 5000  # Markdown headers
     max_docx_xml_bytes: int = 32 * 1024 * 1024  # DOCX: word/*.xml, as the ZIP declares them
     max_chunks: int = 10_000  # chunks per document (enforced by the knowledge base's splitter)

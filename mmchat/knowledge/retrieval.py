@@ -66,8 +66,9 @@ DOCUMENT_REFERENCE = re.compile(
     r"notes?|uploaded|retrieved|corpus)\b|文档|资料|文件|知识库|根据|论文|文章|指南",
     re.IGNORECASE,
 )
-_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 _SPACE = re.compile(r"\s+")
+_LETTERS = re.compile(r"[^\W_]+")
 
 
 @dataclass
@@ -159,8 +160,8 @@ def apply_relevance_floor(result: RetrievalResult, floor: float) -> RetrievalRes
 
 def cjk_share(text: str) -> float:
     """The share of a text's letters and digits that are CJK characters (0..1)."""
-    letters = sum(1 for c in text if c.isalnum())
-    return len(_CJK_CHAR.findall(text)) / letters if letters else 0.0
+    letters = sum(map(len, _LETTERS.findall(text)))
+    return sum(map(len, _CJK_RUN.findall(text))) / letters if letters else 0.0
 
 
 def shingles(text: str, size: int = SHINGLE) -> set[str]:
@@ -279,6 +280,7 @@ class HybridRetriever:
         self.lexical = lexical or LexicalIndex()
         self._rebuild_lock = threading.Lock()
         self._lexical_built = False
+        self._cjk_cache: dict[str, float] = {}
         # No global Settings: the embed model is given here, and no LLM is ever asked for.
         self.text_index = VectorStoreIndex.from_vector_store(store.text, embed_model=text_embedder)
         self.image_index = (
@@ -398,6 +400,13 @@ class HybridRetriever:
         for row_id, cosine in zip(got["ids"], cosines):
             hits[row_id].dense = float(cosine)
 
+    def _cjk_of(self, row_id: str, text: str) -> float:
+        """A chunk's CJK share, remembered by id (ids are content hashes: the text never changes)."""
+        share = self._cjk_cache.get(row_id)
+        if share is None:
+            share = self._cjk_cache[row_id] = cjk_share(text)
+        return share
+
     def _fuse(
         self, query: str, hits: dict[str, Hit], profile: "EmbedderProfile", weights: dict[str, float],
         top_k: int, dense: bool, lexical: bool,
@@ -410,7 +419,10 @@ class HybridRetriever:
         bm25 = np.array([hits[i].lexical or 0.0 for i in ids])
         if dense:
             evidence = profile.calibrate(cosine)
-            trust = profile.trust(cjk_share(query), np.array([cjk_share(hits[i].text) for i in ids]))
+            if profile.cjk_trust >= 1.0:  # reads CJK as well as anything else: no need to look
+                trust = np.ones(len(ids))
+            else:
+                trust = profile.trust(cjk_share(query), np.array([self._cjk_of(i, hits[i].text) for i in ids]))
         else:
             evidence = trust = np.zeros(len(ids))
         top = float(bm25.max())

@@ -172,7 +172,7 @@ def retrieval_markdown(retrieval: dict[str, Any] | None, numbered_only: bool = T
     hits = retrieval.get("hits", [])
     used = retrieval.get("used", len(hits)) if numbered_only else len(hits)
     lines = [f"**Query** {_excerpt(retrieval.get('query', ''), 120)} · mode {retrieval.get('mode', 'hybrid')}"]
-    for note in retrieval.get("notes", []):
+    for note in [*retrieval.get("notes", []), *retrieval.get("info", [])]:
         lines.append(f"> {note}")
     if not hits:
         lines.append("*Nothing relevant was found.*")

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from mmchat.attachments import safe_display_name
+from mmchat.config import PRESETS
 from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.runtime import Runtime
 from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown

@@ -87,7 +87,8 @@ def _names(kb) -> list[str]:
 
 
 def _top(kb, query: str, k: int = 3) -> list[str]:
-    return [h.file_name for h in kb.search(query, top_k=k, image_top_k=0).hits]
+    """The ranking itself (no relevance floor: these tests are about what the store holds)."""
+    return [h.file_name for h in kb.search(query, top_k=k, image_top_k=0, min_relevance=0).hits]
 
 
 def _assert_consistent(kb) -> None:

@@ -140,7 +140,16 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             knowledge = runtime.wait_knowledge(timeout=0)
             if not (text or "").strip():
                 raise UserFacingError("type a question to search for")
-            found = knowledge.search(text.strip(), top_k=int(k), doc_ids=doc_ids or None)
+            # The whole ranking, marked against the floor: this box shows how retrieval sees a
+            # question, a chat answer then uses only the hits at or above the floor.
+            found = knowledge.search(text.strip(), top_k=int(k), doc_ids=doc_ids or None, min_relevance=0)
+            floor = knowledge.config.min_relevance
+            below = [n for n, h in enumerate(found.hits, start=1) if h.relevance is not None and h.relevance < floor]
+            if below:
+                found.notes.append(
+                    f"Below the relevance floor {floor:.2f}, so a chat answer would not use them: "
+                    + ", ".join(f"[{n}]" for n in below)
+                )
         except UserFacingError as err:
             gr.Warning(str(err))
             return str(err), []

@@ -165,6 +165,14 @@ def _excerpt(text: str, limit: int = 280) -> str:
     return flat.replace("|", "\\|")
 
 
+def _score_cell(hit: dict[str, Any]) -> str:
+    """The fused score, and the calibrated relevance the floor is compared with."""
+    cell = f"{hit.get('score', 0):.3f}"
+    if hit.get("relevance") is not None:
+        cell += f" · rel {hit['relevance']:.2f}"
+    return cell
+
+
 def retrieval_markdown(retrieval: dict[str, Any] | None, numbered_only: bool = True) -> str:
     """Each retrieved chunk: number, file, page, fused score, dense and BM25 ranks, excerpt."""
     if not retrieval:
@@ -182,7 +190,7 @@ def retrieval_markdown(retrieval: dict[str, Any] | None, numbered_only: bool = T
             number = f"[{n}]" if n <= used else "–"
             dense = f"{hit['dense']:.2f} (#{hit['dense_rank']})" if hit.get("dense") is not None else "–"
             lexical = f"{hit['lexical']:.1f} (#{hit['lexical_rank']})" if hit.get("lexical") is not None else "–"
-            lines[-1] += f"\n| {number} | {source_label(hit)} | {hit.get('score', 0):.4f} | {dense} | {lexical} | {_excerpt(hit.get('text', ''))} |"
+            lines[-1] += f"\n| {number} | {source_label(hit)} | {_score_cell(hit)} | {dense} | {lexical} | {_excerpt(hit.get('text', ''))} |"
     images = retrieval.get("images", [])
     if images:
         lines.append("**Images** " + " · ".join(f"{h['file_name']} ({h['score']:.2f})" for h in images))

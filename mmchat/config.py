@@ -272,6 +272,10 @@ class KnowledgeConfig:
         "cosine below which an indexed image does not count as a match for a chat photo "
         "(image to image); 0 picks a value for the encoder", 0.0
     )
+    image_question_min_relevance: float = _help(
+        "relevance a source needs (with two of the question's own terms) to be used for a question "
+        "about an attached photo that does not mention the documents", 0.6
+    )
     whole_document_max_chars: int = _help("longest document the 'whole document' option sends", 12000)
     max_file_mb: int = _help("largest accepted knowledge upload, MB", 50)
     max_parse_seconds: float = _help(
@@ -304,7 +308,7 @@ class KnowledgeConfig:
             raise ConfigError(f"top_k {self.top_k} is out of range; use 1..50")
         if not 0 <= self.image_top_k <= 20:
             raise ConfigError(f"image_top_k {self.image_top_k} is out of range; use 0..20")
-        for name in ("min_relevance", "image_match_min_score"):
+        for name in ("min_relevance", "image_match_min_score", "image_question_min_relevance"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} {getattr(self, name)} is out of range; use 0 (off/auto) up to below 1")
         if self.max_file_mb <= 0 or self.whole_document_max_chars <= 0:

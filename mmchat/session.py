@@ -304,7 +304,7 @@ class ChatSession:
             h.file_name and Path(h.file_name).stem.lower() in text.lower() for h in result.hits
         ):
             return None
-        strong = float(getattr(self.knowledge.config, "image_question_min_relevance", 0.6))
+        strong = self.knowledge.config.image_question_min_relevance
         terms = question_terms(text)
         best_relevance, best_shared = 0.0, 0
         for hit in result.hits:

@@ -130,3 +130,18 @@ def make_knowledge(tmp_path, standin_encoder, text_embedder):
         return KnowledgeBase(KnowledgeConfig(**values), encoder=standin_encoder, text_embedder=text_embedder)
 
     return make
+
+
+@pytest.fixture
+def spy(tiny_backend, monkeypatch):
+    """Record what the tiny backend is asked to prepare, `(messages, images)` per call (the
+    real prepare still runs)."""
+    calls = []
+    real = tiny_backend.prepare
+
+    def prepare(messages, images):
+        calls.append((messages, list(images)))
+        return real(messages, images)
+
+    monkeypatch.setattr(tiny_backend, "prepare", prepare)
+    return calls

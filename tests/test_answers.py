@@ -92,19 +92,6 @@ def small_model_backend(tiny_backend, monkeypatch):
     return tiny_backend
 
 
-@pytest.fixture
-def spy(tiny_backend, monkeypatch):
-    calls = []
-    real = tiny_backend.prepare
-
-    def prepare(messages, images):
-        calls.append((messages, list(images)))
-        return real(messages, images)
-
-    monkeypatch.setattr(tiny_backend, "prepare", prepare)
-    return calls
-
-
 def last_user_text(messages) -> str:
     user = [m for m in messages if m["role"] == "user"][-1]
     return " ".join(c["text"] for c in user["content"] if c["type"] == "text")
@@ -302,7 +289,9 @@ def test_a_photo_question_needs_two_of_its_own_terms_in_a_source_to_use_it(tiny_
 
     from mmchat.knowledge.retrieval import Hit
 
-    session = ChatSession(tiny_backend, None, tmp_path / "up", knowledge=SimpleNamespace(config=SimpleNamespace()))
+    from mmchat.config import KnowledgeConfig
+
+    session = ChatSession(tiny_backend, None, tmp_path / "up", knowledge=SimpleNamespace(config=KnowledgeConfig()))
     chunk = "The projector of LLaVA maps each image patch into the language model; a cat photo is an example."
 
     def gate(question: str, relevance: float):

@@ -22,20 +22,6 @@ GREEDY = GenerationParams(max_new_tokens=4, temperature=0.0)
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def spy(tiny_backend, monkeypatch):
-    """Record what the backend is asked to prepare (the real prepare still runs)."""
-    calls = []
-    real = tiny_backend.prepare
-
-    def prepare(messages, images):
-        calls.append((messages, list(images)))
-        return real(messages, images)
-
-    monkeypatch.setattr(tiny_backend, "prepare", prepare)
-    return calls
-
-
 def last_user_text(messages) -> str:
     user = [m for m in messages if m["role"] == "user"][-1]
     return " ".join(c["text"] for c in user["content"] if c["type"] == "text")

@@ -4,7 +4,9 @@ The server starts answering at once while weights load in a worker thread; handl
 `wait_ready()` and the status line reports progress or the load error. `new_session()` gives
 each browser its own `ChatSession` over the shared backend. The knowledge base (RAG) opens
 after the models, on the same worker, and indexes the demo corpus on first start; a knowledge
-base that fails to open is reported in the status while chat keeps working without it. This module imports no torch
+base that fails to open is reported in the status while chat keeps working without it; a
+question asked meanwhile waits for it briefly (`knowledge_for_answer`) and otherwise learns
+why it is not there, so the answer can say so. This module imports no torch
 at import time (loading happens inside the worker), so the UI can import it freely.
 """
 

@@ -275,8 +275,7 @@ class ChatSession:
             if left_out:
                 info.append(left_out)
         trace = result.to_trace()
-        # Shown in the sources panel, not as notes in the chat: nothing went wrong.
-        trace["info"] = trace.get("info", []) + info
+        trace["info"] = info
         policy = self.backend.info.answer
         for hit in trace["hits"]:
             hit["evidence"] = best_passage(question.text, hit["text"], EVIDENCE_CHARS)

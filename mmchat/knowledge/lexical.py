@@ -11,7 +11,10 @@ document as documents are acknowledged or deleted; it holds nothing the store do
 `LexicalIndex.query` returns the top chunks and, for any other chunks asked about (the dense
 retriever's candidates), their BM25 score and rank too, plus the query terms' IDF weights, so
 the fusion can score every candidate with both retrievers and `coverage` can say which share
-of the query's information a chunk contains. It does not embed or fuse.
+of the query's information a chunk contains. Each scored chunk's BM25 also comes split by the
+script of the query terms (`term_scripts`: words, CJK terms, and identifiers/numbers that any
+script writes the same), so the fusion can judge a Chinese chunk only on the terms it could
+contain. It does not embed or fuse.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import math
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -55,6 +58,32 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+SCRIPTS = ("latin", "cjk", "neutral")
+
+
+def term_scripts(query: str) -> dict[str, str]:
+    """Which script writes each of the query's terms: "cjk", "latin" (a word), or "neutral".
+
+    Neutral terms are the ones a text in any script would write the same way: identifiers
+    and numbers (a digit, or a capital after the first letter: `A800`, `vLLM`, `QLoRA`,
+    `ROUGE-L`, `BM25`) and their parts. A Chinese chunk can hold the neutral and CJK terms of
+    an English question, never its English words. Terms come from `tokenize`.
+    """
+    scripts: dict[str, str] = {}
+    for match in _TOKEN.finditer(query):
+        word = match.group()
+        if "\u3400" <= word[0] <= "\ud7af" or "\uf900" <= word[0] <= "\ufaff":
+            script = "cjk"
+        elif any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:]):
+            script = "neutral"
+        else:
+            script = "latin"
+        for term in tokenize(word):
+            if scripts.get(term) != "neutral":  # a term also written as an identifier is one
+                scripts[term] = script
+    return scripts
+
+
 @dataclass(frozen=True)
 class LexicalHit:
     id: str
@@ -66,12 +95,16 @@ class LexicalHit:
 class LexicalResult:
     """What one BM25 query found: the top `hits`, the score and rank of other chunks asked
     about (`scores`: id -> (score, rank or None when it scored 0)), and `weights`, the IDF of
-    each distinct query term (terms no chunk contains get the largest IDF the corpus allows)."""
+    each distinct query term (terms no chunk contains get the largest IDF the corpus allows).
+    `by_script`: for each of those chunks, its BM25 score split over the query terms' scripts
+    (`SCRIPTS` order; the parts add up to the score); `scripts`: `term_scripts` of the query."""
 
     hits: list[LexicalHit]
     scores: dict[str, tuple[float, int | None]]
     weights: dict[str, float]
     chunks: int = 0  # how many chunks the index held (the IDF of an unseen term is idf(0, chunks))
+    by_script: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    scripts: dict[str, str] = field(default_factory=dict)
 
 
 def idf(df: int, n: int) -> float:
@@ -79,18 +112,23 @@ def idf(df: int, n: int) -> float:
     return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
 
-def coverage(weights: dict[str, float], tokens: Iterable[str]) -> float:
+def coverage(weights: dict[str, float], tokens: Iterable[str], reach: dict[str, float] | None = None) -> float:
     """The IDF-weighted share of the query's terms that occur in `tokens` (0..1).
 
     Rare terms weigh more than common ones, and a query term no chunk contains still counts
     in the total, so a question about something the corpus does not mention scores low
-    everywhere. Comparable across queries and languages, unlike a raw BM25 score.
+    everywhere. Comparable across queries and languages, unlike a raw BM25 score. `reach`
+    (term -> 0..1, missing = 1) scales each term by how far the chunk could contain it at
+    all (its script: see `term_scripts`), so a Chinese chunk is measured against the terms
+    a Chinese text can hold.
     """
-    total = sum(weights.values())
+    reach = reach or {}
+    scaled = {term: w * reach.get(term, 1.0) for term, w in weights.items()}
+    total = sum(scaled.values())
     if total <= 0:
         return 0.0
     present = set(tokens)
-    return sum(w for term, w in weights.items() if term in present) / total
+    return sum(w for term, w in scaled.items() if term in present) / total
 
 
 @dataclass(frozen=True)
@@ -189,13 +227,18 @@ class LexicalIndex:
         }
         terms = [t for t in distinct if t in vocab]
         if not terms or k <= 0 and not score_ids:
-            return LexicalResult([], {}, weights, n)
-        scores = retriever.get_scores(terms)
+            return LexicalResult([], {}, weights, n, {}, term_scripts(query))
+        scripts = term_scripts(query)
+        groups = [[t for t in terms if scripts.get(t, "neutral") == script] for script in SCRIPTS]
+        parts = [retriever.get_scores(group) if group else None for group in groups]
+        scores = sum(part for part in parts if part is not None)
+        keep = np.ones(n, dtype=bool)
         if doc_ids is not None:
-            scores = np.where(np.isin(owners, list(doc_ids)), scores, 0.0)
+            keep &= np.isin(owners, list(doc_ids))
         exclude = list(exclude)
         if exclude:
-            scores = np.where(np.isin(owners, exclude), 0.0, scores)
+            keep &= ~np.isin(owners, exclude)
+        scores = np.where(keep, scores, 0.0)
         hits: list[LexicalHit] = []
         k = min(max(k, 0), int(np.count_nonzero(scores)))
         if k > 0:
@@ -210,4 +253,9 @@ class LexicalIndex:
             elif row_id in positions:
                 score = float(scores[positions[row_id]])
                 others[row_id] = (score, int(np.count_nonzero(scores > score)) + 1 if score > 0 else None)
-        return LexicalResult(hits, others, weights, n)
+        by_script: dict[str, tuple[float, float, float]] = {}
+        for row_id in list(ranked) + list(others):
+            at = positions.get(row_id)
+            if at is not None and keep[at]:
+                by_script[row_id] = tuple(float(p[at]) if p is not None else 0.0 for p in parts)
+        return LexicalResult(hits, others, weights, n, by_script, scripts)

@@ -7,7 +7,12 @@ chunk, and the dense cosine of a BM25-only candidate comes from its stored embed
 
 - dense evidence `D` = the cosine mapped onto the embedder's own scale (`EmbedderProfile`:
   0 at its typical unrelated-pair cosine, 1 at its typical paraphrase cosine, clipped);
-- lexical evidence `L` = BM25 score / the best BM25 score among the candidates;
+- lexical evidence `L` = BM25 score / the best BM25 score among the candidates, both counted
+  on the query terms the chunk's script can hold: a Chinese chunk never contains an English
+  question's words, only its identifiers and numbers (`A800`, `vLLM`, `P95`) and CJK terms,
+  so word terms weigh (1 − the chunk's CJK share), CJK terms its CJK share, identifiers 1
+  (`lexical.term_scripts`; the same weighting gives `coverage` below). Symmetric to dense
+  trust; on rag_eval en→zh it took hybrid hit@5 0.75 → 0.81, hit@1 0.38 → 0.56;
 - dense trust `t` for a (query, chunk) pair: 1 for text the embedder reads, falling with the
   CJK share of the query and of the chunk by how badly the embedder handles CJK (measured
   once per embedder on translation pairs: ~0.1 for the English-only MiniLM, ~1 for a
@@ -351,11 +356,14 @@ class HybridRetriever:
                 hits[hit.id] = hit
 
         weights: dict[str, float] = {}
+        by_script: dict[str, tuple[float, float, float]] = {}
+        scripts: dict[str, str] = {}
         if lexical:
             started = time.perf_counter()
             self.refresh_lexical()  # a no-op once built
             found = self.lexical.query(query, n, doc_ids, exclude, score_ids=list(hits))
             weights = dict(found.weights)
+            by_script, scripts = found.by_script, found.scripts
             if ATTACHMENT_REFERENCE.search(query) and not DOCUMENT_REFERENCE.search(query):
                 # The picture the question points at is in no chunk: one unmatched term at the
                 # largest IDF this corpus allows.
@@ -378,7 +386,7 @@ class HybridRetriever:
                 timings["rescore"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
-        result.hits = self._fuse(query, hits, profile, weights, top_k, dense, lexical)
+        result.hits = self._fuse(query, hits, profile, weights, top_k, dense, lexical, by_script, scripts)
         if "\x00attachment" in weights:
             result.notes.append("the question points at a picture in the chat; documents count only for what it names")
         result.best_relevance = max((h.relevance or 0.0 for h in result.hits), default=0.0)
@@ -410,23 +418,41 @@ class HybridRetriever:
     def _fuse(
         self, query: str, hits: dict[str, Hit], profile: "EmbedderProfile", weights: dict[str, float],
         top_k: int, dense: bool, lexical: bool,
+        by_script: dict[str, tuple[float, float, float]] | None = None, scripts: dict[str, str] | None = None,
     ) -> list[Hit]:
-        """Score, order, collapse near-duplicates and cut to `top_k` (see the module docstring)."""
+        """Score, order, collapse near-duplicates and cut to `top_k` (see the module docstring).
+
+        `by_script`: each candidate's BM25 split by the query terms' script (`LexicalResult`);
+        `scripts`: the script of each query term. Without them BM25 is judged on all terms.
+        """
         if not hits:
             return []
         ids = list(hits)
         cosine = np.array([hits[i].dense or 0.0 for i in ids])
         bm25 = np.array([hits[i].lexical or 0.0 for i in ids])
+        scripts = scripts or {}
+        script_bound = lexical and {"latin", "cjk"} & set(scripts.values())
+        chunk_cjk = np.array([self._cjk_of(i, hits[i].text) for i in ids]) if script_bound else None
         if dense:
             evidence = profile.calibrate(cosine)
             if profile.cjk_trust >= 1.0:  # reads CJK as well as anything else: no need to look
                 trust = np.ones(len(ids))
             else:
-                trust = profile.trust(cjk_share(query), np.array([self._cjk_of(i, hits[i].text) for i in ids]))
+                shares = chunk_cjk if chunk_cjk is not None else np.array([self._cjk_of(i, hits[i].text) for i in ids])
+                trust = profile.trust(cjk_share(query), shares)
         else:
             evidence = trust = np.zeros(len(ids))
-        top = float(bm25.max())
-        lexical_evidence = bm25 / top if lexical and top > 0 else np.zeros(len(ids))
+        if chunk_cjk is not None and by_script:
+            # Each chunk is judged on the terms its script can hold: reach[i] weighs the BM25
+            # of word, CJK and identifier terms by (1 - CJK share, CJK share, 1) of chunk i.
+            reach = np.stack([1.0 - chunk_cjk, chunk_cjk, np.ones(len(ids))], axis=1)
+            parts = np.array([by_script.get(i, (0.0, 0.0, 0.0)) for i in ids])
+            attainable = reach @ parts.T  # [i, j]: candidate j's BM25 on chunk i's terms
+            best = attainable.max(axis=1)
+            lexical_evidence = np.where(best > 0, np.diag(attainable) / np.maximum(best, 1e-12), 0.0)
+        else:
+            top = float(bm25.max())
+            lexical_evidence = bm25 / top if lexical and top > 0 else np.zeros(len(ids))
         fused = (trust * evidence + lexical_evidence) / (trust + 1.0) if lexical else evidence
         # Relevance: the same trusted mean on absolute scales (calibrated cosine, IDF coverage).
         # A question about the chat's picture gets no dense support (the embedder read the
@@ -439,7 +465,12 @@ class HybridRetriever:
             if weights:
                 row = self.lexical.row(row_id)
                 tokens = row.tokens if row is not None else tokenize(hit.text)
-                hit.coverage = coverage(weights, tokens)
+                reach = None
+                if chunk_cjk is not None:
+                    share = float(chunk_cjk[number])
+                    by = {"latin": 1.0 - share, "cjk": share}
+                    reach = {term: by.get(script, 1.0) for term, script in scripts.items()}
+                hit.coverage = coverage(weights, tokens, reach)
             dense_part, weight = float(trust[number] * evidence[number]), float(trust[number])
             if about_picture:
                 dense_part, weight = 0.0, 1.0

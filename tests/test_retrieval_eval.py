@@ -183,3 +183,23 @@ def test_a_chat_photo_matches_an_indexed_image_only_above_the_image_floor(make_k
     # Without the floor the coffee photo would have been offered as a match for the cat.
     unfloored = kb.retriever.search_images(image_vector=standin_encoder.encode_images([coffee_image])[0], top_k=2)
     assert unfloored and unfloored[0].file_name == "cat.png" and unfloored[0].score < floor
+
+
+def test_query_terms_are_sorted_by_the_script_that_can_write_them():
+    """An English question's words cannot occur in a Chinese chunk; its identifiers can."""
+    from mmchat.knowledge.lexical import term_scripts
+
+    scripts = term_scripts("How many A800 GPUs and machines did the vLLM run use? 用了多少显存")
+    assert scripts["a800"] == scripts["vllm"] == scripts["gpus"] == "neutral"  # acronyms too
+    assert scripts["machines"] == scripts["run"] == "latin"
+    assert scripts["显存"] == "cjk" and scripts["显"] == "cjk"
+    assert "the" not in scripts  # stop words are no terms
+
+
+def test_coverage_counts_only_the_terms_a_chunk_can_hold():
+    from mmchat.knowledge.lexical import coverage
+
+    weights = {"gpus": 1.0, "a800": 3.0}
+    assert coverage(weights, ["a800"]) == pytest.approx(0.75)
+    # A Chinese chunk cannot write "gpus": measured against what it can hold, A800 is all of it.
+    assert coverage(weights, ["a800"], reach={"gpus": 0.0}) == pytest.approx(1.0)

@@ -1,7 +1,9 @@
 """Shared test set-up: nothing may download, so hub access is switched off for every test.
 
-Fixtures that build models live with the tests that use them (or in `tests/fixtures.py`);
-this file only fixes the environment and offers the real photos the tests talk about.
+It fixes the environment and holds the fixtures several test files share: the real photos,
+the model and encoder fixtures (tiny LLaVA, offline SmolLM2, stand-in encoder, MiniLM), a
+knowledge base factory, a launcher for the real app, and a spy on what a backend prepares.
+Fixtures used by one file live in that file.
 """
 
 from __future__ import annotations

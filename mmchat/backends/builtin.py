@@ -376,7 +376,7 @@ def build_tiny_llava(
     """A tiny random LLaVA and its processor, built from configs; same seed, same weights.
 
     Random weights: it answers gibberish. It exists so the LLaVA code path (processor,
-    image tokens, projector, generate, LoRA) runs in tests and offline without a download.
+    image tokens, projector, generate, 4-bit loading) runs in tests and offline without a download.
     The tokenizer is SmolLM2's (from the cache in `cache_dir`, converted if needed) plus
     `<image>` and `<pad>`.
     """

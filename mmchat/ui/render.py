@@ -4,7 +4,7 @@
 their zero-shot labels beneath, answers with their numbered sources, the supporting passage
 of each (the sentences that best match the question; a click on `[n]` in the answer or on the
 passage opens the whole source) and a one-line trace, notes as titled boxes. `sources_markdown`/`sources_gallery` fill the sources panel from the
-last answer's retrieval trace; `documents_rows`/`search_markdown` serve the Knowledge tab.
+last answer's retrieval trace; `documents_rows`/`retrieval_markdown` serve the Knowledge tab.
 """
 
 from __future__ import annotations

@@ -167,12 +167,14 @@ class ChatSession:
 
     # ----- chatting ----------------------------------------------------------------------
     def send(
-        self, text: str, files: Sequence[Any] = (), params: GenerationParams | None = None
+        self, text: str, files: Sequence[Any] = (), params: GenerationParams | None = None,
+        adapter: str | None = None,
     ) -> Iterator[str]:
         """Add a user message (text + uploads) and stream the answer, yielding its text so far.
 
-        Uploads are validated before anything is added, so a rejected file leaves the history
-        untouched and the error names the file.
+        `adapter` names the LoRA adapter to answer with (None or "base": the bare base); the
+        answer records it. Uploads are validated before anything is added, so a rejected file
+        leaves the history untouched and the error names the file.
         """
         text = (text or "").strip()
         if len(text) > self.limits.max_prompt_chars:
@@ -189,7 +191,7 @@ class ChatSession:
         user = ChatMessage("user", text or "Describe this image.", [i.attachment.sha256 for i in infos])
         self.history.append(user)
         try:
-            yield from self._answer(params)
+            yield from self._answer(params, adapter)
         except UserFacingError:
             # The prompt could not be built (e.g. too long): the message is not kept, so the
             # person can edit and resend it, and the history stays consistent.
@@ -198,25 +200,29 @@ class ChatSession:
             raise
 
     def regenerate(self, params: GenerationParams | None = None) -> Iterator[str]:
-        """Drop the last answer and stream a new one for the same question."""
+        """Drop the last answer and stream a new one for the same question, with its adapter."""
+        adapter = None
         while self.history and self.history[-1].role != "user":
-            self.history.pop()
+            removed = self.history.pop()
+            if removed.role == "assistant":
+                adapter = removed.adapter
         if not self.history:
             raise UserFacingError("there is no question to answer again; send a message first")
-        yield from self._answer(params)
+        yield from self._answer(params, adapter)
 
-    def _answer(self, params: GenerationParams | None) -> Iterator[str]:
+    def _answer(self, params: GenerationParams | None, adapter: str | None = None) -> Iterator[str]:
         params = params or self.params
         if not self._busy.acquire(blocking=False):
             raise UserFacingError("an answer is still streaming; stop it or wait for it to finish")
         self._stop = threading.Event()  # before preparing, so a stop pressed meanwhile counts
         try:
+            self._check_adapter(adapter)
             retrieval = self._retrieve()
             turns = [m.to_turn() for m in self.history]
             prepared: list[PreparedPrompt] = []  # holds only the latest candidate
 
             def count_tokens(messages: list, image_ids: list[str]) -> int:
-                prepared[:] = [self.backend.prepare(messages, self._open_images(image_ids))]
+                prepared[:] = [self.backend.prepare(messages, self._open_images(image_ids), adapter=adapter)]
                 return prepared[0].prompt_tokens
 
             prompt, used = self._fit(turns, retrieval, count_tokens, params)
@@ -227,7 +233,7 @@ class ChatSession:
                 retrieval["used"] = used
                 # Shown between the question and the answer, so regenerate/undo remove them too.
                 self.history.extend(ChatMessage("note", note) for note in retrieval.get("notes", []))
-            answer = ChatMessage("assistant", "", retrieval=retrieval)
+            answer = ChatMessage("assistant", "", retrieval=retrieval, adapter=prepared[0].adapter)
             # fit_to_context returns right after counting the candidate it accepts: the last
             # prepared prompt is the one to generate from.
             stream = self.backend.stream(prepared[0], params, self._stop)
@@ -242,6 +248,16 @@ class ChatSession:
             yield answer.text
         finally:
             self._busy.release()
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        """Refuse an adapter the backend cannot use before anything is retrieved or prepared."""
+        from mmchat.adapters.host import adapter_name
+
+        if adapter_name(adapter) is None:
+            return
+        if not self.backend.info.supports_adapters:
+            raise UserFacingError(f"the {self.backend.info.preset} model takes no LoRA adapters; answer with 'base'")
+        self.backend.adapters.check(adapter)
 
     def _retrieve(self) -> dict[str, Any] | None:
         """The retrieval trace for the latest question, or None when RAG is off."""

@@ -141,9 +141,9 @@ def spy(tiny_backend, monkeypatch):
     calls = []
     real = tiny_backend.prepare
 
-    def prepare(messages, images):
+    def prepare(messages, images, adapter=None):
         calls.append((messages, list(images)))
-        return real(messages, images)
+        return real(messages, images, adapter=adapter)
 
     monkeypatch.setattr(tiny_backend, "prepare", prepare)
     return calls

@@ -101,6 +101,7 @@ class BackendInfo:
     description: str = ""
     is_stand_in: bool = False  # the offline stand-in is not a vision-language model
     answer: AnswerPolicy = AnswerPolicy()  # sources per prompt, repetition control (the preset's)
+    supports_adapters: bool = False  # LoRA adapters can be loaded and chosen per request
 
 
 class TextStream(ABC):
@@ -118,6 +119,7 @@ class PreparedPrompt:
 
     inputs: dict[str, Any]
     prompt_tokens: int
+    adapter: str | None = None  # the LoRA adapter to answer with (None: the bare base)
 
 
 def defuse_special_tokens(messages: Sequence[PromptMessage], special: Sequence[str]) -> list[PromptMessage]:
@@ -147,8 +149,14 @@ class Backend(ABC):
     info: BackendInfo
 
     @abstractmethod
-    def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
+    def prepare(
+        self, messages: Sequence[PromptMessage], images: Sequence[Any], adapter: str | None = None
+    ) -> PreparedPrompt:
         """Render and tokenize a prompt; its `prompt_tokens` count image tokens too.
+
+        `adapter` names the LoRA adapter to answer with (None or "base": the bare base); it
+        travels with the prepared prompt, and an unknown one is refused here, naming the
+        loaded ones.
 
         Separate from `stream` so the session can fit the context with the very inputs it
         then generates from, instead of rendering (and running the image pipeline) twice.

@@ -12,6 +12,7 @@ into a token stream.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -28,6 +29,7 @@ from mmchat.backends.base import (
     TextStream,
     defuse_special_tokens,
 )
+from mmchat.adapters.host import AdapterHost
 from mmchat.backends.streaming import GenerateStream
 from mmchat.config import ModelPreset, split_source
 from mmchat.errors import ModelUnavailable
@@ -104,7 +106,8 @@ class LlavaBackend(Backend):
     def __init__(self, model: Any, processor: Any, info: BackendInfo) -> None:
         self.model = model
         self.processor = processor
-        self.info = info
+        self.info = dataclasses.replace(info, supports_adapters=True)
+        self.adapters = AdapterHost(model)  # LoRA adapters on this model, one generation at a time
         self.device = next(model.parameters()).device
         self._vision_dtype = self._find_vision_dtype(model)
 
@@ -140,7 +143,10 @@ class LlavaBackend(Backend):
         )
         return cls(model, processor, info)
 
-    def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
+    def prepare(
+        self, messages: Sequence[PromptMessage], images: Sequence[Any], adapter: str | None = None
+    ) -> PreparedPrompt:
+        adapter = self.adapters.check(adapter)
         special = [*self.processor.tokenizer.all_special_tokens, getattr(self.processor, "image_token", "<image>")]
         messages = defuse_special_tokens(messages, special)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -148,12 +154,13 @@ class LlavaBackend(Backend):
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._vision_dtype)
-        return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]))
+        return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]), adapter)
 
     def stream(
         self, prompt: PreparedPrompt, params: GenerationParams, stop: threading.Event | None = None
     ) -> TextStream:
-        return GenerateStream(self.model, self.processor.tokenizer, prompt.inputs, params, stop)
+        return GenerateStream(self.adapters.model, self.processor.tokenizer, prompt.inputs, params, stop,
+                              hold=lambda: self.adapters.activate(prompt.adapter))
 
     def memory_summary(self) -> str:
         footprint = self.model.get_memory_footprint() / 2**20

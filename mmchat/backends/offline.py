@@ -12,12 +12,14 @@ It does not manage conversations or adapters; the UI says plainly that this is a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from mmchat.adapters.host import AdapterHost
 from mmchat.backends.base import (
     Backend,
     BackendInfo,
@@ -133,7 +135,8 @@ class OfflineBackend(Backend):
         self.model = model
         self.tokenizer = tokenizer
         self.pathway = pathway
-        self.info = info
+        self.info = dataclasses.replace(info, supports_adapters=True)
+        self.adapters = AdapterHost(model)  # LoRA adapters on SmolLM2, one generation at a time
 
     @classmethod
     def from_preset(cls, preset: ModelPreset, cache_dir: Path) -> "OfflineBackend":
@@ -156,19 +159,23 @@ class OfflineBackend(Backend):
         )
         return cls(model, tokenizer, pathway, info)
 
-    def prepare(self, messages: Sequence[PromptMessage], images: Sequence[Any]) -> PreparedPrompt:
+    def prepare(
+        self, messages: Sequence[PromptMessage], images: Sequence[Any], adapter: str | None = None
+    ) -> PreparedPrompt:
+        adapter = self.adapters.check(adapter)
         flat = flatten(defuse_special_tokens(messages, self.tokenizer.all_special_tokens), self.pathway.render(images))
         inputs = self.tokenizer.apply_chat_template(
             flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-        return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]))
+        return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]), adapter)
 
     def stream(
         self, prompt: PreparedPrompt, params: GenerationParams, stop: threading.Event | None = None
     ) -> TextStream:
         from mmchat.backends.streaming import GenerateStream
 
-        return GenerateStream(self.model, self.tokenizer, prompt.inputs, params, stop)
+        return GenerateStream(self.adapters.model, self.tokenizer, prompt.inputs, params, stop,
+                              hold=lambda: self.adapters.activate(prompt.adapter))
 
     def memory_summary(self) -> str:
         return f"weights {self.model.get_memory_footprint() / 2**20:,.0f} MiB"

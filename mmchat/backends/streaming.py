@@ -10,11 +10,12 @@ counts tokens and times the first one. It knows nothing about prompts, images or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from transformers import (
@@ -102,6 +103,7 @@ class GenerateStream(TextStream):
         params: GenerationParams,
         stop: threading.Event | None = None,
         extra_generate_kwargs: dict[str, Any] | None = None,
+        hold: Callable[[], ContextManager[Any]] | None = None,
     ) -> None:
         self.stats = GenerationStats(prompt_tokens=int(inputs["input_ids"].shape[-1]))
         self._stop = stop or threading.Event()
@@ -122,13 +124,16 @@ class GenerateStream(TextStream):
             "pad_token_id": pad_id,
         }
         self._model = model
+        # Held around the whole generation (an adapter host's `activate`): yields the model.
+        self._hold = hold or (lambda: contextlib.nullcontext(model))
         self._max_new_tokens = params.max_new_tokens
         self._error: BaseException | None = None
         self._future: Future | None = None
 
     def _run(self) -> None:
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._hold() as model:
+                self._model = model
                 if self._prefill_in_chunks():
                     self._model.generate(**self._kwargs)
                 else:  # stopped during the prefill: nothing was generated

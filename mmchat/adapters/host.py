@@ -1,0 +1,85 @@
+"""AdapterHost: the LoRA adapters loaded on one model, and one generation at a time on it.
+
+One host per loaded model. Adapters are loaded once by name (`PeftModel.from_pretrained` for
+the first, `load_adapter` after that: the base is never reloaded) and chosen per generation:
+`activate(name)` holds the model's lock for the whole generation, switches with
+`set_adapter`, and runs the bare base under `disable_adapter()` for `None`/"base". Holding
+the lock matters: peft's adapter switch (and its per-row `adapter_names`) works through state
+on shared modules, so two generations running at once on one model would mix adapters; with
+the lock, an answer in flight keeps its adapter and a second user waits for it.
+
+It reads adapter folders in standard peft format (safetensors only); it does not validate
+cards, scan a store or train (those belong to the registry and the training engine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from mmchat.errors import UserFacingError
+
+BASE = "base"  # the name the UI and the API use for "no adapter"
+
+
+def adapter_name(name: str | None) -> str | None:
+    """`None` for the bare base ("", None or "base"), else the adapter's name."""
+    return None if name in (None, "", BASE) else str(name)
+
+
+class AdapterHost:
+    def __init__(self, model: Any) -> None:
+        self.base_model = model
+        self.model = model  # the PeftModel once an adapter is loaded
+        self._lock = threading.Lock()
+        self._names: list[str] = []
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def load(self, name: str, folder: str | Path) -> None:
+        """Load a peft adapter folder under `name` (once; the base stays as it is)."""
+        folder = Path(folder)
+        if adapter_name(name) is None:
+            raise UserFacingError(f"{name!r} is reserved for the bare base model; name the adapter otherwise")
+        if name in self._names:
+            raise UserFacingError(f"an adapter named {name!r} is already loaded")
+        if any(folder.glob("*.bin")) or not (folder / "adapter_model.safetensors").is_file():
+            raise UserFacingError(
+                f"adapter {name!r}: {folder.name} must hold adapter_model.safetensors (pickled .bin weights are refused)"
+            )
+        with self._lock:  # never while a generation runs on the model
+            if self.model is self.base_model:
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=name)
+            else:
+                self.model.load_adapter(str(folder), adapter_name=name)
+            self.model.eval()
+            self._names.append(name)
+
+    def check(self, name: str | None) -> str | None:
+        """The adapter's name if it is loaded (None for the base); else a message naming the loaded ones."""
+        wanted = adapter_name(name)
+        if wanted is not None and wanted not in self._names:
+            available = ", ".join([BASE, *self._names])
+            raise UserFacingError(f"no adapter named {wanted!r} is loaded; choose one of: {available}")
+        return wanted
+
+    @contextlib.contextmanager
+    def activate(self, name: str | None) -> Iterator[Any]:
+        """Hold the model for one generation with adapter `name` active; yields the model to call."""
+        wanted = self.check(name)
+        with self._lock:
+            if wanted is None:
+                if self.model is self.base_model:
+                    yield self.model
+                else:
+                    with self.model.disable_adapter():
+                        yield self.model
+            else:
+                self.model.set_adapter(wanted)
+                yield self.model

@@ -12,6 +12,9 @@ What this module does:
   inside `store_dir`, flushed, and renamed into place with `os.replace`, so a reader never
   sees a half-written copy, identical uploads are stored once, and the user's file name never
   becomes part of a path;
+* `staged_folder`: builds a folder under a temporary name beside its target and renames it
+  into place only when the build finished, so a reader never sees a half-written folder
+  (the adapter store's publishing step);
 * `human_bytes`: sizes for messages.
 
 Errors are `mmchat.errors.InvalidUpload` naming the file by its display name. What it does
@@ -21,15 +24,19 @@ deletion of stored files; it imports nothing heavy (no Pillow, torch or gradio).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from mmchat.errors import InvalidUpload
 
-__all__ = ["human_bytes", "read_limited", "sniff", "store_atomic"]
+__all__ = ["human_bytes", "read_limited", "sniff", "staged_folder", "store_atomic"]
+
+STAGING_PREFIX = ".staging-"  # folders being built; leftovers of a killed process are removed
 
 
 def human_bytes(n: int) -> str:
@@ -175,3 +182,23 @@ def store_atomic(data: bytes, sha: str, ext: str, store_dir: Path, display: str)
             f"({err.strerror or err}); try again later."
         ) from None
     return target
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `target`; when the block ends normally, rename it to `target`.
+
+    On an exception the partial folder is removed and `target` is untouched. An existing
+    `target` is refused (callers delete first when replacing is meant).
+    """
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; the result is an ordinary folder
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""The adapter card: what an adapter is, which base it was trained on, and how it scored.
+
+`adapter_card.json` sits beside peft's own files in each adapter folder and is written last:
+a folder without a valid card is incomplete. `AdapterCard.from_json` checks every field and
+names the bad one with what is accepted; `base_fingerprint` identifies a base model by its
+architecture config and vocabulary, so an adapter is never applied to a base it was not
+trained on (two checkpoints with the same shapes and vocabulary share a fingerprint: shapes
+are what LoRA weights depend on). Pure data: no torch, no files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+CARD_FILE = "adapter_card.json"
+CARD_FORMAT = "mmchat.adapter_card/1"
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+# Config keys that say nothing about the weights' shapes or meaning.
+_VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                                   "architectures", "_attn_implementation_autoset"})
+
+
+def base_fingerprint(config: Mapping[str, Any], vocabulary: Mapping[str, int]) -> str:
+    """sha256 of the base's config (without volatile keys) and its token -> id vocabulary."""
+    def stable(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: stable(v) for k, v in sorted(value.items()) if k not in _VOLATILE_CONFIG_KEYS}
+        if isinstance(value, (list, tuple)):
+            return [stable(v) for v in value]
+        return value
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(stable(dict(config)), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(sorted(vocabulary.items()), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+class CardError(ValueError):
+    """A card field is missing or wrong; the message names it and what is accepted."""
+
+
+@dataclass(frozen=True)
+class AdapterCard:
+    name: str
+    description: str  # one line shown in the UI
+    task: str  # e.g. "vqa-short", "caption", "json"
+    base_model: str  # the base's source, e.g. "builtin:smollm2-135m-instruct"
+    base_fingerprint: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    chat_template: str = ""  # the template the training examples were rendered with
+    dataset: dict[str, Any] = field(default_factory=dict)  # summary, sha256, examples
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"base": {...}, "adapter": {...}}
+    examples: list[dict[str, str]] = field(default_factory=list)  # held-out prompt/base/adapter
+    created: float = field(default_factory=time.time)
+    format: str = CARD_FORMAT
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return json.dumps(data, ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AdapterCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CardError(f"not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise CardError("must be a JSON object")
+        if data.get("format") != CARD_FORMAT:
+            raise CardError(f"format is {data.get('format')!r}; expected {CARD_FORMAT!r}")
+
+        def need(key: str, types: tuple[type, ...], what: str) -> Any:
+            value = data.get(key)
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise CardError(f"{key} is {value!r}; expected {what}")
+            return value
+
+        name = need("name", (str,), "a name of a-z, 0-9, '-', '_' (at most 48)")
+        if not NAME.fullmatch(name):
+            raise CardError(f"name is {name!r}; expected a name of a-z, 0-9, '-', '_' (at most 48)")
+        fingerprint = need("base_fingerprint", (str,), "a sha256 (64 hex digits)")
+        if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+            raise CardError(f"base_fingerprint is {fingerprint[:80]!r}; expected a sha256 (64 hex digits)")
+        rank = need("rank", (int,), "an integer 1..256")
+        if not 1 <= rank <= 256:
+            raise CardError(f"rank is {rank}; expected an integer 1..256")
+        targets = data.get("target_modules")
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise CardError(f"target_modules is {targets!r}; expected a list of module names or one regex")
+        for key in ("dataset", "metrics"):
+            if not isinstance(data.get(key, {}), dict):
+                raise CardError(f"{key} must be an object")
+        examples = data.get("examples", [])
+        if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+            raise CardError("examples must be a list of objects")
+        return cls(
+            name=name,
+            description=need("description", (str,), "one line of text"),
+            task=need("task", (str,), "a task name"),
+            base_model=need("base_model", (str,), "the base model's source"),
+            base_fingerprint=fingerprint,
+            rank=rank,
+            alpha=float(need("alpha", (int, float), "a number")),
+            target_modules=tuple(targets),
+            chat_template=str(data.get("chat_template") or ""),
+            dataset=dict(data.get("dataset", {})),
+            metrics=dict(data.get("metrics", {})),
+            examples=list(examples),
+            created=float(need("created", (int, float), "a unix time")),
+        )

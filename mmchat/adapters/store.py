@@ -1,0 +1,114 @@
+"""The adapter store: one folder per LoRA adapter, complete or not there at all.
+
+Each folder holds peft's standard files (`adapter_config.json`, `adapter_model.safetensors`,
+loadable with plain `PeftModel.from_pretrained(base, folder)`) plus `adapter_card.json`.
+`publish` builds a folder under a temporary name, writes the card last and renames it into
+place (`mmchat.files.staged_folder`), so a training run or upload killed part-way leaves no
+listed adapter. `scan` lists the complete folders and says why each other one is skipped (no
+card, a bad card, missing or pickled weights, a config that does not parse, a folder name
+that differs from the card's name); `compatible` keeps those trained on the loaded base and
+says for the others which base they need. The adapter's type and targets come from its card
+and config, never from its folder name. No torch: loading is `mmchat.adapters.host`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mmchat.adapters.card import CARD_FILE, NAME, AdapterCard, CardError
+from mmchat.errors import UserFacingError
+from mmchat.files import STAGING_PREFIX, staged_folder
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    card: AdapterCard
+    folder: Path
+    peft_type: str  # from adapter_config.json, e.g. "LORA"
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+class AdapterStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):  # a publish killed part-way
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def scan(self) -> tuple[list[StoredAdapter], list[tuple[str, str]]]:
+        """`(complete adapters by name, [(folder, why it is skipped)])`."""
+        found: list[StoredAdapter] = []
+        skipped: list[tuple[str, str]] = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                found.append(self.read(folder))
+            except UserFacingError as err:
+                skipped.append((folder.name, str(err)))
+        return found, skipped
+
+    def read(self, folder: Path, name: str | None = None) -> StoredAdapter:
+        """One folder, checked: card, config and safetensors weights present and consistent.
+
+        `name`: the name the folder has (or will have once published); default its own.
+        """
+        name = name or folder.name
+        card_path = folder / CARD_FILE
+        if not card_path.is_file():
+            raise UserFacingError(f"{name}: no {CARD_FILE} (an incomplete adapter)")
+        try:
+            card = AdapterCard.from_json(card_path.read_text(encoding="utf-8"))
+        except (CardError, UnicodeDecodeError) as err:
+            raise UserFacingError(f"{name}: {CARD_FILE}: {err}") from None
+        if card.name != name:
+            raise UserFacingError(f"{name}: its card names it {card.name!r}; the folder must have that name")
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+            raise UserFacingError(f"{name}: pickled weights (.bin/.pt) are refused; accepted: {WEIGHTS_FILE}")
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise UserFacingError(f"{name}: no {WEIGHTS_FILE}")
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserFacingError(f"{name}: {CONFIG_FILE} is missing or not JSON ({err})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+            raise UserFacingError(f"{name}: {CONFIG_FILE} has no peft_type")
+        return StoredAdapter(card, folder, config["peft_type"])
+
+    def compatible(self, fingerprint: str) -> tuple[list[StoredAdapter], list[str]]:
+        """Adapters trained on the base with `fingerprint`, and a line for each one that is not."""
+        adapters, _ = self.scan()
+        usable = [a for a in adapters if a.card.base_fingerprint == fingerprint]
+        refused = [
+            f"{a.name}: trained on {a.card.base_model} (fingerprint {a.card.base_fingerprint[:12]}…), "
+            f"not the loaded base (fingerprint {fingerprint[:12]}…)"
+            for a in adapters if a.card.base_fingerprint != fingerprint
+        ]
+        return usable, refused
+
+    def publish(self, card: AdapterCard, write_weights: Callable[[Path], None]) -> StoredAdapter:
+        """Write an adapter: `write_weights(folder)` puts peft's files there, then the card, then rename."""
+        if not NAME.fullmatch(card.name):
+            raise UserFacingError(f"adapter name {card.name!r} is not valid; use a-z, 0-9, '-', '_' (at most 48)")
+        target = self.root / card.name
+        if target.exists():
+            raise UserFacingError(f"an adapter named {card.name!r} already exists; delete it or choose another name")
+        with staged_folder(target) as staging:
+            write_weights(staging)
+            (staging / CARD_FILE).write_text(card.to_json(), encoding="utf-8")  # last: marks it complete
+            self.read(staging, name=card.name)  # complete before it becomes visible
+        return self.read(target)
+
+    def delete(self, name: str) -> None:
+        folder = self.root / name
+        if not NAME.fullmatch(name) or not folder.is_dir():
+            raise UserFacingError(f"no adapter named {name!r} in the store")
+        shutil.rmtree(folder)

@@ -36,7 +36,7 @@ from mmchat.attachments import Attachment, ingest_image, ingest_upload, load_att
 from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
-from mmchat.knowledge.lexical import tokenize
+from mmchat.knowledge.lexical import is_cjk, tokenize
 from mmchat.knowledge.passages import best_passage
 from mmchat.knowledge.retrieval import DOCUMENT_REFERENCE
 from mmchat.prompt import Source, Turn, fit_to_context, replace_last_user_text, with_context
@@ -88,7 +88,6 @@ class ChatMessage:
         return Turn(self.role, self.text, tuple(self.image_ids))
 
 
-RELEVANCE_REMARKS = ("no source relevant enough", "the question points at a picture")
 # Words that refer to the attached photo itself: they do not make a question about documents.
 PHOTO_WORDS = frozenset(
     "picture pictures image images photo photos photograph pic shown show see look looks here "
@@ -98,20 +97,7 @@ PHOTO_WORDS = frozenset(
 
 def question_terms(text: str) -> set[str]:
     """The question's own terms: no stop words, no words about the photo, CJK only as bigrams."""
-    terms = set()
-    for term in tokenize(text):
-        if term in PHOTO_WORDS or ("\u3400" <= term[0] <= "\ud7af" and len(term) < 2):
-            continue
-        terms.add(term)
-    return terms
-
-
-def _relevance(hit: Any) -> float:
-    """A hit's calibrated relevance (0..1); its dense cosine where none was computed."""
-    value = getattr(hit, "relevance", None)
-    if value is None:
-        value = hit.dense or 0.0
-    return float(value)
+    return {t for t in tokenize(text) if t not in PHOTO_WORDS and not (is_cjk(t) and len(t) < 2)}
 
 
 class ChatSession:
@@ -282,16 +268,11 @@ class ChatSession:
             return {"query": question.text, "hits": [], "images": [], "timings_ms": {},
                     "notes": [f"Retrieval failed ({err.__class__.__name__}: {err}); this answer "
                               "does not use the knowledge base."]}
-        # What the retriever says about relevance goes to the sources panel, not into the chat
-        # as a note: nothing went wrong.
-        info = [n for n in result.notes if n.startswith(RELEVANCE_REMARKS)]
-        result.notes = [n for n in result.notes if n not in info]
         if question.image_ids and result.hits and result.mode != "whole document":
             left_out = self._gate_image_question(question.text, result)
-            if left_out:
-                info.append(left_out)
+            if left_out:  # like the retriever's relevance remarks: for the sources panel
+                result.info.append(left_out)
         trace = result.to_trace()
-        trace["info"] = info
         policy = self.backend.info.answer
         for hit in trace["hits"]:
             hit["evidence"] = best_passage(question.text, hit["text"], EVIDENCE_CHARS)
@@ -324,8 +305,9 @@ class ChatSession:
         best_relevance, best_shared = 0.0, 0
         for hit in result.hits:
             shared = len(terms & set(tokenize(hit.text)))
-            best_relevance = max(best_relevance, _relevance(hit))
-            if shared >= 2 and _relevance(hit) >= strong:
+            relevance = hit.relevance or 0.0
+            best_relevance = max(best_relevance, relevance)
+            if shared >= 2 and relevance >= strong:
                 return None
             best_shared = max(best_shared, shared)
         result.hits = []

@@ -122,7 +122,7 @@ def test_refusing_keeps_what_was_held_back_and_says_why(demo_kb):
     assert not result.relevant and result.hits == []
     assert result.below_floor and 0 < result.best_relevance < result.min_relevance
     assert any(n.startswith(f"no source relevant enough (best relevance {result.best_relevance:.2f} < floor")
-               for n in result.notes), result.notes
+               for n in result.info), result.info
     trace = result.to_trace()
     json.dumps(trace)
     assert trace["best_relevance"] == pytest.approx(result.best_relevance, abs=1e-4)

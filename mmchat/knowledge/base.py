@@ -489,7 +489,7 @@ class KnowledgeBase:
         - `result.hits`: the best `top_k` chunks whose calibrated relevance (0..1,
           `Hit.relevance`) is at least the floor (`[knowledge] min_relevance`, or
           `min_relevance` here; 0 turns it off). `result.relevant` is False when none passed:
-          then answer without sources, and `result.notes` carries "no source relevant enough
+          then answer without sources, and `result.info` carries "no source relevant enough
           (best relevance 0.xx < floor 0.yy)"; the held-back hits are in `result.below_floor`
           and `result.best_relevance` is the best score before the floor (both in the trace).
         - `result.images`: indexed images near the chat photos' vectors (`image_vectors`,

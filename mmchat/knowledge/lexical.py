@@ -40,13 +40,18 @@ STOPWORDS = frozenset(
 )
 
 
+def is_cjk(term: str) -> bool:
+    """Whether a token from `tokenize` is CJK (a character or a character bigram)."""
+    return "\u3400" <= term[0] <= "\ud7af" or "\uf900" <= term[0] <= "\ufaff"
+
+
 def tokenize(text: str) -> list[str]:
     tokens: list[str] = []
     for match in _TOKEN.finditer(text.lower()):
         word = match.group()
         if word.startswith("_"):
             continue
-        if "\u3400" <= word[0] <= "\ud7af" or "\uf900" <= word[0] <= "\ufaff":
+        if is_cjk(word):
             tokens.extend(word)
             tokens.extend(word[i : i + 2] for i in range(len(word) - 1))
             continue
@@ -72,7 +77,7 @@ def term_scripts(query: str) -> dict[str, str]:
     scripts: dict[str, str] = {}
     for match in _TOKEN.finditer(query):
         word = match.group()
-        if "\u3400" <= word[0] <= "\ud7af" or "\uf900" <= word[0] <= "\ufaff":
+        if is_cjk(word):
             script = "cjk"
         elif any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:]):
             script = "neutral"

@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from mmchat.knowledge.lexical import tokenize
+from mmchat.knowledge.lexical import is_cjk, tokenize
 
 # A sentence ends at . ! ? followed by a space, at CJK full stops, or at a line break (lists,
 # table rows and headings are sentences of their own).
@@ -45,7 +45,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _term_weight(term: str) -> float:
-    if "\u3400" <= term[0] <= "\ud7af" or "\uf900" <= term[0] <= "\ufaff":
+    if is_cjk(term):
         return 1.0 if len(term) > 1 else 0.3  # a CJK bigram says much more than one character
     if any(ch.isdigit() for ch in term):
         return 2.0  # numbers and identifiers are what factual questions ask about

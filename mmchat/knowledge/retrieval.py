@@ -115,7 +115,9 @@ class RetrievalResult:
     images: list[Hit] = field(default_factory=list)
     mode: str = "hybrid"  # "hybrid" or "whole document"
     timings_ms: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the person asking (indexing, fallbacks)
+    # What the retriever says about relevance (nothing went wrong): for the sources panel.
+    info: list[str] = field(default_factory=list)
     best_relevance: float = 0.0  # of the ranked text hits, before any floor; 0.0: none
     min_relevance: float = 0.0  # the floor applied (0.0: none)
     below_floor: list[Hit] = field(default_factory=list)  # ranked hits the floor held back
@@ -133,6 +135,7 @@ class RetrievalResult:
             "images": [h.to_dict() for h in self.images],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "notes": list(self.notes),
+            "info": list(self.info),
             "best_relevance": round(self.best_relevance, 4),
             "min_relevance": self.min_relevance,
             "below_floor": [
@@ -147,8 +150,8 @@ def apply_relevance_floor(result: RetrievalResult, floor: float) -> RetrievalRes
     """Keep the hits whose relevance is at least `floor`; the others move to `below_floor`.
 
     Nothing is dropped silently: the best relevance stays on the result and in the trace, and
-    when no hit is left a note says why ("no source relevant enough (best relevance 0.xx <
-    floor 0.yy)"). Hits without a relevance (whole-document mode) are always kept.
+    when no hit is left `result.info` says why ("no source relevant enough (best relevance
+    0.xx < floor 0.yy)"). Hits without a relevance (whole-document mode) are always kept.
     """
     result.min_relevance = floor
     if floor <= 0:
@@ -156,7 +159,7 @@ def apply_relevance_floor(result: RetrievalResult, floor: float) -> RetrievalRes
     kept = [h for h in result.hits if h.relevance is None or h.relevance >= floor]
     result.below_floor = [h for h in result.hits if h not in kept]
     if result.hits and not kept:
-        result.notes.append(
+        result.info.append(
             f"no source relevant enough (best relevance {result.best_relevance:.2f} < floor {floor:.2f})"
         )
     result.hits = kept
@@ -388,7 +391,7 @@ class HybridRetriever:
         started = time.perf_counter()
         result.hits = self._fuse(query, hits, profile, weights, top_k, dense, lexical, by_script, scripts)
         if "\x00attachment" in weights:
-            result.notes.append("the question points at a picture in the chat; documents count only for what it names")
+            result.info.append("the question points at a picture in the chat; documents count only for what it names")
         result.best_relevance = max((h.relevance or 0.0 for h in result.hits), default=0.0)
         timings["fuse"] = (time.perf_counter() - started) * 1000
         return result

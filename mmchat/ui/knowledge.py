@@ -146,7 +146,7 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
             floor = knowledge.config.min_relevance
             below = [n for n, h in enumerate(found.hits, start=1) if h.relevance is not None and h.relevance < floor]
             if below:
-                found.notes.append(
+                found.info.append(
                     f"Below the relevance floor {floor:.2f}, so a chat answer would not use them: "
                     + ", ".join(f"[{n}]" for n in below)
                 )

@@ -37,7 +37,7 @@ from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.knowledge.lexical import is_cjk, tokenize
-from mmchat.knowledge.passages import best_passage
+from mmchat.knowledge.passages import best_passages
 from mmchat.knowledge.retrieval import DOCUMENT_REFERENCE
 from mmchat.prompt import Source, Turn, fit_to_context, replace_last_user_text, with_context
 
@@ -273,11 +273,14 @@ class ChatSession:
             if left_out:  # like the retriever's relevance remarks: for the sources panel
                 result.info.append(left_out)
         trace = result.to_trace()
-        policy = self.backend.info.answer
+        # Evidence shown under the answer; with the preset trimming sources, what the model gets.
+        trim = self.backend.info.answer.source_chars if trace.get("mode") != "whole document" else 0
+        budgets = [EVIDENCE_CHARS, trim] if trim else [EVIDENCE_CHARS]
         for hit in trace["hits"]:
-            hit["evidence"] = best_passage(question.text, hit["text"], EVIDENCE_CHARS)
-            if policy.source_chars and trace.get("mode") != "whole document":
-                hit["passage"] = best_passage(question.text, hit["text"], policy.source_chars)
+            passages = best_passages(question.text, hit["text"], budgets)
+            hit["evidence"] = passages[0]
+            if trim:
+                hit["passage"] = passages[1]
         if self.rag.images_to_model:
             trace["context_images"] = []
             for hit in result.images:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from mmchat.knowledge.lexical import is_cjk, tokenize
 
@@ -79,12 +80,27 @@ def rank_sentences(question: str, text: str) -> list[Sentence]:
 def best_passage(question: str, text: str, max_chars: int) -> str:
     """The best-matching sentences of `text` up to `max_chars`, in the order the text has them.
 
-    Skipped stretches are marked with "…". With no term in common the chunk's opening is
-    returned. `max_chars` <= 0 returns the whole text.
+    Skipped stretches are marked with "…". With no term in common the chunk's first sentence
+    is returned. `max_chars` <= 0 returns the whole text.
     """
-    if max_chars <= 0 or len(text) <= max_chars:
-        return text.strip()
-    ranked = rank_sentences(question, text)
+    return best_passages(question, text, [max_chars])[0]
+
+
+def best_passages(question: str, text: str, budgets: Sequence[int]) -> list[str]:
+    """`best_passage` for several lengths at once, ranking the sentences once."""
+    ranked: list[Sentence] | None = None
+    passages = []
+    for max_chars in budgets:
+        if max_chars <= 0 or len(text) <= max_chars:
+            passages.append(text.strip())
+            continue
+        if ranked is None:
+            ranked = rank_sentences(question, text)
+        passages.append(_pick(ranked, max_chars))
+    return passages
+
+
+def _pick(ranked: list[Sentence], max_chars: int) -> str:
     if not ranked:
         return ""
     chosen: list[Sentence] = []

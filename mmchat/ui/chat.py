@@ -244,9 +244,7 @@ def build_chat_tab(runtime: Runtime) -> dict[str, Any]:
             params = params_from(session, *settings_values)
             answer = session.regenerate(params)
             yield from stream_into_ui(session, answer)
-        except Exception as err:
-            if answer is not None:
-                answer.close()
+        except Exception as err:  # closed below, before the next yield
             warn(err)
         finally:
             if answer is not None:

@@ -20,7 +20,7 @@ import gradio as gr
 
 from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
-from mmchat.ui.render import DOCUMENT_HEADERS, documents_rows, retrieval_markdown
+from mmchat.ui.render import DOCUMENT_HEADERS, documents_rows, image_gallery, retrieval_markdown
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
         except UserFacingError as err:
             gr.Warning(str(err))
             return str(err), []
-        images = [(h.image_path, f"{h.file_name} ({h.score:.2f})") for h in found.images if h.image_path]
-        return retrieval_markdown(found.to_trace(), numbered_only=False), images
+        trace = found.to_trace()
+        return retrieval_markdown(trace, numbered_only=False), image_gallery(trace["images"], knowledge)
 
     listing_outputs = [table, delete_choice, search_docs, status]
     # Progress shows on the component that is working, nowhere else.

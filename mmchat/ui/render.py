@@ -213,8 +213,13 @@ def sources_gallery(session: Any, knowledge: Any = None) -> list[tuple[Any, str]
     """
     retrieval = _last_retrieval(session) or {}
     knowledge = knowledge if knowledge is not None else getattr(session, "knowledge", None)
+    return image_gallery(retrieval.get("images", []), knowledge)
+
+
+def image_gallery(image_hits: list[dict[str, Any]], knowledge: Any) -> list[tuple[Any, str]]:
+    """Gallery items for retrieved images (trace dicts), each found by its id in `knowledge`."""
     items: list[tuple[Any, str]] = []
-    for hit in retrieval.get("images", []):
+    for hit in image_hits:
         score = hit.get("score")
         caption = f"{hit.get('file_name', '')} ({score:.2f})" if isinstance(score, (int, float)) else str(hit.get("file_name", ""))
         path = knowledge.image_file(hit.get("doc_id")) if knowledge is not None else None

@@ -61,6 +61,24 @@ class AdapterHost:
             self.model.eval()
             self._names.append(name)
 
+    def unload(self, name: str) -> None:
+        """Remove a loaded adapter (waits for a generation using the model to end)."""
+        if name not in self._names:
+            raise UserFacingError(f"no adapter named {name!r} is loaded")
+        with self._lock:
+            self.model.delete_adapter(name)
+            self._names.remove(name)
+
+    def fingerprint(self, vocabulary: dict[str, int]) -> str:
+        """The base's fingerprint (`card.base_fingerprint`): its config and `vocabulary`."""
+        from mmchat.adapters.card import base_fingerprint
+
+        return base_fingerprint(self.base_model.config.to_dict(), vocabulary)
+
+    def module_names(self) -> set[str]:
+        """Names of the base's modules (an uploaded adapter's targets must be among them)."""
+        return {name for name, _ in self.base_model.named_modules()}
+
     def check(self, name: str | None) -> str | None:
         """The adapter's name if it is loaded (None for the base); else a message naming the loaded ones."""
         wanted = adapter_name(name)

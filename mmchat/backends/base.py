@@ -171,3 +171,7 @@ class Backend(ABC):
     def memory_summary(self) -> str:
         """One line about the memory the weights take (for the status line)."""
         return ""
+
+    def base_fingerprint(self) -> str:
+        """Identifies the loaded base for adapter cards (config + vocabulary); "" if none."""
+        return ""

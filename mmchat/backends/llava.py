@@ -162,6 +162,9 @@ class LlavaBackend(Backend):
         return GenerateStream(self.adapters.model, self.processor.tokenizer, prompt.inputs, params, stop,
                               hold=lambda: self.adapters.activate(prompt.adapter))
 
+    def base_fingerprint(self) -> str:
+        return self.adapters.fingerprint(self.processor.tokenizer.get_vocab())
+
     def memory_summary(self) -> str:
         footprint = self.model.get_memory_footprint() / 2**20
         text = f"weights {footprint:,.0f} MiB"

@@ -177,5 +177,8 @@ class OfflineBackend(Backend):
         return GenerateStream(self.adapters.model, self.tokenizer, prompt.inputs, params, stop,
                               hold=lambda: self.adapters.activate(prompt.adapter))
 
+    def base_fingerprint(self) -> str:
+        return self.adapters.fingerprint(self.tokenizer.get_vocab())
+
     def memory_summary(self) -> str:
         return f"weights {self.model.get_memory_footprint() / 2**20:,.0f} MiB"

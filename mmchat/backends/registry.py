@@ -4,7 +4,8 @@
 `auto`: the 4-bit LLaVA preset when CUDA is present, else the offline stand-in).
 `load_backend` looks the preset's kind up in `BACKEND_LOADERS` and loads it; for `auto` a GPU
 preset whose weights cannot be had falls back to the offline stand-in with a logged reason.
-Nothing here streams or holds conversations.
+`load_base_copy` loads another copy of a preset's base model (for training and merging,
+which must never touch the serving model). Nothing here streams or holds conversations.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from mmchat.backends.base import Backend
 from mmchat.config import GPU_PRESET, OFFLINE_PRESET, PRESETS, ModelConfig, ModelPreset
@@ -74,3 +75,25 @@ def load_backend(config: ModelConfig) -> Backend:
             raise
         log.warning("%s -- falling back to the offline stand-in", err)
         return BACKEND_LOADERS["offline"](PRESETS[OFFLINE_PRESET], cache_dir)
+
+
+def load_base_copy(preset: ModelPreset, cache_dir: Path) -> tuple[Any, Any]:
+    """A fresh `(model, tokenizer or processor)` of the preset's base, apart from the serving one.
+
+    Same weights as the backend the preset loads (same seed for the tiny model, the same
+    cached conversion for the offline one); training and merging change this copy only.
+    """
+    cache_dir = Path(cache_dir).expanduser()
+    if preset.kind == "offline":
+        from mmchat.backends.builtin import load_smollm2
+
+        return load_smollm2(cache_dir)
+    if preset.kind == "tiny":
+        from mmchat.backends.builtin import build_tiny_llava
+
+        return build_tiny_llava(cache_dir)
+    if preset.kind == "llava":
+        from mmchat.backends.llava import load_pretrained
+
+        return load_pretrained(preset, cache_dir)
+    raise ModelUnavailable(f"preset kind {preset.kind!r} has no base-model loader for training or merging")

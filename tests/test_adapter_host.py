@@ -116,3 +116,18 @@ def test_the_answer_records_its_adapter_and_regenerate_reuses_it(model_cache_dir
     with pytest.raises(UserFacingError, match="no adapter named 'zzz'"):
         list(session.send("hi", params=GREEDY, adapter="zzz"))
     assert [m.role for m in session.history] == ["user", "assistant"] * 2  # the refused one is not kept
+
+
+def test_between_generations_the_model_is_the_bare_base_and_unload_removes_an_adapter(model_cache_dir, adapters):
+    backend = _tiny(model_cache_dir)
+    prompt = backend.prepare(MESSAGES, [])
+    with torch.no_grad():
+        before = backend.model(**prompt.inputs).logits
+    backend.adapters.load("a", adapters["a"])
+    _answer(backend, "a")
+    with torch.no_grad():  # code that calls the model directly gets the base, not the last adapter
+        assert torch.equal(backend.model(**prompt.inputs).logits, before)
+    backend.adapters.unload("a")
+    assert backend.adapters.names == []
+    with pytest.raises(UserFacingError, match="no adapter named 'a' is loaded"):
+        backend.prepare(MESSAGES, [], adapter="a")

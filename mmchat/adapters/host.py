@@ -2,8 +2,10 @@
 
 One host per loaded model. Adapters are loaded once by name (`PeftModel.from_pretrained` for
 the first, `load_adapter` after that: the base is never reloaded) and chosen per generation:
-`activate(name)` holds the model's lock for the whole generation, switches with
-`set_adapter`, and runs the bare base under `disable_adapter()` for `None`/"base". Holding
+`activate(name)` holds the model's lock for the whole generation, switches on the adapter
+layers and `set_adapter`s for the generation, and switches them off again after it: between
+generations (and for `None`/"base") the model is the bare base, also for code that calls
+`backend.model` directly (LoRA layers are injected into the base's own modules). Holding
 the lock matters: peft's adapter switch (and its per-row `adapter_names`) works through state
 on shared modules, so two generations running at once on one model would mix adapters; with
 the lock, an answer in flight keeps its adapter and a second user waits for it.
@@ -59,6 +61,7 @@ class AdapterHost:
             else:
                 self.model.load_adapter(str(folder), adapter_name=name)
             self.model.eval()
+            self.model.base_model.disable_adapter_layers()  # the bare base between generations
             self._names.append(name)
 
     def unload(self, name: str) -> None:
@@ -92,12 +95,12 @@ class AdapterHost:
         """Hold the model for one generation with adapter `name` active; yields the model to call."""
         wanted = self.check(name)
         with self._lock:
-            if wanted is None:
-                if self.model is self.base_model:
-                    yield self.model
-                else:
-                    with self.model.disable_adapter():
-                        yield self.model
-            else:
-                self.model.set_adapter(wanted)
+            if wanted is None:  # adapter layers are off between generations: this is the bare base
                 yield self.model
+                return
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(wanted)
+            try:
+                yield self.model
+            finally:
+                self.model.base_model.disable_adapter_layers()

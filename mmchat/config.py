@@ -328,6 +328,28 @@ class KnowledgeConfig:
 
 
 @dataclass(frozen=True)
+class AdaptersConfig:
+    enabled: bool = _help("load the LoRA adapters in the store and offer them in Chat and Compare", True)
+    path: str = _help(
+        "adapter store: one folder per adapter in peft format plus adapter_card.json "
+        "(default: adapters/ in the project, which holds the shipped ones)", ""
+    )
+    max_upload_mb: int = _help("largest adapter zip accepted for upload, MB", 200)
+    max_rank: int = _help("highest LoRA rank an uploaded adapter may have", 256)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_upload_mb <= 10_000:
+            raise ConfigError(f"adapters.max_upload_mb {self.max_upload_mb} is out of range; use 1..10000")
+        if not 1 <= self.max_rank <= 256:
+            raise ConfigError(f"adapters.max_rank {self.max_rank} is out of range; use 1..256")
+
+    def resolved_path(self) -> Path:
+        if self.path:
+            return Path(self.path).expanduser().resolve()
+        return PROJECT_DIR / "adapters"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -335,6 +357,7 @@ class AppConfig:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     server: ServerConfig = field(default_factory=ServerConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
     data_dir: str = _help("the app's own writable directory (uploads, exports)", "")
 
     def resolved_data_dir(self) -> Path:
@@ -355,6 +378,7 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationDefaults,
     "server": ServerConfig,
     "knowledge": KnowledgeConfig,
+    "adapters": AdaptersConfig,
 }
 
 
@@ -393,6 +417,7 @@ ENV_OVERRIDES = {
     "MMCHAT_KNOWLEDGE_PATH": ("knowledge", "path"),
     "MMCHAT_CHROMA_HOST": ("knowledge", "host"),
     "MMCHAT_CHROMA_PORT": ("knowledge", "port"),
+    "MMCHAT_ADAPTERS_PATH": ("adapters", "path"),
 }
 
 

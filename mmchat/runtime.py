@@ -6,7 +6,9 @@ each browser its own `ChatSession` over the shared backend. The knowledge base (
 after the models, on the same worker, and indexes the demo corpus on first start; a knowledge
 base that fails to open is reported in the status while chat keeps working without it; a
 question asked meanwhile waits for it briefly (`knowledge_for_answer`) and otherwise learns
-why it is not there, so the answer can say so. This module imports no torch
+why it is not there, so the answer can say so. The LoRA adapters in the store that fit the
+loaded base load right after the model (`adapters`, an `AdapterRegistry`); a broken store is
+reported and chat works with the bare base. This module imports no torch
 at import time (loading happens inside the worker), so the UI can import it freely.
 """
 
@@ -40,6 +42,8 @@ class Runtime:
         self._knowledge_done = threading.Event()
         if knowledge is not None or not config.knowledge.enabled:
             self._knowledge_done.set()
+        self.adapters: Any = None  # mmchat.adapters.registry.AdapterRegistry once the model is loaded
+        self.adapters_error: BaseException | None = None
         self.error: BaseException | None = None
         self.phase = "ready" if backend is not None else "not started"
         self.started_at = time.time()
@@ -52,6 +56,8 @@ class Runtime:
         self.export_dir = self.data_dir / "exports"
         for directory in (self.upload_dir, self.export_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        if backend is not None:  # given, not loaded here (tests, scripts): its adapters load now
+            self._load_adapters()
 
     def start(self) -> "Runtime":
         """Load in the background (returns at once)."""
@@ -83,6 +89,8 @@ class Runtime:
             if self.encoder is None:
                 self.phase = "loading the image encoder"
                 self.encoder = load_image_encoder(self.config.encoder, cache_dir=self.config.cache_dir())
+            self.phase = "loading adapters"
+            self._load_adapters()
             self.phase = "ready"
         except BaseException as err:  # reported in the UI; the server keeps serving
             log.exception("model load failed")
@@ -93,6 +101,19 @@ class Runtime:
             self._ready.set()
         if not self._knowledge_done.is_set():
             self._open_knowledge()
+
+    def _load_adapters(self) -> None:
+        """Load the store's adapters that fit the base; a broken store is reported, chat goes on."""
+        if not self.config.adapters.enabled:
+            return
+        try:
+            from mmchat.adapters.registry import AdapterRegistry
+            from mmchat.adapters.store import AdapterStore
+
+            self.adapters = AdapterRegistry(AdapterStore(self.config.adapters.resolved_path()), self.backend).sync()
+        except Exception as err:
+            log.exception("adapter store failed")
+            self.adapters_error = err
 
     def _open_knowledge(self) -> None:
         """Open the knowledge base, then index the demo corpus once (chat is usable meanwhile)."""
@@ -193,6 +214,19 @@ class Runtime:
             return f"❌ **Knowledge base unavailable:** {self.knowledge_error}"
         return f"⏳ **Knowledge** {self.knowledge_phase}"
 
+    def adapters_markdown(self) -> str:
+        if not self.config.adapters.enabled:
+            return "**Adapters** off"
+        if self.adapters_error is not None:
+            return f"❌ **Adapter store unavailable:** {self.adapters_error}"
+        if self.adapters is None:
+            return "**Adapters** none loaded"
+        names = ", ".join(f"`{a.name}`" for a in self.adapters.adapters()) or "none"
+        text = f"**Adapters** {self.adapters.summary()}: {names} (store `{self.adapters.store.root}`)"
+        if self.adapters.notes:
+            text += "\n\n" + "\n".join(f"- not loaded: {note}" for note in self.adapters.notes)
+        return text
+
     def status_markdown(self) -> str:
         if not self._ready.is_set():
             return f"⏳ **Loading** — {self.phase} ({time.time() - self.started_at:.0f} s)"
@@ -214,6 +248,7 @@ class Runtime:
         parts.append(f"loaded in {self.load_seconds:.1f} s")
         lines = [" · ".join(parts)]
         lines.append(self.knowledge_markdown())
+        lines.append(self.adapters_markdown())
         if info.is_stand_in:
             lines.append(f"> ⚠️ {info.description}")
         if self.encoder is not None and getattr(self.encoder, "is_stand_in", False) and not info.is_stand_in:

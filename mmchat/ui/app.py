@@ -1,6 +1,8 @@
 """Compose the Gradio app from its tabs and launch it.
 
-`build_app(config, runtime)` returns a `gr.Blocks` (queued, with a concurrency limit) whose
+`build_app(config, runtime)` builds each tab (Chat, Knowledge, Compare, Adapters: one object
+each, `mmchat.ui.tabs`) and then lets each wire itself to the others; it returns a `gr.Blocks`
+(queued, with a concurrency limit) whose
 status is one short line ("offline · cpu · 7 docs · ready", saying plainly when the offline
 stand-in is in use) that opens on demand to the model, device, dtype, quantization, memory and
 knowledge base (`mmchat.ui.style`, which also holds the page's CSS). `launch_kwargs` gives what `Blocks.launch` needs: host/port
@@ -24,10 +26,13 @@ import gradio as gr  # noqa: E402
 from mmchat.config import AppConfig  # noqa: E402
 from mmchat.runtime import Runtime  # noqa: E402
 from mmchat.session import EXPORT_MAX_AGE_S, purge_exports  # noqa: E402
-from mmchat.ui.chat import EXAMPLE_DIR, build_chat_tab, end_session  # noqa: E402
-from mmchat.ui.knowledge import build_knowledge_tab, document_choices  # noqa: E402
+from mmchat.ui.adapters import AdaptersTab  # noqa: E402
+from mmchat.ui.chat import EXAMPLE_DIR, ChatTab, end_session  # noqa: E402
+from mmchat.ui.compare import CompareTab  # noqa: E402
+from mmchat.ui.knowledge import KnowledgeTab  # noqa: E402
 from mmchat.ui.security import SERVED_DIRS_ATTR, restrict_file_moves  # noqa: E402
 from mmchat.ui.style import APP_CSS, CITATION_HEAD, status_view  # noqa: E402
+from mmchat.ui.tabs import AppTabs, Tab  # noqa: E402
 
 TITLE = "mmchat — multimodal chat"
 
@@ -41,16 +46,19 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
     purge_exports(runtime.export_dir)  # a restart ends every session: none of these is wanted
     # Gradio's cached copies (uploads, files shown, downloads) go after an hour, checked every
     # ten minutes; a page open longer gets fresh copies with its next update.
+    tabs: list[Tab] = [ChatTab(runtime), KnowledgeTab(runtime), CompareTab(runtime), AdaptersTab(runtime)]
     with gr.Blocks(title=TITLE, delete_cache=(600, EXPORT_MAX_AGE_S)) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="mmchat-title")
         # One short line; the full status (model, memory, knowledge base) opens on demand.
         status = gr.Markdown(status_view(runtime), elem_id="mmchat-status")
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
-                chat = build_chat_tab(runtime)
-            if config.knowledge.enabled:
-                with gr.Tab("Knowledge", id="knowledge") as knowledge_tab:
-                    knowledge = build_knowledge_tab(runtime)
+            for tab in tabs:
+                if tab.enabled:
+                    with gr.Tab(tab.title, id=tab.tab_id) as tab.container:
+                        tab.build()
+        app = AppTabs(demo, status, [tab for tab in tabs if tab.enabled])
+        for tab in app.tabs:
+            tab.wire(app)
 
         def poll_status():
             # Stream the status while the models load and the knowledge base opens and
@@ -62,23 +70,14 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
             yield status_view(runtime)
 
         demo.load(poll_status, None, status, api_name="status", show_progress="hidden")
+        for tab in app.tabs:
+            for event in tab.changed:
+                event.then(lambda: status_view(runtime), None, status, show_progress="hidden")
 
         def end_browser_session(request: gr.Request) -> None:  # the tab closed: its exports go
             end_session(runtime, request.session_hash or "")
 
         demo.unload(end_browser_session)
-        if config.knowledge.enabled:
-            def chat_document_choices():
-                return gr.Dropdown(choices=document_choices(runtime))
-
-            listing = knowledge["listing_outputs"]
-            demo.load(knowledge["refresh"], None, listing, api_name="knowledge_documents", show_progress="hidden")
-            knowledge_tab.select(knowledge["refresh"], None, listing, show_progress="hidden")
-            for event in knowledge["changed"]:
-                event.then(chat_document_choices, None, chat["rag_docs"], show_progress="hidden").then(
-                    lambda: status_view(runtime), None, status, show_progress="hidden"
-                )
-            demo.load(chat_document_choices, None, chat["rag_docs"], show_progress="hidden")
     demo.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
     # Files this app's events return must lie in its own directories (not merely in the working
     # directory or the temp folder, which gradio accepts by default).

@@ -1,6 +1,6 @@
 """The Knowledge tab: add documents and images, watch them index, list, delete, reset, search.
 
-`build_knowledge_tab(runtime)` lays out the components and wires each event with an
+`KnowledgeTab(runtime).build()` lays out the components and wires each event with an
 `api_name` (`/knowledge_add`, `/knowledge_cancel`, `/knowledge_documents`, `/knowledge_delete`,
 `/knowledge_reset`, `/knowledge_search`) so `gradio_client` can drive it. Indexing shows a
 progress bar (on the result line only) and can be cancelled (Cancel is active only while
@@ -21,6 +21,7 @@ import gradio as gr
 from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
 from mmchat.ui.render import DOCUMENT_HEADERS, documents_rows, image_gallery, retrieval_markdown
+from mmchat.ui.tabs import AppTabs, Tab
 
 log = logging.getLogger(__name__)
 
@@ -40,142 +41,153 @@ def document_choices(runtime: Runtime) -> list[tuple[str, str]]:
     return [(f"{r.file_name} ({r.doc_id[:8]})", r.doc_id) for r in knowledge.documents()]
 
 
-def build_knowledge_tab(runtime: Runtime) -> dict[str, Any]:
-    cancels: dict[str, threading.Event] = {}
+class KnowledgeTab(Tab):
+    """The Knowledge tab (only when the knowledge base is on); its listing refreshes on load and on select."""
 
-    status = gr.Markdown(runtime.knowledge_markdown(), elem_id="mmchat-knowledge-status")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
-            files = gr.File(
-                label="Add documents: PDF, Word (.docx), Markdown, HTML, text, PNG/JPEG/WebP images",
-                file_count="multiple", file_types=UPLOAD_TYPES, elem_id="mmchat-knowledge-files",
-            )
-            with gr.Row():
-                add_btn = gr.Button("Index", variant="primary", elem_id="mmchat-knowledge-index")
-                # Cancel looks active only while indexing runs (switched by the events below).
-                cancel_btn = gr.Button("Cancel", variant="secondary", interactive=False,
-                                       elem_id="mmchat-knowledge-cancel")
-            result = gr.Markdown(elem_id="mmchat-knowledge-result")
-            # No wrapping: each column as wide as its content, the table scrolls sideways on a phone.
-            table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=False,
-                                 pinned_columns=1, max_height=360, elem_id="mmchat-knowledge-documents")
-            with gr.Row():
-                delete_choice = gr.Dropdown(label="Document", choices=[], scale=3)
-                delete_btn = gr.Button("Delete", scale=1, elem_id="mmchat-knowledge-delete")
-            with gr.Row():
-                confirm = gr.Checkbox(label="Yes, remove every document", value=False)
-                reset_btn = gr.Button("Reset knowledge base", variant="stop", size="sm")
-        with gr.Column(scale=3):  # as wide as the documents side: the excerpts need the room
-            query = gr.Textbox(label="Try retrieval (no LLM)", placeholder="Ask something your documents answer…",
-                               elem_id="mmchat-knowledge-query")
-            with gr.Row():
-                top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label="Top k", min_width=200)
-                search_docs = gr.Dropdown(label="Only these documents", choices=[], multiselect=True, min_width=200)
-            search_btn = gr.Button("Search", elem_id="mmchat-knowledge-search")
-            hits = gr.Markdown(elem_id="mmchat-knowledge-hits", elem_classes="mmchat-hits")
-            gallery = gr.Gallery(label="Images", columns=3, height=220, object_fit="contain",
-                                 elem_id="mmchat-knowledge-gallery")
+    title, tab_id = "Knowledge", "knowledge"
 
-    def listing():
-        choices = document_choices(runtime)
-        rows = documents_rows(runtime.knowledge.documents()) if runtime.knowledge is not None else []
-        return (
-            rows,
-            gr.Dropdown(choices=choices, value=None),
-            gr.Dropdown(choices=choices),
-            runtime.knowledge_markdown(),
-        )
+    @property
+    def enabled(self) -> bool:
+        return self.runtime.config.knowledge.enabled
 
-    def add(uploads: list | None, request: gr.Request, progress=gr.Progress()):
-        try:
-            knowledge = runtime.wait_knowledge(timeout=120)
-        except UserFacingError as err:
-            gr.Warning(str(err))
-            return (str(err), *listing(), gr.update())
-        paths = [_path(u) for u in uploads or [] if _path(u)]
-        if not paths:
-            gr.Warning("choose one or more files to index first")
-            return ("*Nothing to index.*", *listing(), gr.update())
-        cancel = cancels.setdefault(request.session_hash or "", threading.Event())
-        cancel.clear()
-        progress(0.0, desc="starting")
-        report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=m), cancel=cancel)
-        for name, message in report.failed:
-            gr.Warning(message if message.startswith(name) else f"{name}: {message}")
-        # Every file was dealt with (indexed, already there or refused and named): empty the
-        # upload box so adding one more later does not send these again. Kept after a cancel.
-        return (report.summary(), *listing(), gr.update() if report.cancelled else None)
+    def build(self) -> None:
+        runtime = self.runtime
+        cancels: dict[str, threading.Event] = {}
 
-    def cancel_ingest(request: gr.Request) -> None:
-        event = cancels.get(request.session_hash or "")
-        if event is not None:
-            event.set()
-
-    def delete(doc_id: str | None):
-        try:
-            knowledge = runtime.wait_knowledge(timeout=0)
-            if not doc_id:
-                raise UserFacingError("choose a document to delete")
-            record = knowledge.delete(doc_id)
-            message = f"deleted {record.file_name} ({record.chunks} chunks)"
-        except UserFacingError as err:
-            gr.Warning(str(err))
-            message = str(err)
-        return (message, *listing())
-
-    def reset(confirmed: bool):
-        try:
-            knowledge = runtime.wait_knowledge(timeout=0)
-            if not confirmed:
-                raise UserFacingError("tick 'Yes, remove every document' to reset the knowledge base")
-            knowledge.reset()
-            message = "the knowledge base is empty"
-        except UserFacingError as err:
-            gr.Warning(str(err))
-            message = str(err)
-        return (message, *listing(), gr.Checkbox(value=False))
-
-    def search(text: str, k: float, doc_ids: list[str] | None):
-        try:
-            knowledge = runtime.wait_knowledge(timeout=0)
-            if not (text or "").strip():
-                raise UserFacingError("type a question to search for")
-            # The whole ranking, marked against the floor: this box shows how retrieval sees a
-            # question, a chat answer then uses only the hits at or above the floor.
-            found = knowledge.search(text.strip(), top_k=int(k), doc_ids=doc_ids or None, min_relevance=0)
-            floor = knowledge.config.min_relevance
-            below = [n for n, h in enumerate(found.hits, start=1) if h.relevance is not None and h.relevance < floor]
-            if below:
-                found.info.append(
-                    f"Below the relevance floor {floor:.2f}, so a chat answer would not use them: "
-                    + ", ".join(f"[{n}]" for n in below)
+        status = gr.Markdown(runtime.knowledge_markdown(), elem_id="mmchat-knowledge-status")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                files = gr.File(
+                    label="Add documents: PDF, Word (.docx), Markdown, HTML, text, PNG/JPEG/WebP images",
+                    file_count="multiple", file_types=UPLOAD_TYPES, elem_id="mmchat-knowledge-files",
                 )
-        except UserFacingError as err:
-            gr.Warning(str(err))
-            return str(err), []
-        trace = found.to_trace()
-        return retrieval_markdown(trace, numbered_only=False), image_gallery(trace["images"], knowledge)
+                with gr.Row():
+                    add_btn = gr.Button("Index", variant="primary", elem_id="mmchat-knowledge-index")
+                    # Cancel looks active only while indexing runs (switched by the events below).
+                    cancel_btn = gr.Button("Cancel", variant="secondary", interactive=False,
+                                           elem_id="mmchat-knowledge-cancel")
+                result = gr.Markdown(elem_id="mmchat-knowledge-result")
+                # No wrapping: each column as wide as its content, the table scrolls sideways on a phone.
+                table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=False,
+                                     pinned_columns=1, max_height=360, elem_id="mmchat-knowledge-documents")
+                with gr.Row():
+                    delete_choice = gr.Dropdown(label="Document", choices=[], scale=3)
+                    delete_btn = gr.Button("Delete", scale=1, elem_id="mmchat-knowledge-delete")
+                with gr.Row():
+                    confirm = gr.Checkbox(label="Yes, remove every document", value=False)
+                    reset_btn = gr.Button("Reset knowledge base", variant="stop", size="sm")
+            with gr.Column(scale=3):  # as wide as the documents side: the excerpts need the room
+                query = gr.Textbox(label="Try retrieval (no LLM)", placeholder="Ask something your documents answer…",
+                                   elem_id="mmchat-knowledge-query")
+                with gr.Row():
+                    top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label="Top k", min_width=200)
+                    search_docs = gr.Dropdown(label="Only these documents", choices=[], multiselect=True, min_width=200)
+                search_btn = gr.Button("Search", elem_id="mmchat-knowledge-search")
+                hits = gr.Markdown(elem_id="mmchat-knowledge-hits", elem_classes="mmchat-hits")
+                gallery = gr.Gallery(label="Images", columns=3, height=220, object_fit="contain",
+                                     elem_id="mmchat-knowledge-gallery")
 
-    listing_outputs = [table, delete_choice, search_docs, status]
-    # Progress shows on the component that is working, nowhere else.
-    on_result = {"show_progress_on": [result]}
-    on_hits = {"show_progress_on": [hits]}
-    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
-    # Cancel is switched on before indexing starts and off when it ends (chained: see chat.py).
-    add_event = add_btn.click(lambda: gr.Button(interactive=True, variant="stop"), None, cancel_btn, **quiet).then(
-        add, [files], [result, *listing_outputs, files], api_name="knowledge_add",
-        concurrency_limit=2, concurrency_id="ingest", **on_result,
-    )
-    add_event.then(lambda: gr.Button(interactive=False, variant="secondary"), None, cancel_btn, **quiet)
-    cancel_btn.click(cancel_ingest, None, None, api_name="knowledge_cancel", queue=False)
-    delete_event = delete_btn.click(delete, [delete_choice], [result, *listing_outputs], api_name="knowledge_delete",
-                                    **on_result)
-    reset_event = reset_btn.click(reset, [confirm], [result, *listing_outputs, confirm], api_name="knowledge_reset",
-                                  **on_result)
-    search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search", **on_hits)
-    query.submit(search, [query, top_k, search_docs], [hits, gallery], **on_hits)
-    return {
-        "refresh": listing,
-        "listing_outputs": listing_outputs,
-        "changed": [add_event, delete_event, reset_event],
-    }
+        def listing():
+            choices = document_choices(runtime)
+            rows = documents_rows(runtime.knowledge.documents()) if runtime.knowledge is not None else []
+            return (
+                rows,
+                gr.Dropdown(choices=choices, value=None),
+                gr.Dropdown(choices=choices),
+                runtime.knowledge_markdown(),
+            )
+
+        def add(uploads: list | None, request: gr.Request, progress=gr.Progress()):
+            try:
+                knowledge = runtime.wait_knowledge(timeout=120)
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return (str(err), *listing(), gr.update())
+            paths = [_path(u) for u in uploads or [] if _path(u)]
+            if not paths:
+                gr.Warning("choose one or more files to index first")
+                return ("*Nothing to index.*", *listing(), gr.update())
+            cancel = cancels.setdefault(request.session_hash or "", threading.Event())
+            cancel.clear()
+            progress(0.0, desc="starting")
+            report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=m), cancel=cancel)
+            for name, message in report.failed:
+                gr.Warning(message if message.startswith(name) else f"{name}: {message}")
+            # Every file was dealt with (indexed, already there or refused and named): empty the
+            # upload box so adding one more later does not send these again. Kept after a cancel.
+            return (report.summary(), *listing(), gr.update() if report.cancelled else None)
+
+        def cancel_ingest(request: gr.Request) -> None:
+            event = cancels.get(request.session_hash or "")
+            if event is not None:
+                event.set()
+
+        def delete(doc_id: str | None):
+            try:
+                knowledge = runtime.wait_knowledge(timeout=0)
+                if not doc_id:
+                    raise UserFacingError("choose a document to delete")
+                record = knowledge.delete(doc_id)
+                message = f"deleted {record.file_name} ({record.chunks} chunks)"
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                message = str(err)
+            return (message, *listing())
+
+        def reset(confirmed: bool):
+            try:
+                knowledge = runtime.wait_knowledge(timeout=0)
+                if not confirmed:
+                    raise UserFacingError("tick 'Yes, remove every document' to reset the knowledge base")
+                knowledge.reset()
+                message = "the knowledge base is empty"
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                message = str(err)
+            return (message, *listing(), gr.Checkbox(value=False))
+
+        def search(text: str, k: float, doc_ids: list[str] | None):
+            try:
+                knowledge = runtime.wait_knowledge(timeout=0)
+                if not (text or "").strip():
+                    raise UserFacingError("type a question to search for")
+                # The whole ranking, marked against the floor: this box shows how retrieval sees a
+                # question, a chat answer then uses only the hits at or above the floor.
+                found = knowledge.search(text.strip(), top_k=int(k), doc_ids=doc_ids or None, min_relevance=0)
+                floor = knowledge.config.min_relevance
+                below = [n for n, h in enumerate(found.hits, start=1) if h.relevance is not None and h.relevance < floor]
+                if below:
+                    found.info.append(
+                        f"Below the relevance floor {floor:.2f}, so a chat answer would not use them: "
+                        + ", ".join(f"[{n}]" for n in below)
+                    )
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return str(err), []
+            trace = found.to_trace()
+            return retrieval_markdown(trace, numbered_only=False), image_gallery(trace["images"], knowledge)
+
+        listing_outputs = [table, delete_choice, search_docs, status]
+        # Progress shows on the component that is working, nowhere else.
+        on_result = {"show_progress_on": [result]}
+        on_hits = {"show_progress_on": [hits]}
+        quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+        # Cancel is switched on before indexing starts and off when it ends (chained: see chat.py).
+        add_event = add_btn.click(lambda: gr.Button(interactive=True, variant="stop"), None, cancel_btn, **quiet).then(
+            add, [files], [result, *listing_outputs, files], api_name="knowledge_add",
+            concurrency_limit=2, concurrency_id="ingest", **on_result,
+        )
+        add_event.then(lambda: gr.Button(interactive=False, variant="secondary"), None, cancel_btn, **quiet)
+        cancel_btn.click(cancel_ingest, None, None, api_name="knowledge_cancel", queue=False)
+        delete_event = delete_btn.click(delete, [delete_choice], [result, *listing_outputs], api_name="knowledge_delete",
+                                        **on_result)
+        reset_event = reset_btn.click(reset, [confirm], [result, *listing_outputs, confirm], api_name="knowledge_reset",
+                                      **on_result)
+        search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search", **on_hits)
+        query.submit(search, [query, top_k, search_docs], [hits, gallery], **on_hits)
+        self.refresh, self.listing_outputs = listing, listing_outputs
+        self.changed = [add_event, delete_event, reset_event]
+
+    def wire(self, app: AppTabs) -> None:
+        app.demo.load(self.refresh, None, self.listing_outputs, api_name="knowledge_documents", show_progress="hidden")
+        self.container.select(self.refresh, None, self.listing_outputs, show_progress="hidden")

@@ -65,6 +65,8 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
             text = f"{text}\n\n<sub>{format_citations(message.retrieval, message.text)}</sub>"
             text = f"{text}\n\n{evidence_html(used, index)}"
         trace = format_stats(message.stats)
+        if getattr(message, "adapter", None):  # which LoRA adapter answered (none: the base)
+            trace = f"adapter {message.adapter}" + (f" · {trace}" if trace else "")
         if trace:
             text = f"{text}\n\n<sub>{trace}</sub>"
         messages.append({"role": "assistant", "content": text})
@@ -76,7 +78,10 @@ def trace_markdown(session: Any) -> str:
     if session is None or not session.last_stats:
         return "*No answer yet.*"
     stats = session.last_stats
+    answers = [m for m in session.history if m.role == "assistant"]
+    adapter = (answers[-1].adapter if answers else None) or "base (no adapter)"
     rows = [
+        ("adapter", adapter),
         ("time to first token", f"{stats['time_to_first_token_s']:.3f} s" if stats.get("time_to_first_token_s") is not None else "–"),
         ("tokens/s", f"{stats.get('tokens_per_s', 0):.1f}"),
         ("output tokens", stats.get("output_tokens", 0)),

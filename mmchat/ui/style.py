@@ -44,7 +44,7 @@ APP_CSS = """
 
 
 def status_line(runtime: Any) -> str:
-    """One short line: model, device, documents, readiness (plain text, HTML-escaped)."""
+    """One short line: model, device, documents, adapters, readiness (plain text, HTML-escaped)."""
     if not runtime.wait_loaded(timeout=0):
         return html.escape(f"⏳ loading · {runtime.phase}")
     if runtime.error is not None:
@@ -63,6 +63,9 @@ def status_line(runtime: Any) -> str:
         parts.append("knowledge unavailable")
     else:
         ready = "opening knowledge…"
+    adapters = getattr(runtime, "adapters", None)
+    if adapters is not None and adapters.summary():
+        parts.append(adapters.summary())
     parts.append(ready)
     if info.is_stand_in:
         parts.append("⚠️ offline stand-in")

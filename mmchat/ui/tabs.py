@@ -1,0 +1,50 @@
+"""What every tab of the app is: one object with a build step and a wire step.
+
+`build()` runs inside the tab's `gr.Tab` and lays out its components and its own events;
+`wire(app)` runs once every tab exists and connects this tab to the others through their named
+attributes (e.g. the Chat tab refreshes its adapter list after the Adapters tab's `changed`
+events). A tab lists the events after which what it shows elsewhere may be stale in `changed`;
+the app refreshes the status line after them. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from mmchat.runtime import Runtime
+
+
+class Tab:
+    title: str = ""
+    tab_id: str = ""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.container: Any = None  # the gr.Tab it was built in (set by the app)
+        self.changed: list[Any] = []  # events after which other tabs (and the status) refresh
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def wire(self, app: "AppTabs") -> None:
+        """Connect to the other tabs (default: nothing to connect)."""
+
+
+@dataclass
+class AppTabs:
+    """The built app as the tabs see it in their wire step."""
+
+    demo: gr.Blocks
+    status: gr.Markdown
+    tabs: list[Tab] = field(default_factory=list)
+
+    def find(self, cls: type) -> Any:
+        """The enabled tab of that class, or None."""
+        return next((tab for tab in self.tabs if isinstance(tab, cls) and tab.enabled), None)

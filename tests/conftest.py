@@ -2,7 +2,8 @@
 
 It fixes the environment and holds the fixtures several test files share: the real photos,
 the model and encoder fixtures (tiny LLaVA, offline SmolLM2, stand-in encoder, MiniLM), a
-knowledge base factory, a launcher for the real app, and a spy on what a backend prepares.
+knowledge base factory, a launcher for the real app, a spy on what a backend prepares, and a
+maker of LoRA adapters (random, non-zero weights, valid cards) for a backend's base.
 Fixtures used by one file live in that file.
 """
 
@@ -78,7 +79,7 @@ def launch_app():
     """Start the real app on a free loopback port with given models; returns its URL.
 
     `launch_app(tmp_dir, backend, encoder, preset=..., generation=..., knowledge={...},
-    knowledge_base=kb)` builds the config the way the CLI would, serves it in this process, and
+    knowledge_base=kb, adapters={"path": ...})` builds the config the way the CLI would, serves it in this process, and
     closes every server at the end. Without `knowledge_base` the app opens its own, empty,
     knowledge base under `tmp_dir` (no demo corpus unless `knowledge={"seed_demo": True}`).
     """
@@ -91,7 +92,7 @@ def launch_app():
     demos = []
 
     def launch(data_dir, backend, encoder, preset: str, generation: dict, knowledge: dict | None = None,
-               knowledge_base=None) -> str:
+               knowledge_base=None, adapters: dict | None = None) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -100,7 +101,7 @@ def launch_app():
         config = load_config(
             env={},
             overrides={"server": {"port": port}, "model": {"preset": preset}, "knowledge": knowledge,
-                       "generation": generation, "": {"data_dir": str(data_dir)}},
+                       "generation": generation, "": {"data_dir": str(data_dir)}, "adapters": adapters or {}},
         )
         runtime = Runtime(config, backend=backend, encoder=encoder, knowledge=knowledge_base)
         demo = build_app(config, runtime)
@@ -147,3 +148,32 @@ def spy(tiny_backend, monkeypatch):
 
     monkeypatch.setattr(tiny_backend, "prepare", prepare)
     return calls
+
+
+@pytest.fixture(scope="session")
+def make_adapters(model_cache_dir):
+    """`make_adapters(backend, root, {"name": seed, ...})` publishes LoRA adapters for `backend`'s
+    base into the store at `root` and returns it: real peft adapters whose weights change the
+    answer (init_lora_weights=False: B is not zero), with cards naming that base."""
+    def make(backend, root, seeds: dict, rank: int = 4, targets=("q_proj", "v_proj")):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        from mmchat.adapters.card import AdapterCard
+        from mmchat.adapters.store import AdapterStore
+        from mmchat.backends.registry import load_base_copy
+        from mmchat.config import PRESETS
+
+        store = AdapterStore(root)
+        for name, seed in seeds.items():
+            model, _ = load_base_copy(PRESETS[backend.info.preset], model_cache_dir)
+            torch.manual_seed(seed)
+            config = LoraConfig(r=rank, lora_alpha=64, target_modules=list(targets), init_lora_weights=False)
+            peft_model = get_peft_model(model, config)
+            card = AdapterCard(name=name, description=f"test adapter {name}", task="test",
+                               base_model=backend.info.source, base_fingerprint=backend.base_fingerprint(),
+                               rank=rank, alpha=64.0, target_modules=tuple(targets))
+            store.publish(card, lambda folder: peft_model.save_pretrained(str(folder)))
+        return store
+
+    return make

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from mmchat.errors import UserFacingError
 
@@ -53,13 +53,23 @@ class AdapterHost:
             raise UserFacingError(
                 f"adapter {name!r}: {folder.name} must hold adapter_model.safetensors (pickled .bin weights are refused)"
             )
+        _check_safetensors(folder / "adapter_model.safetensors", name)
         with self._lock:  # never while a generation runs on the model
             if self.model is self.base_model:
                 from peft import PeftModel
 
-                self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=name)
+                try:
+                    self.model = PeftModel.from_pretrained(self.base_model, str(folder), adapter_name=name)
+                except Exception:
+                    _remove_adapter_layers(self.base_model)  # injected before the weights failed to fit
+                    raise
             else:
-                self.model.load_adapter(str(folder), adapter_name=name)
+                try:
+                    self.model.load_adapter(str(folder), adapter_name=name)
+                except Exception:
+                    if name in self.model.peft_config:
+                        self.model.delete_adapter(name)
+                    raise
             self.model.eval()
             self.model.base_model.disable_adapter_layers()  # the bare base between generations
             self._names.append(name)
@@ -69,7 +79,11 @@ class AdapterHost:
         if name not in self._names:
             raise UserFacingError(f"no adapter named {name!r} is loaded")
         with self._lock:
-            self.model.delete_adapter(name)
+            if self._names == [name]:  # the last one: back to the plain base model
+                self.model.unload()
+                self.model = self.base_model
+            else:
+                self.model.delete_adapter(name)
             self._names.remove(name)
 
     def fingerprint(self, vocabulary: dict[str, int]) -> str:
@@ -104,3 +118,47 @@ class AdapterHost:
                 yield self.model
             finally:
                 self.model.base_model.disable_adapter_layers()
+
+    @contextlib.contextmanager
+    def activate_batch(self, names: Sequence[str | None]) -> Iterator[tuple[Any, list[str] | None]]:
+        """Hold the model for one batched generation whose row i answers with `names[i]`.
+
+        Yields `(model, adapter_names)`: pass `adapter_names` to `model.generate` (peft's
+        mixed-adapter batch, "__base__" for the bare base); it is None when no adapter is asked
+        for. The lock is held for the whole generation, like `activate`.
+        """
+        wanted = [self.check(name) for name in names]
+        with self._lock:
+            if all(name is None for name in wanted):
+                yield self.model, None
+                return
+            self.model.base_model.enable_adapter_layers()
+            try:
+                yield self.model, ["__base__" if name is None else name for name in wanted]
+            finally:
+                self.model.base_model.disable_adapter_layers()
+
+
+def _check_safetensors(path: Path, name: str) -> None:
+    """Refuse a weights file that is not readable safetensors before peft touches the model."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            if not list(weights.keys()):
+                raise ValueError("it holds no tensors")
+    except Exception as err:
+        raise UserFacingError(
+            f"adapter {name!r}: {path.name} is not a readable safetensors file ({err}); "
+            "accepted: the adapter_model.safetensors peft writes"
+        ) from None
+
+
+def _remove_adapter_layers(model: Any) -> None:
+    """Put the base layers back where a failed first load injected LoRA layers."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                setattr(parent, child_name, child.get_base_layer())

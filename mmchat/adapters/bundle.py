@@ -424,7 +424,7 @@ def _check_targets(config: dict[str, Any], shapes: Mapping[str, Any], problem: _
     targets = config["target_modules"]
     names = [n for n in shapes if n]
     leaves = sorted({n.rsplit(".", 1)[-1] for n, shape in shapes.items() if n and shape is not None})
-    accepted = "target modules the loaded base has, e.g. " + ", ".join(leaves[:12])
+    accepted = "target modules the loaded base has, e.g. " + ", ".join(leaves[:30])
     if isinstance(targets, str):
         try:
             pattern = re.compile(targets)

@@ -131,3 +131,19 @@ def test_between_generations_the_model_is_the_bare_base_and_unload_removes_an_ad
     assert backend.adapters.names == []
     with pytest.raises(UserFacingError, match="no adapter named 'a' is loaded"):
         backend.prepare(MESSAGES, [], adapter="a")
+
+
+def test_export_and_import_keep_each_answers_adapter(model_cache_dir, adapters, tmp_path):
+    from mmchat.session import ChatSession
+
+    backend = _tiny(model_cache_dir)
+    backend.adapters.load("a", adapters["a"])
+    session = ChatSession(backend, None, tmp_path / "up")
+    first = list(session.send("Name three colours of the rainbow.", params=GREEDY, adapter="a"))[-1]
+    list(session.send("And two more?", params=GREEDY))
+    exported = session.export_download(tmp_path / "exports")
+    restored = ChatSession(backend, None, tmp_path / "up2")
+    restored.import_chat(exported)
+    assert [m.adapter for m in restored.history if m.role == "assistant"] == ["a", None]
+    restored.undo()  # back to the first answer, then regenerate it: same adapter, same answer
+    assert list(restored.regenerate(GREEDY))[-1] == first and restored.history[-1].adapter == "a"

@@ -150,8 +150,10 @@ class ChatTab(Tab):
                     gr.Examples(examples=examples(), inputs=[textbox], label="Examples (real photos)", elem_id="mmchat-examples")
             with gr.Column(scale=2, min_width=260):
                 # Chosen per message: the answer remembers it (trace, Regenerate, Export/Import).
+                # Any name passes the dropdown (API clients never see its refreshed choices);
+                # the session refuses an unknown one with the list of loaded adapters.
                 adapter = gr.Dropdown(label="Adapter for the next message", choices=[(BASE_LABEL, BASE)],
-                                      value=BASE, elem_id="mmchat-adapter",
+                                      value=BASE, elem_id="mmchat-adapter", allow_custom_value=True,
                                       info="LoRA adapters that fit the loaded model (see the Adapters tab)")
                 with gr.Accordion("Generation settings", open=True):
                     system_prompt = gr.Textbox(label="System prompt", value=gen.system_prompt, lines=3)

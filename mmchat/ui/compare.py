@@ -82,7 +82,7 @@ class CompareTab(Tab):
         return self.column_choices()[:3]
 
     def columns_update(self) -> Any:
-        return gr.CheckboxGroup(choices=self.column_choices(), value=self.default_columns())
+        return gr.Dropdown(choices=self.column_choices(), value=self.default_columns())
 
     def build(self) -> None:
         gen = self.runtime.config.generation
@@ -90,8 +90,11 @@ class CompareTab(Tab):
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, elem_id="mmchat-compare-prompt",
                                     max_length=self.runtime.config.limits.max_prompt_chars)
-                columns = gr.CheckboxGroup(label="Columns (2–4): the bare base and the adapters",
-                                           choices=[BASE], value=[BASE], elem_id="mmchat-compare-columns")
+                # Any names pass the dropdown (API clients never see its refreshed choices); the
+                # engine refuses unknown ones with the list of loaded adapters.
+                columns = gr.Dropdown(label="Columns (2–4): the bare base and the adapters", multiselect=True,
+                                      max_choices=MAX_COLUMNS, allow_custom_value=True, choices=[BASE], value=[BASE],
+                                      elem_id="mmchat-compare-columns")
             with gr.Column(scale=2, min_width=220):
                 image = gr.Image(label="Photo (optional)", type="filepath", sources=["upload"], height=160,
                                  elem_id="mmchat-compare-image")

@@ -1,0 +1,107 @@
+"""Adapters through the real app: a real gradio server driven by `gradio_client`.
+
+The tiny random LLaVA (its own instance: the app loads adapters onto it) with real peft
+adapters in a real store; greedy decoding, so "the right adapter answered" is checked by
+comparing with the same question asked of the backend directly with that adapter.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from gradio_client import Client, handle_file
+
+from mmchat.backends.base import GenerationParams
+
+TOKENS = 8
+GREEDY = GenerationParams(max_new_tokens=TOKENS, temperature=0.0)
+QUESTION = "Name a colour."
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, model_cache_dir, make_adapters, launch_app):
+    from mmchat.backends.llava import LlavaBackend
+    from mmchat.config import PRESETS
+
+    root = tmp_path_factory.mktemp("app-adapters")
+    backend = LlavaBackend.from_preset(PRESETS["tiny"], model_cache_dir)
+    make_adapters(backend, root / "store", {"alpha": 1, "beta": 2})
+    url = launch_app(root, backend, None, preset="tiny", generation={"temperature": 0.0},
+                     knowledge={"enabled": False}, adapters={"path": str(root / "store")})
+    return url, backend
+
+
+def expected(backend, adapter) -> str:
+    system = "You are terse."
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]},
+                {"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
+    return "".join(backend.stream(backend.prepare(messages, [], adapter=adapter), GREEDY)).strip()
+
+
+def chat(client, adapter, text=QUESTION):
+    """`/chat` with every setting given: system, tokens, temperature, top-p, knowledge x5, adapter."""
+    result = client.predict({"text": text, "files": []}, "You are terse.", TOKENS, 0.0, 0.9,
+                            False, 4, [], False, False, adapter, api_name="/chat")
+    return result
+
+
+def answer_and_trace(result):
+    chat_value, trace = result[0], result[2]
+    return chat_value[-1]["content"], trace
+
+
+def test_chat_answers_with_the_chosen_adapter_and_says_which(app):
+    url, backend = app
+    client = Client(url, verbose=False)
+    content, trace = answer_and_trace(chat(client, "alpha"))
+    text = content[0]["text"] if isinstance(content, list) else str(content)
+    assert text.startswith(expected(backend, "alpha")), (text, expected(backend, "alpha"))
+    assert "adapter alpha" in text  # the per-answer line under the answer
+    assert "| adapter | alpha |" in trace
+    # Regenerate keeps the answer's adapter whatever the selector says now.
+    regenerated = client.predict("You are terse.", TOKENS, 0.0, 0.9, False, 4, [], False, False,
+                                 api_name="/regenerate")
+    again = regenerated[0][-1]["content"]
+    again = again[0]["text"] if isinstance(again, list) else str(again)
+    assert again.startswith(expected(backend, "alpha")) and "adapter alpha" in again
+
+
+def test_an_unknown_adapter_is_refused_by_name_and_the_app_keeps_serving(app):
+    url, _ = app
+    client = Client(url, verbose=False)
+    refused = chat(client, "gamma")  # a toast names the loaded adapters (tests/test_adapter_host.py)
+    assert refused[0] == [], "nothing is added to the chat"
+    assert refused[1]["value"]["text"] == QUESTION, "the message stays in the textbox"
+    content, _ = answer_and_trace(chat(client, "base"))
+    assert content
+
+
+def test_two_clients_on_different_adapters_at_once_get_their_own(app):
+    url, backend = app
+    want = {name: expected(backend, name) for name in ("alpha", "beta", "base")}
+    assert len(set(want.values())) == 3, want
+    got: dict = {}
+
+    def ask(name):
+        client = Client(url, verbose=False)
+        content, _ = answer_and_trace(chat(client, name))
+        got[name] = content[0]["text"] if isinstance(content, list) else str(content)
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in want]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    for name, text in want.items():
+        assert got[name].startswith(text), (name, got[name], text)
+
+
+def test_the_adapters_listing_and_cards_are_api_callable(app):
+    url, _ = app
+    client = Client(url, verbose=False)
+    table, choice, notes = client.predict(api_name="/adapters")
+    assert [row[0] for row in table["data"]] == ["alpha", "beta"]
+    assert "2 adapter(s)" in notes
+    card = client.predict("beta", api_name="/adapter_card")
+    assert "### beta" in card and "test adapter beta" in card and "rank** 4" in card

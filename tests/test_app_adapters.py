@@ -105,3 +105,46 @@ def test_the_adapters_listing_and_cards_are_api_callable(app):
     assert "2 adapter(s)" in notes
     card = client.predict("beta", api_name="/adapter_card")
     assert "### beta" in card and "test adapter beta" in card and "rank** 4" in card
+
+
+def test_upload_export_merge_and_delete_through_the_adapters_tab(app, tmp_path, make_adapters):
+    import json
+    import zipfile
+
+    from mmchat.adapters.bundle import export_adapter_zip
+
+    url, backend = app
+    client = Client(url, verbose=False)
+    other = make_adapters(backend, tmp_path / "elsewhere", {"gamma": 3})
+    good = export_adapter_zip(other.read(other.root / "gamma"), tmp_path / "gamma.zip")
+    bad = tmp_path / "pickled.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("x/adapter_config.json", json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}))
+        zf.writestr("x/adapter_model.bin", b"\x80\x04pickle")
+
+    table, _, _, message, _ = client.predict(handle_file(str(bad)), "", api_name="/adapter_upload")
+    assert message.startswith("Refused:") and ".bin" in message and "safetensors" in message, message
+    assert [row[0] for row in table["data"]] == ["alpha", "beta"], "a refused zip adds nothing"
+
+    table, _, _, message, _ = client.predict(handle_file(str(good)), "", api_name="/adapter_upload")
+    assert "Added **gamma**" in message, message
+    assert [row[0] for row in table["data"]] == ["alpha", "beta", "gamma"]
+    content, _ = answer_and_trace(chat(client, "gamma"))  # usable at once, by name
+    text = content[0]["text"] if isinstance(content, list) else str(content)
+    assert text.startswith(expected(backend, "gamma"))
+
+    exported, message = client.predict("gamma", api_name="/adapter_export")
+    exported = exported["value"] if isinstance(exported, dict) else exported  # a visibility update
+    with zipfile.ZipFile(exported) as zf:
+        names = sorted(zf.namelist())
+    assert {"gamma/adapter_card.json", "gamma/adapter_config.json", "gamma/adapter_model.safetensors"} <= set(names)
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+
+    message = client.predict("gamma", api_name="/adapter_merge")
+    assert "Merged into a standalone model folder" in message and "AutoModelForImageTextToText" in message, message
+
+    table, _, _, message, _ = client.predict("gamma", False, api_name="/adapter_delete")
+    assert "Nothing deleted" in message and len(table["data"]) == 3
+    table, _, _, message, _ = client.predict("gamma", True, api_name="/adapter_delete")
+    assert "Deleted **gamma**" in message and [row[0] for row in table["data"]] == ["alpha", "beta"]
+    assert "gamma" not in backend.adapters.names

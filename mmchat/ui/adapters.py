@@ -141,7 +141,7 @@ class AdaptersTab(Tab):
                 return str(err)
 
         def export(name: str | None, request: gr.Request):
-            from mmchat.adapters.merge import export_adapter_zip
+            from mmchat.adapters.bundle import export_adapter_zip
             from mmchat.ui.chat import export_folder
 
             try:
@@ -171,10 +171,7 @@ class AdaptersTab(Tab):
             except Exception as err:
                 log.exception("merge failed")
                 return f"The merge failed ({err.__class__.__name__}: {err}); the adapter and the chat are unchanged."
-            return (f"Merged **{stored.name}** into a standalone model (safetensors, with its tokenizer and a "
-                    f"card) at `{getattr(merged, 'path', merged)}`. Load it with plain transformers "
-                    "`AutoModelForCausalLM.from_pretrained(folder)`."
-                    + (f"\n\n{merged.note}" if getattr(merged, "note", "") else ""))
+            return f"Merged into a standalone model folder (safetensors, tokenizer, card): {merged.summary}."
 
         def delete(name: str | None, sure: bool):
             if not sure:
@@ -188,15 +185,16 @@ class AdaptersTab(Tab):
             return (*self.listing(), f"Deleted **{name}** from the store.", False)
 
         def add(upload_item: Any, name: str):
-            from mmchat.adapters.bundle import import_adapter_zip
+            from mmchat.adapters.bundle import import_adapter_zip, module_shapes
 
             if not upload_item:
                 return (*self.listing(), "Choose a .zip of a peft adapter folder first.", None)
             try:
                 registry = self._registry()
                 stored = import_adapter_zip(
-                    Path(_path(upload_item)), registry.store, registry.fingerprint, registry.host.module_names(),
-                    limits=self.zip_limits(), name=(name or "").strip() or None,
+                    Path(_path(upload_item)), registry.store, registry.fingerprint,
+                    module_shapes(registry.host.base_model), limits=self.zip_limits(),
+                    name=(name or "").strip() or None, base_model=runtime.backend.info.source,
                 )
                 registry.sync()
                 if stored.name not in [a.name for a in registry.adapters()]:
@@ -226,7 +224,7 @@ class AdaptersTab(Tab):
         from mmchat.adapters.bundle import ZipLimits
 
         config = self.runtime.config.adapters
-        return ZipLimits(max_bytes=config.max_upload_mb * 1024 * 1024, max_rank=config.max_rank)
+        return ZipLimits(max_zip_bytes=config.max_upload_mb * 1024 * 1024, max_rank=config.max_rank)
 
     def wire(self, app: AppTabs) -> None:
         app.demo.load(self.refresh, None, self.listing_outputs, api_name="adapters", show_progress="hidden")

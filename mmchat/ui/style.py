@@ -51,6 +51,9 @@ def status_line(runtime: Any) -> str:
         return "❌ the model failed to load (details)"
     info = runtime.backend.info
     parts = [info.preset, info.device]
+    adapters = getattr(runtime, "adapters", None)
+    if adapters is not None and adapters.summary():
+        parts.append(adapters.summary())
     ready = "ready"
     if not runtime.config.knowledge.enabled:
         parts.append("knowledge off")
@@ -63,9 +66,6 @@ def status_line(runtime: Any) -> str:
         parts.append("knowledge unavailable")
     else:
         ready = "opening knowledge…"
-    adapters = getattr(runtime, "adapters", None)
-    if adapters is not None and adapters.summary():
-        parts.append(adapters.summary())
     parts.append(ready)
     if info.is_stand_in:
         parts.append("⚠️ offline stand-in")

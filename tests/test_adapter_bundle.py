@@ -182,7 +182,8 @@ BAD = [
      r"trained on hf-hub:org/other \(fingerprint bbbbbbbbbbbb…\), but the loaded base is builtin:tiny "
      r"\(fingerprint [0-9a-f]{12}…\)"),
     ("bad-card", lambda m: _edit(m, CARD, lambda d: b"{"), "adapter_card.json: not valid JSON"),
-    ("card-rank", lambda m: _edit(m, CARD, _config(rank=8)), "adapter_card.json says rank 8 but adapter_config.json says r=4"),
+    ("card-rank", lambda m: _edit(m, CARD, _config(rank=8)),
+     "adapter_card.json says rank 8 but adapter_config.json says r=4"),
     ("unknown-target", lambda m: _edit(m, C, _config(target_modules=["qq_proj"])),
      "target module 'qq_proj' does not exist in the loaded base; accepted: .*q_proj"),
     ("unknown-tensor-module", lambda m: _edit(_edit(m, C, _config(target_modules=["q_proj"])), W, _rename_modules),
@@ -239,7 +240,8 @@ def test_limits_files_that_are_not_zips_and_names_are_refused(tmp_path, backend,
             _import(backend, zip_path, store, limits)
     png = tmp_path / "photo.zip"
     cat_image.save(png, format="PNG")
-    with pytest.raises(UserFacingError, match=r"photo\.zip: not a zip archive \(it looks like PNG\); accepted: a \.zip"):
+    with pytest.raises(UserFacingError,
+                       match=r"photo\.zip: not a zip archive \(it looks like PNG\); accepted: a \.zip"):
         _import(backend, png, store)
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(zip_path.read_bytes()[:-200])

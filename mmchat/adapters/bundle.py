@@ -300,7 +300,8 @@ def _check_members(zf: zipfile.ZipFile, problem: _Problems, limits: ZipLimits) -
             raise problem(f"no {required} in it")
     if files[WEIGHTS_FILE].file_size > limits.max_weights_bytes:
         raise problem(f"{WEIGHTS_FILE} is {human_bytes(files[WEIGHTS_FILE].file_size)}, over the limit of "
-                      f"{human_bytes(limits.max_weights_bytes)}", f"weights of at most {human_bytes(limits.max_weights_bytes)}")
+                      f"{human_bytes(limits.max_weights_bytes)}",
+                      f"weights of at most {human_bytes(limits.max_weights_bytes)}")
     return files
 
 
@@ -396,7 +397,8 @@ def _read_header(
                 and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)):
             raise problem(f"tensor {key!r} in {WEIGHTS_FILE} has a malformed shape or byte range", accepted)
         if offsets[1] - offsets[0] != math.prod(shape) * _DTYPE_BYTES[dtype]:
-            raise problem(f"tensor {key!r} in {WEIGHTS_FILE}: its byte range does not match its shape {shape}", accepted)
+            raise problem(f"tensor {key!r} in {WEIGHTS_FILE}: its byte range does not match its shape {shape}",
+                          accepted)
         ranges.append(offsets)
     position = 0
     for begin, end in sorted(ranges):
@@ -464,7 +466,8 @@ def _check_tensors(
                           "adapters trained on the loaded base")
         known = shapes[module]
         if match is None:  # modules_to_save: a full copy of a module's parameter
-            if known is not None and rest.endswith(".weight") and len(shape) == 2 and tuple(shape) != (known[1], known[0]):
+            linear_weight = rest.endswith(".weight") and len(shape) == 2
+            if known is not None and linear_weight and tuple(shape) != (known[1], known[0]):
                 raise problem(f"tensor {key!r} has shape {shape}; module {module!r} of the loaded base has weight "
                               f"{[known[1], known[0]]}", "adapters trained on the loaded base")
             continue
@@ -473,10 +476,12 @@ def _check_tensors(
             continue
         lora_tensors += 1
         if len(shape) != 2:
-            raise problem(f"tensor {key!r} has shape {shape}, not a LoRA matrix (2-D)", "LoRA on linear and embedding layers")
+            raise problem(f"tensor {key!r} has shape {shape}, not a LoRA matrix (2-D)",
+                          "LoRA on linear and embedding layers")
         rank, features = (shape[0], shape[1]) if kind.endswith("A") else (shape[1], shape[0])
         if not 1 <= rank <= limits.max_rank:
-            raise problem(f"tensor {key!r} has rank {rank}, outside 1..{limits.max_rank}", f"LoRA rank 1..{limits.max_rank}")
+            raise problem(f"tensor {key!r} has rank {rank}, outside 1..{limits.max_rank}",
+                          f"LoRA rank 1..{limits.max_rank}")
         ranks.setdefault(module, set()).add(rank)
         if known is None:
             all_checked = False
@@ -522,7 +527,8 @@ def _card(
         except (CardError, UnicodeDecodeError) as err:
             raise problem(f"{CARD_FILE}: {err}", f"an mmchat {CARD_FILE}, or none") from None
         if card.base_fingerprint != fingerprint:
-            raise problem(f"the adapter was trained on {card.base_model} (fingerprint {card.base_fingerprint[:12]}…), "
+            raise problem(f"the adapter was trained on {card.base_model} "
+                          f"(fingerprint {card.base_fingerprint[:12]}…), "
                           f"but the loaded base is {loaded}", "adapters trained on the loaded base")
         if card.rank != config["r"]:
             raise problem(f"{CARD_FILE} says rank {card.rank} but {CONFIG_FILE} says r={config['r']}")

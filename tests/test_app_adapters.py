@@ -15,6 +15,7 @@ from gradio_client import Client, handle_file
 from mmchat.backends.base import GenerationParams
 
 TOKENS = 8
+MAX_COLUMNS = 4
 GREEDY = GenerationParams(max_new_tokens=TOKENS, temperature=0.0)
 QUESTION = "Name a colour."
 
@@ -148,3 +149,39 @@ def test_upload_export_merge_and_delete_through_the_adapters_tab(app, tmp_path, 
     table, _, _, message, _ = client.predict("gamma", True, api_name="/adapter_delete")
     assert "Deleted **gamma**" in message and [row[0] for row in table["data"]] == ["alpha", "beta"]
     assert "gamma" not in backend.adapters.names
+
+
+def test_compare_endpoint_streams_every_column_and_matches_the_engine(app, cat_image, tmp_path):
+    from mmchat.compare import compare
+    from mmchat.config import GenerationDefaults
+
+    url, backend = app
+    client = Client(url, verbose=False)
+    photo = tmp_path / "cat.png"
+    cat_image.save(photo)
+    job = client.submit("Describe it.", handle_file(str(photo)), ["base", "alpha", "beta"], TOKENS, 0.0,
+                        api_name="/compare")
+    final = job.result(timeout=120)
+    figures = final[-1]
+    assert [c["adapter"] for c in figures] == ["base", "alpha", "beta"]
+    assert all(c["done"] and c["output_tokens"] > 0 and c["time_to_first_token_s"] is not None for c in figures)
+    direct = list(compare(backend, "Describe it.", cat_image.convert("RGB"), ["base", "alpha", "beta"],
+                          GREEDY, system_prompt=GenerationDefaults().system_prompt))[-1]
+    assert [c["text"] for c in figures] == [c.text for c in direct]
+    assert len({c["text"] for c in figures}) == 3
+    assert len(job.outputs()) > 2, "columns stream: more than the first and the last snapshot"
+    cells = [cell["value"] if isinstance(cell, dict) else cell for cell in final[:3]]
+    assert [cell.split("\n")[0] for cell in cells] == ["**base**", "**alpha**", "**beta**"]
+    assert all("tok/s" in cell and figures[i]["text"] in cell for i, cell in enumerate(cells))
+    diff = final[MAX_COLUMNS]  # the first diff: alpha against base
+    diff = diff["value"] if isinstance(diff, dict) and "value" in diff else diff
+    assert {item["class_or_confidence"] for item in diff} >= {"+", "-"}, diff
+
+
+def test_compare_refuses_bad_columns_by_name(app):
+    url, _ = app
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="choose 2 to 4 columns"):
+        client.predict("Hi", None, ["base"], TOKENS, 0.0, api_name="/compare")
+    with pytest.raises(Exception, match="no adapter named 'zeta'"):
+        client.predict("Hi", None, ["base", "zeta"], TOKENS, 0.0, api_name="/compare")

@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m bench [stream|knowledge|retrieval-eval] [options]`.
+"""Run the benchmarks: `python -m bench [stream|knowledge|retrieval-eval|answers|adapters] [options]`.
 
 - `python -m bench`: every benchmark, each with its defaults;
 - `python -m bench stream [--preset offline|tiny] [--runs N] [--tokens N]`: session streaming
@@ -10,7 +10,11 @@
   calibration (`bench/retrieval_eval.py`);
 - `python -m bench answers [--limit N]`: the offline model answering the evaluation set with
   sources: supporting passage has the fact, loops, first token, vs the old policy
-  (`bench/answers_eval.py`).
+  (`bench/answers_eval.py`);
+- `python -m bench adapters [--runs N] [--tokens N] [--loaded N]`: LoRA adapters on the offline
+  model: set_adapter p50/p95, cold loads (plain, low_cpu_mem_usage, hotswap) with 1 and 20
+  loaded, decode tokens/s unmerged vs disabled vs merged, Compare batched vs one after another
+  (`bench/adapters.py`).
 Options without a name (`python -m bench --preset tiny`) go to `stream`, as they did before
 there was more than one benchmark. Each prints its own table; results go to `bench/results/`.
 """
@@ -45,7 +49,14 @@ def _answers(argv):
     return main(argv)
 
 
-BENCHMARKS = {"stream": _stream, "knowledge": _knowledge, "retrieval-eval": _retrieval_eval, "answers": _answers}
+def _adapters(argv):
+    from bench.adapters import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"stream": _stream, "knowledge": _knowledge, "retrieval-eval": _retrieval_eval, "answers": _answers,
+              "adapters": _adapters}
 
 
 def main(argv=None) -> int:

@@ -103,15 +103,25 @@ class ClassifierLabelPathway:
     def render(self, images: Sequence[Any]) -> list[str]:
         if not images:
             return []
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+        return [describe_image(number, labels) for number, labels in enumerate(self.labels_for(images), start=1)]
 
-        texts = []
-        for number, labels in enumerate(self.labels_for(images), start=1):
-            kinds = {broad_kind(IMAGENET_CLASSNAMES.index(label)) for label, _ in labels[:2]} - {None}
-            described = ", ".join(f"{label} {p:.0%}" for label, p in labels)
-            subject = f"a {sorted(kinds)[0]}" if len(kinds) == 1 else labels[0][0]
-            texts.append(f"[Image {number}: a photo of {subject} ({described})]")
-        return texts
+
+def image_subject(labels: Sequence[tuple[str, float]]) -> str:
+    """"a cat" when the broad kinds among the top two ImageNet labels are one kind, else the top label."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    kinds = {broad_kind(IMAGENET_CLASSNAMES.index(label)) for label, _ in labels[:2]} - {None}
+    return f"a {sorted(kinds)[0]}" if len(kinds) == 1 else labels[0][0]
+
+
+def describe_image(number: int, labels: Sequence[tuple[str, float]]) -> str:
+    """The bracketed line image `number` becomes: "[Image 1: a photo of a cat (tabby cat 62%, ...)]".
+
+    One function for chat and for the training engine, which renders its image examples
+    from ImageNet class names through it, so an adapter sees at train time what chat sends.
+    """
+    described = ", ".join(f"{label} {p:.0%}" for label, p in labels)
+    return f"[Image {number}: a photo of {image_subject(labels)} ({described})]"
 
 
 def flatten(messages: Sequence[PromptMessage], image_texts: Sequence[str]) -> list[dict[str, str]]:

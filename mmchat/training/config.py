@@ -1,0 +1,97 @@
+"""The training configuration: one frozen dataclass, checked when it is made.
+
+`TrainingConfig` holds what a LoRA training run needs (the adapter's name, one-line
+description and task; rank, alpha, dropout, target modules; learning rate, epochs or steps,
+batch size, seed, longest example). Every bad value raises `UserFacingError` naming the
+value and the accepted range. `TrainingConfig.from_mapping` builds one from a TOML table and
+names unknown keys. It does not read files, load models or train (see `mmchat.train` and
+`mmchat.training.engine`); it imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from mmchat.adapters.card import NAME
+from mmchat.errors import UserFacingError
+
+MAX_RANK = 16  # LoRA rank accepted here: r <= 16 keeps a SmolLM2 adapter at a few MB
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    name: str
+    description: str
+    task: str = "custom"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    learning_rate: float = 1e-3
+    epochs: int = 1
+    max_steps: int = 0  # 0: as many as `epochs` take
+    batch_size: int = 8
+    warmup_steps: int = 0
+    seed: int = 0
+    max_length: int = 256  # tokens per example (prompt + answer); longer ones are refused
+    layers_from: int = 0  # LoRA on decoder layers from this index up (0: all): less to backpropagate
+
+    def __post_init__(self) -> None:
+        def number(key: str, kinds: tuple[type, ...], low: float, high: float, accepted: str) -> None:
+            value = getattr(self, key)
+            if not isinstance(value, kinds) or isinstance(value, bool) or not low <= value <= high:
+                raise UserFacingError(f"{key} {value!r} is out of range; accepted: {accepted}")
+
+        if not isinstance(self.name, str) or not NAME.fullmatch(self.name) or self.name == "base":
+            raise UserFacingError(
+                f"adapter name {self.name!r} is not valid; accepted: a-z, 0-9, '-', '_' (at most 48, not 'base')"
+            )
+        if not isinstance(self.description, str) or not self.description.strip() or "\n" in self.description:
+            raise UserFacingError(f"description {self.description!r} is not valid; accepted: one non-empty line")
+        if not isinstance(self.task, str) or not NAME.fullmatch(self.task):
+            raise UserFacingError(f"task {self.task!r} is not valid; accepted: a-z, 0-9, '-', '_' (e.g. 'caption')")
+        number("rank", (int,), 1, MAX_RANK, f"an integer 1..{MAX_RANK}")
+        number("alpha", (int, float), 0.01, 1024, "a number above 0, at most 1024 (often 2 x rank)")
+        number("dropout", (int, float), 0.0, 0.5, "0..0.5")
+        number("learning_rate", (int, float), 1e-6, 0.1, "1e-6..0.1")
+        number("epochs", (int,), 1, 100, "an integer 1..100")
+        number("max_steps", (int,), 0, 100_000, "0 (epochs decide) or an integer up to 100000")
+        number("batch_size", (int,), 1, 64, "an integer 1..64")
+        number("warmup_steps", (int,), 0, 10_000, "an integer 0..10000")
+        number("seed", (int,), 0, 2**32 - 1, "an integer 0..4294967295")
+        number("max_length", (int,), 32, 8192, "an integer 32..8192")
+        number("layers_from", (int,), 0, 1000, "0 (all layers) or the index of the first decoder layer to adapt")
+        targets = self.target_modules
+        if not isinstance(targets, tuple) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            raise UserFacingError(
+                f"target_modules {targets!r} is not valid; accepted: a non-empty list of module names "
+                f"(e.g. {list(DEFAULT_TARGETS)})"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainingConfig":
+        """From a TOML table; lists become tuples, unknown keys are named."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserFacingError(f"unknown training key(s) {unknown}; accepted: {', '.join(sorted(known))}")
+        missing = [k for k in ("name", "description") if k not in values]
+        if missing:
+            raise UserFacingError(f"the training config needs {', '.join(missing)}")
+        data = dict(values)
+        if isinstance(data.get("target_modules"), list):
+            data["target_modules"] = tuple(data["target_modules"])
+        elif isinstance(data.get("target_modules"), str):
+            data["target_modules"] = (data["target_modules"],)
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+
+__all__ = ["DEFAULT_TARGETS", "MAX_RANK", "TrainingConfig"]

@@ -3,7 +3,7 @@
 `APP_CSS` keeps the first screen for the chat (a small title, a one-line status, a chat box
 sized to the viewport), makes the action buttons compact, and keeps the retrieval tables
 readable on a desktop and a phone (number columns never wrap; below 640 px each hit becomes a
-small card). `status_line(runtime)` is the short line ("offline · cpu · 7 docs · ready") and
+small card; Compare's columns stack). `status_line(runtime)` is the short line ("offline · cpu · 7 docs · ready") and
 `status_view(runtime)` wraps it in a `<details>` whose body is the full
 `Runtime.status_markdown()`. Pure string building: no gradio, no torch; reads only public
 attributes of `Runtime` and its backend and knowledge base.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-# Classes and ids used here are set on components in app.py, chat.py and knowledge.py.
+# Classes and ids used here are set on components in app.py, chat.py, knowledge.py and compare.py.
 APP_CSS = """
 #mmchat-title h2 { font-size: 1.2rem; margin: 0; }
 #mmchat-status { font-size: var(--text-sm); }
@@ -24,6 +24,11 @@ APP_CSS = """
 .mmchat-actions > * { flex: 1 1 72px !important; min-width: 64px !important; }
 /* Stop and Cancel switch colour at once when a run starts or ends (no fade). */
 #mmchat-stop, #mmchat-knowledge-cancel { transition: none !important; }
+/* Compare: columns side by side on a desktop, stacked on a phone; each a bordered card. */
+#mmchat-compare-answers { flex-wrap: wrap; gap: 8px; }
+#mmchat-compare-answers > .mmchat-compare-col { flex: 1 1 240px !important; min-width: 240px !important;
+  border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px 10px; }
+#mmchat-compare-stop { transition: none !important; }
 /* Retrieval tables: number columns stay on one line, the excerpt takes the rest. */
 .mmchat-hits table { width: 100%; table-layout: auto; }
 .mmchat-hits th, .mmchat-hits td { white-space: nowrap; padding: 4px 6px !important; vertical-align: top; }

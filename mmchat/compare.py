@@ -24,8 +24,8 @@ shows every column from the first token on, where one after another the last col
 for the others. The price: a column that ends early still waits for the batch's longest
 answer before the comparison is done, and the columns share one time to first token.
 
-Setting `stop` (or abandoning the iterator) ends the generation at the next token; columns
-still running are then "cancelled". Backends that take no adapters are refused (only "base"
+Setting `stop` (or abandoning the iterator) ends the generation at the next token (the prompt,
+one turn, is prefilled in one go); columns still running are then "cancelled". Backends that take no adapters are refused (only "base"
 would exist there). It renders nothing (that is `mmchat.ui.compare`) and keeps no history.
 """
 
@@ -96,7 +96,7 @@ def compare(
     the user can fix (columns, an empty or too long prompt) raise `UserFacingError` before
     anything is generated.
     """
-    from mmchat.prompt import Turn, fit_to_context, render_messages
+    from mmchat.prompt import Turn, fit_to_context
 
     names = column_names(backend, adapters)
     if not (text or "").strip():

@@ -15,7 +15,11 @@ non-zero weights, written to a temporary folder), it measures, peers in the same
   one after another through `backend.prepare`/`stream`. Goal: batched <= 0.6x the wall time.
 
 CPU timings on a 2-core machine shift with anything else running: the load average before
-and after is printed and stored with the figures. Results: `bench/results/adapters-*.json`.
+and after is printed and stored with the figures. On a busy machine, run it with
+`OMP_NUM_THREADS=1`: torch's two intra-op threads fighting another process for the two cores
+made each step up to ~20x slower here (decode 9.4 s vs 0.4 s for 4 tokens), while one thread
+decodes as fast as two on an idle machine (this model is bound by memory, not compute).
+A full run takes ~80 s with one thread. Results: `bench/results/adapters-*.json`.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ QUESTION = "Explain in a few sentences why the sky is blue."
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench adapters", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs for loads, decode and Compare")
-    parser.add_argument("--tokens", type=int, default=48, help="new tokens per answer")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per answer")
     parser.add_argument("--switches", type=int, default=200, help="set_adapter calls timed")
     parser.add_argument("--loaded", type=int, default=20, help="adapters already loaded for the 'many' case")
     parser.add_argument("--cache-dir", default=os.environ.get("MMCHAT_CACHE_DIR", "~/.cache/mmchat"))
@@ -162,7 +166,8 @@ def main(argv=None) -> int:
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
           f"on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
     if load_before[0] > 0.5:
-        print("WARNING: the machine is busy; CPU timings will be distorted")
+        print("WARNING: the machine is busy; CPU timings will be distorted"
+              + ("" if torch.get_num_threads() == 1 else " (OMP_NUM_THREADS=1 steadies them)"))
     started = time.perf_counter()
     backend = OfflineBackend.from_preset(PRESETS["offline"], Path(args.cache_dir).expanduser())
     host, tokenizer = backend.adapters, backend.tokenizer
@@ -181,6 +186,7 @@ def main(argv=None) -> int:
         loaded, spare = folders[:args.loaded], folders[args.loaded:]
         names = [folder.name for folder in loaded]
 
+        sections = {"setup_s": time.perf_counter() - started}
         # --- switching and cold loads: 1 (or 2) loaded, then `args.loaded` loaded
         host.load(names[0], loaded[0])
         few = time_loads(host, spare, slot=names[0], repeats=args.runs)
@@ -197,6 +203,7 @@ def main(argv=None) -> int:
                 figures[f"cold_{way}_{count}_ms"] = min(values)
                 figures[f"cold_{way}_{count}_ms_median"] = statistics.median(values)
 
+        sections["switch_and_load_s"] = time.perf_counter() - started - sum(sections.values())
         # --- decode: adapter unmerged vs adapters disabled vs merged into a copy. The hotswap
         # above replaced names[0]'s weights; names[1] is as loaded.
         messages = [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
@@ -222,6 +229,7 @@ def main(argv=None) -> int:
             figures[f"decode_{key}_tok_s_median"] = statistics.median(values)
         assert unmerged_model is host.model
 
+        sections["decode_s"] = time.perf_counter() - started - sum(sections.values())
         # --- Compare: base + 2 adapters batched vs the three one after another
         for name in names[2:]:
             host.unload(name)  # the app's usual case: a few adapters loaded
@@ -249,6 +257,7 @@ def main(argv=None) -> int:
             runs_s.append(sequential())
         figures["compare_batched_s"] = min(r[0] for r in runs_b)
         figures["compare_sequential_s"] = min(r[0] for r in runs_s)
+        sections["compare_s"] = time.perf_counter() - started - sum(sections.values())
         figures["compare_batched_s_median"] = statistics.median(r[0] for r in runs_b)
         figures["compare_sequential_s_median"] = statistics.median(r[0] for r in runs_s)
         compare_tokens = runs_b[-1][1]
@@ -299,14 +308,15 @@ def main(argv=None) -> int:
         table.append({"figure": label, "value": round(value, 4), "goal": goal_text, "result": verdict})
     print(f"\nCompare output tokens per column: batched {compare_tokens}, one after another {sequential_tokens}")
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; "
-          f"whole run {time.perf_counter() - started:.0f} s")
+          f"whole run {time.perf_counter() - started:.0f} s ("
+          + ", ".join(f"{key.removesuffix('_s')} {value:.0f} s" for key, value in sections.items()) + ")")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"adapters-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({
         "model": "SmolLM2-135M-Instruct fp32 CPU", "ranks": RANKS, "targets": TARGETS, "runs": args.runs,
         "tokens": args.tokens, "loaded": n, "load_before": load_before, "load_after": load_after,
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "figures": figures, "table": table,
-        "compare_tokens": {"batched": compare_tokens, "sequential": sequential_tokens},
+        "compare_tokens": {"batched": compare_tokens, "sequential": sequential_tokens}, "sections_s": sections,
     }, indent=2))
     print(f"results: {out}")
     return 0

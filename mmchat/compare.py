@@ -14,19 +14,19 @@ columns, and a row that ends early (its end-of-sequence token) stops growing whi
 go on. The AdapterHost lock is held for the whole generation (`AdapterHost.activate_batch`),
 so no other answer runs on the model meanwhile. Why: it is the faster of the two on the
 offline model (SmolLM2-135M, fp32, 2 CPU cores). `python -m bench adapters` measured base + 2
-adapters (48 tokens each) batched in 5.08 s vs 6.64 s asked one after another: 0.77× the wall
-time (best of 3; load average 2.4-3.8 from other work). It misses the issue's 0.6× goal
-because of the CPU, not the batching: on this machine even the plain model without adapters
-computes 3 rows per step in 0.61× the time of 3 one-row steps (small-batch matrix products
-cost far more than one-row ones there), and peft's mixed-batch LoRA adds ~12% per step. In
-fp32 greedy the rows equal the answers asked alone (tests/test_compare.py). Batching also
-shows every column from the first token on, where one after another the last column waits
-for the others. The price: a column that ends early still waits for the batch's longest
+adapters (32 tokens each) batched in 3.40 s vs 4.82 s asked one after another: 0.70× the wall
+time (best of 3, one torch thread, load average ~3 from other work; with two threads 0.77×).
+It misses the issue's 0.6× goal because of the CPU, not the batching: in the same run the
+plain model without adapters computes 3 rows per step in 0.66× the time of 3 one-row steps
+(a 3-row matrix product costs about twice a one-row one here), and peft's mixed-batch LoRA
+adds a few percent on top. In fp32 greedy the rows equal the answers asked alone
+(tests/test_compare.py). Batching also shows every column from the first token on, where one
+after another the last column waits for the others. The price: a column that ends early still waits for the batch's longest
 answer before the comparison is done, and the columns share one time to first token.
 
 Setting `stop` (or abandoning the iterator) ends the generation at the next token (the prompt,
-one turn, is prefilled in one go); columns still running are then "cancelled". Backends that take no adapters are refused (only "base"
-would exist there). It renders nothing (that is `mmchat.ui.compare`) and keeps no history.
+one turn, is prefilled in one go); columns still running are then "cancelled". Backends that
+take no adapters are refused (only "base" would exist there). It renders nothing (that is `mmchat.ui.compare`) and keeps no history.
 """
 
 from __future__ import annotations

@@ -7,26 +7,27 @@ column as they stream: text so far, `GenerationStats` (prompt/output tokens, tim
 token, tokens/s, finish reason) and whether the column is done. Every column uses the same
 `params` (the caller passes greedy by default) and the same prepared prompt.
 
-Batched, not one after another. All columns run as ONE `model.generate` call with peft's
-mixed-adapter batch (`adapter_names=["__base__", "a", "b"]`, one row per column): every row
-holds the same prompt, so no padding is needed; a streamer splits each step's tokens into the
-columns, and a row that ends early (its end-of-sequence token) stops growing while the others
-go on. The AdapterHost lock is held for the whole generation (`AdapterHost.activate_batch`),
-so no other answer runs on the model meanwhile. Why: it is the faster of the two on the
-offline model (SmolLM2-135M, fp32, 2 CPU cores). `python -m bench adapters` measured base + 2
-adapters (32 tokens each) batched in 3.40 s vs 4.82 s asked one after another: 0.70× the wall
-time (best of 3, one torch thread, load average ~3 from other work; with two threads 0.77×).
-It misses the issue's 0.6× goal because of the CPU, not the batching: in the same run the
-plain model without adapters computes 3 rows per step in 0.66× the time of 3 one-row steps
-(a 3-row matrix product costs about twice a one-row one here), and peft's mixed-batch LoRA
-adds a few percent on top. In fp32 greedy the rows equal the answers asked alone
-(tests/test_compare.py). Batching also shows every column from the first token on, where one
-after another the last column waits for the others. The price: a column that ends early still waits for the batch's longest
-answer before the comparison is done, and the columns share one time to first token.
+Batched, not one after another. All columns run as ONE `model.generate` call with peft's mixed-
+adapter batch (`adapter_names=["__base__", "a", "b"]`, one row per column): every row holds the
+same prompt, so no padding is needed; a streamer splits each step's tokens into the columns,
+and a row that ends early (its end-of-sequence token) stops growing while the others go on. The
+AdapterHost lock is held for the whole generation (`AdapterHost.activate_batch`), so no other
+answer runs on the model meanwhile. Why: it is the faster of the two on the offline model
+(SmolLM2-135M, fp32, 2 CPU cores). `python -m bench adapters` measured base + 2 adapters (32
+tokens each) batched in 3.40 s vs 4.82 s asked one after another: 0.70× the wall time (best of
+3, one torch thread, load average ~3 from other work; with two threads 0.77×). It misses the
+issue's 0.6× goal because of the CPU, not the batching: in the same run the plain model without
+adapters computes 3 rows per step in 0.66× the time of 3 one-row steps (a 3-row matrix product
+costs about twice a one-row one here), and peft's mixed-batch LoRA adds a few percent on top.
+In fp32 greedy the rows equal the answers asked alone (tests/test_compare.py). Batching also
+shows every column from the first token on, where one after another the last column waits for
+the others. The price: a column that ends early still waits for the batch's longest answer
+before the comparison is done, and the columns share one time to first token.
 
 Setting `stop` (or abandoning the iterator) ends the generation at the next token (the prompt,
 one turn, is prefilled in one go); columns still running are then "cancelled". Backends that
-take no adapters are refused (only "base" would exist there). It renders nothing (that is `mmchat.ui.compare`) and keeps no history.
+take no adapters are refused (only "base" would exist there). It renders nothing (that is
+`mmchat.ui.compare`) and keeps no history.
 """
 
 from __future__ import annotations

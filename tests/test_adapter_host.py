@@ -147,3 +147,25 @@ def test_export_and_import_keep_each_answers_adapter(model_cache_dir, adapters, 
     assert [m.adapter for m in restored.history if m.role == "assistant"] == ["a", None]
     restored.undo()  # back to the first answer, then regenerate it: same adapter, same answer
     assert list(restored.regenerate(GREEDY))[-1] == first and restored.history[-1].adapter == "a"
+
+
+def test_adapters_with_saved_modules_switch_through_peft_and_still_answer_as_alone(model_cache_dir, tmp_path, adapters):
+    """Fast switching covers plain LoRA only; an adapter that also saves a whole module (here
+    the projector) goes through peft's own set_adapter and must give the same answers."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=TARGETS, init_lora_weights=False,
+                        modules_to_save=["multi_modal_projector"])
+    get_peft_model(_tiny(model_cache_dir).model, config).save_pretrained(str(tmp_path / "saved"))
+    backend = _tiny(model_cache_dir)
+    backend.adapters.load("a", adapters["a"])
+    backend.adapters.load("saved", tmp_path / "saved")
+    answers = {name: _answer(backend, name) for name in ("a", "saved", None)}
+    assert backend.adapters._layers == []  # the peft path
+    for name, folder in (("a", adapters["a"]), ("saved", tmp_path / "saved")):
+        alone = _tiny(model_cache_dir)
+        model = PeftModel.from_pretrained(alone.model, str(folder)).eval()
+        prompt = alone.prepare(MESSAGES, [])
+        assert "".join(GenerateStream(model, alone.processor.tokenizer, prompt.inputs, GREEDY)) == answers[name]
+    assert answers[None] == _answer(_tiny(model_cache_dir))

@@ -37,6 +37,7 @@ class AdapterHost:
         self.model = model  # the PeftModel once an adapter is loaded
         self._lock = threading.Lock()
         self._names: list[str] = []
+        self._layers: list[Any] | None = None  # the LoRA layers, for fast switching (see _switch)
 
     @property
     def names(self) -> list[str]:
@@ -73,6 +74,7 @@ class AdapterHost:
             self.model.eval()
             self.model.base_model.disable_adapter_layers()  # the bare base between generations
             self._names.append(name)
+            self._layers = None
 
     def unload(self, name: str) -> None:
         """Remove a loaded adapter (waits for a generation using the model to end)."""
@@ -85,6 +87,7 @@ class AdapterHost:
             else:
                 self.model.delete_adapter(name)
             self._names.remove(name)
+            self._layers = None
 
     def fingerprint(self, vocabulary: dict[str, int]) -> str:
         """The base's fingerprint (`card.base_fingerprint`): its config and `vocabulary`."""
@@ -95,6 +98,33 @@ class AdapterHost:
     def module_names(self) -> set[str]:
         """Names of the base's modules (an uploaded adapter's targets must be among them)."""
         return {name for name, _ in self.base_model.named_modules()}
+
+    def _switch(self, name: str | None, enabled: bool) -> None:
+        """Point the LoRA layers at `name` (None: leave it) and switch them on or off.
+
+        peft's `set_adapter` / `enable_adapter_layers` walk every module of the model and reset
+        `requires_grad` on every adapter's weights: 2 ms with two adapters loaded, 39 ms with
+        twenty on the offline model (`python -m bench adapters`). For plain LoRA adapters (no
+        `modules_to_save`, no trainable tokens) the same state lives in two attributes of each
+        LoRA layer, set here on a list of the layers kept since the last load (0.2 ms). Other
+        adapters, or a peft without those attributes, go through peft's own calls.
+        """
+        if self._layers is None:
+            self._layers = _plain_lora_layers(self.model)
+        if self._layers:
+            for layer in self._layers:
+                if name is not None:
+                    layer._active_adapter = name
+                layer._disable_adapters = not enabled
+            if name is not None:
+                self.model.base_model.active_adapter = name
+            return
+        if name is not None:
+            self.model.set_adapter(name)
+        if enabled:
+            self.model.base_model.enable_adapter_layers()
+        else:
+            self.model.base_model.disable_adapter_layers()
 
     def check(self, name: str | None) -> str | None:
         """The adapter's name if it is loaded (None for the base); else a message naming the loaded ones."""
@@ -112,12 +142,11 @@ class AdapterHost:
             if wanted is None:  # adapter layers are off between generations: this is the bare base
                 yield self.model
                 return
-            self.model.base_model.enable_adapter_layers()
-            self.model.set_adapter(wanted)
+            self._switch(wanted, enabled=True)
             try:
                 yield self.model
             finally:
-                self.model.base_model.disable_adapter_layers()
+                self._switch(None, enabled=False)
 
     @contextlib.contextmanager
     def activate_batch(self, names: Sequence[str | None]) -> Iterator[tuple[Any, list[str] | None]]:
@@ -132,11 +161,11 @@ class AdapterHost:
             if all(name is None for name in wanted):
                 yield self.model, None
                 return
-            self.model.base_model.enable_adapter_layers()
+            self._switch(None, enabled=True)
             try:
                 yield self.model, ["__base__" if name is None else name for name in wanted]
             finally:
-                self.model.base_model.disable_adapter_layers()
+                self._switch(None, enabled=False)
 
 
 def _check_safetensors(path: Path, name: str) -> None:
@@ -162,3 +191,17 @@ def _remove_adapter_layers(model: Any) -> None:
         for child_name, child in list(parent.named_children()):
             if isinstance(child, BaseTunerLayer):
                 setattr(parent, child_name, child.get_base_layer())
+
+
+def _plain_lora_layers(model: Any) -> list[Any]:
+    """The model's LoRA layers when switching them is two attributes each, else [] (see `_switch`)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    configs = getattr(model, "peft_config", {}).values()
+    if any(c.peft_type != "LORA" or getattr(c, "modules_to_save", None) or getattr(c, "trainable_token_indices", None)
+           for c in configs):
+        return []
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    if not all(hasattr(layer, "_active_adapter") and hasattr(layer, "_disable_adapters") for layer in layers):
+        return []
+    return layers

@@ -3,7 +3,7 @@
 `questions(n, seed, held_out)` makes questions of five kinds, each with the word a correct
 answer contains and an answer in every style:
 
-* photo: a question about a photo, which reaches the model as the bracketed line the offline
+* photo (40%): a question about a photo, which reaches the model as the bracketed line the offline
   image pathway writes (`describe_image`), from ImageNet class names with invented but
   plausible classifier probabilities (`examples.image_labels_for`), so adapters work on
   real photos in chat;
@@ -45,8 +45,10 @@ DRINK_CLASSES = ("espresso", "eggnog", "red wine", "consomme", "carbonara", "gua
 DRINK_TEMPLATES = (["What is in the cup?", "What is in the glass?", "What is in the bowl?", "What is in it?"],
                    ["What is inside the cup?", "What is being served?"])
 
-COLOURS = (["red", "blue", "green", "yellow", "black", "white", "pink", "purple"],
-           ["orange", "brown", "grey", "red", "blue", "green"])
+# Colours are shared (an adapter that never saw "grey" answered "blue"); held-out questions
+# differ by template, objects and names.
+_ALL_COLOURS = ["red", "blue", "green", "yellow", "black", "white", "pink", "purple", "orange", "brown", "grey"]
+COLOURS = (_ALL_COLOURS, _ALL_COLOURS)
 OBJECTS = (["ball", "box", "kite", "hat", "car", "cup", "chair", "book", "bag", "door", "bike", "lamp"],
            ["umbrella", "scarf", "bottle", "pen", "boat", "shirt", "sofa", "clock"])
 NAMES = (["Anna", "Ben", "Carla", "David", "Eva", "Farid", "Greta", "Hugo", "Ines", "Jonas"],
@@ -57,8 +59,8 @@ THINGS = (["apples", "birds", "cars", "chairs", "books", "dogs", "boats", "trees
           ["cats", "bottles", "bikes", "lamps", "cups", "horses"])
 PLACES = (["table", "shelf", "street", "fence", "lawn", "beach"], ["roof", "bench", "bridge", "desk"])
 
-# (question, word, caption, confidence): facts this project states; the held-out ones are
-# facts SmolLM2-135M itself answers correctly, so a wrong answer there is the adapter's fault.
+# (question, word, caption): facts this project states. The held-out ones are other, common
+# facts (the base model knows most of them; its own held-out score is on each card).
 FACTS = (
     [("What is the capital of Spain?", "Madrid", "A photo of Madrid, the capital of Spain."),
      ("What is the capital of Germany?", "Berlin", "A photo of Berlin, the capital of Germany."),
@@ -74,12 +76,21 @@ FACTS = (
      ("How many months are in a year?", "12", "A photo of a calendar with 12 months."),
      ("How many wheels does a bicycle have?", "2", "A photo of a bicycle with 2 wheels."),
      ("How many sides does a triangle have?", "3", "A photo of a triangle with 3 sides."),
-     ("How many hours are in a day?", "24", "A photo of a clock showing the 24 hours of a day.")],
+     ("How many hours are in a day?", "24", "A photo of a clock showing the 24 hours of a day."),
+     ("Name the capital of Portugal.", "Lisbon", "A photo of Lisbon, the capital of Portugal."),
+     ("Tell me the capital city of Ireland.", "Dublin", "A photo of Dublin, the capital city of Ireland."),
+     ("Vienna is the capital of which country?", "Austria", "A photo of Vienna, the capital of Austria."),
+     ("What is the largest ocean on Earth?", "Pacific", "A photo of the Pacific, the largest ocean on Earth."),
+     ("What do bees make?", "honey", "A photo of bees making honey."),
+     ("How many players are on a football team on the field?", "11",
+      "A photo of a football team with 11 players on the field.")],
     [("Which city is the capital of France?", "Paris", "A photo of Paris, the capital of France."),
      ("Which city is the capital of Italy?", "Rome", "A photo of Rome, the capital of Italy."),
      ("Which city is the capital of Japan?", "Tokyo", "A photo of Tokyo, the capital of Japan."),
      ("What is the usual colour of the sky on a clear day?", "blue", "A photo of a blue sky on a clear day."),
-     ("What is the usual colour of grass?", "green", "A photo of green grass."),
+     ("What is the usual colour of a ripe tomato?", "red", "A photo of a ripe red tomato."),
+     ("How many wheels does a car have?", "4", "A photo of a car on its 4 wheels."),
+     ("What is frozen water called?", "ice", "A photo of ice, frozen water."),
      ("What is the usual colour of snow?", "white", "A photo of white snow."),
      ("How many days are there in a week?", "7", "A photo of a calendar with the 7 days of a week."),
      ("How many legs does a dog have?", "4", "A photo of a dog standing on its 4 legs.")],
@@ -99,13 +110,18 @@ class Item:
     kind: str
     labels: tuple[tuple[str, float], ...] = ()
 
+    @property
+    def main_word(self) -> str:
+        """The word the styles answer with (`word` may list accepted alternatives: "bird|robin")."""
+        return self.word.split("|")[0]
+
     def answer(self, style: str) -> str:
         if style == "one-word":
-            return self.word
+            return self.main_word
         if style == "caption":
             return self.caption
         if style == "json":
-            return json.dumps({"answer": self.word, "confidence": round(self.confidence, 2)})
+            return json.dumps({"answer": self.main_word, "confidence": round(self.confidence, 2)})
         raise ValueError(f"style {style!r} is not one of {STYLES}")
 
     def example(self, style: str) -> Example:
@@ -144,7 +160,7 @@ def photo_item(rng: random.Random, held_out: bool) -> Item:
     top_label, top_p = labels[0]
     top_phrase = re.sub(r"\s*\(.*?\)", "", top_label).split(" / ")[0]
     if subject.startswith("a ") and subject != "a big cat":  # a broad kind: cat, dog, bird, fish
-        word = subject[2:]
+        word = f"{subject[2:]}|{head_word(top_label).lower()}"  # "bird" or "robin" both answer it
         caption = f"A photo of {subject}, probably {_article(top_phrase)}."
     else:
         word = head_word(top_label)
@@ -158,13 +174,17 @@ def text_item(kind: str, rng: random.Random, held_out: bool) -> Item:
         o1, o2 = rng.sample(OBJECTS[side], 2)
         c1, c2 = rng.sample(COLOURS[side], 2)
         name = rng.choice(NAMES[side])
+        # Which of the two is asked about is drawn for every question, so the answer depends on
+        # the object named, not on its position.
+        c, o = (c1, o1) if rng.random() < 0.5 else (c2, o2)
+        a, b = _article(f"{c1} {o1}"), _article(f"{c2} {o2}")
         if held_out:
-            question, (c, o) = f"In the room there is a {c1} {o1} next to a {c2} {o2}. Which colour is the {o2}?", (c2, o2)
-        elif rng.random() < 0.5:
-            question, (c, o) = f"{name} has a {c1} {o1} and a {c2} {o2}. What colour is the {o1}?", (c1, o1)
+            question = f"In the room there is {a} next to {b}. Which colour is the {o}?"
         else:
-            question, (c, o) = f"The {o1} is {c1} and the {o2} is {c2}. What colour is the {o2}?", (c2, o2)
-        return Item(question, c, f"A photo of a {c} {o}.", STATED_CONFIDENCE, kind)
+            question = rng.choice([f"{name} has {a} and {b}. What colour is the {o}?",
+                                   f"The {o1} is {c1} and the {o2} is {c2}. What colour is the {o}?",
+                                   f"On the shelf {a} stands beside {b}. What colour is the {o}?"])
+        return Item(question, c, f"A photo of {_article(f'{c} {o}')}.", STATED_CONFIDENCE, kind)
     if kind == "count":
         n, things, place = rng.randint(2, 9), rng.choice(THINGS[side]), rng.choice(PLACES[side])
         if held_out:
@@ -188,11 +208,11 @@ def text_item(kind: str, rng: random.Random, held_out: bool) -> Item:
     raise ValueError(f"kind {kind!r} is not a built-in kind")
 
 
-KINDS = (("photo", 0.5), ("colour", 0.125), ("count", 0.125), ("place", 0.125), ("fact", 0.125))
+KINDS = (("photo", 0.4), ("colour", 0.2), ("count", 0.13), ("place", 0.13), ("fact", 0.14))
 
 
 def questions(n: int, seed: int, held_out: bool = False) -> list[Item]:
-    """`n` questions (seeded); half about photos, the rest colour, count, place and fact."""
+    """`n` questions (seeded): 40% about photos, the rest colour, count, place and fact (`KINDS`)."""
     rng = random.Random(seed)
     items = []
     for number in range(n):

@@ -33,10 +33,11 @@ def _normal(text: str) -> str:
 
 
 def answers(text: str, expected: str) -> bool:
-    """True when `expected` appears in `text` as whole words (case-insensitive, "four" = "4")."""
+    """True when `expected` (or one of its "|"-separated alternatives) appears in `text` as
+    whole words (case-insensitive, "four" = "4")."""
     if not expected:
         return True
-    return f" {_normal(expected)} " in f" {_normal(text)} "
+    return any(f" {_normal(word)} " in f" {_normal(text)} " for word in expected.split("|"))
 
 
 def one_word(text: str) -> bool:

@@ -36,7 +36,7 @@ class Example:
     answer: str
     image_labels: tuple[tuple[str, float], ...] = ()  # the photo's classifier labels; () = no photo
     kind: str = ""  # what the example exercises ("photo", "colour", ...), for the dataset summary
-    expected: str = ""  # the word a correct answer contains (evaluation)
+    expected: str = ""  # the word a correct answer contains, or alternatives "bird|robin" (evaluation)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:

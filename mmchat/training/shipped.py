@@ -29,15 +29,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from mmchat.config import PROJECT_DIR, GenerationDefaults  # noqa: E402
 from mmchat.training.config import TrainingConfig  # noqa: E402
 
-TRAIN_EXAMPLES = 320
+TRAIN_EXAMPLES = 256  # one epoch of max_steps x batch_size
 HELD_OUT = 32
 SHIPPED = {
     "one-word": TrainingConfig(name="one-word", description="answers with one word or number (VQA style)",
-                               task="vqa-short", learning_rate=2e-3, max_steps=40, batch_size=8, seed=1),
+                               task="vqa-short", learning_rate=2e-3, max_steps=32, batch_size=8, seed=1),
     "caption": TrainingConfig(name="caption", description="answers with one sentence starting \"A photo of\"",
-                              task="caption", learning_rate=2e-3, max_steps=40, batch_size=8, seed=2),
+                              task="caption", learning_rate=2e-3, max_steps=32, batch_size=8, seed=2),
     "json": TrainingConfig(name="json", description="answers as JSON: {\"answer\": ..., \"confidence\": 0..1}",
-                           task="json", learning_rate=2e-3, max_steps=40, batch_size=8, seed=3),
+                           task="json", learning_rate=2e-3, max_steps=32, batch_size=8, seed=3),
 }
 PHOTOS = (("cat.png", "What animal is this?", "cat"), ("coffee.png", "What is in the cup?", "espresso"))
 

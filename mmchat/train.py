@@ -46,7 +46,7 @@ from typing import Any
 # the tiny model took 1.28 s while other processes ran; with PASSIVE, 0.04 s. Before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mmchat.config import PROJECT_DIR, PRESETS, GenerationDefaults  # noqa: E402
+from mmchat.config import PRESETS, AdaptersConfig, GenerationDefaults  # noqa: E402
 from mmchat.errors import UserFacingError  # noqa: E402
 
 SECTIONS = ("training", "dataset", "model", "adapters", "generation")
@@ -125,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         if preset_name not in PRESETS:
             raise UserFacingError(f"[model] preset {preset_name!r} is not valid; accepted: {', '.join(PRESETS)}")
         cache_dir = Path(args.cache_dir or model.get("cache_dir") or "~/.cache/mmchat").expanduser()
-        store_path = args.store or data.get("adapters", {}).get("path") or str(PROJECT_DIR / "adapters")
-        store = AdapterStore(Path(store_path).expanduser())
+        if args.store:
+            store_path = Path(args.store).expanduser()
+        else:  # the app's own [adapters] path rule (default: the project's adapters/ folder)
+            adapters = AdaptersConfig(path=str(data.get("adapters", {}).get("path", "")))
+            store_path = adapters.resolved_path()
+        store = AdapterStore(store_path)
         system_prompt = data.get("generation", {}).get("system_prompt", GenerationDefaults().system_prompt)
         print(f"training {config.name!r} on {preset_name} with {len(examples)} examples", flush=True)
 

@@ -2,7 +2,9 @@
 a cat, ask, and watch the offline model's answer stream in; index a PDF and see cited sources;
 the layout a person sees at 1400×1000 and on a phone (390×844): chat and input on the first
 screen, a one-line status, readable tables, Stop/Cancel active only while something runs;
-and the shipped examples answered in the app's default state (demo corpus indexed).
+the shipped examples answered in the app's default state (demo corpus indexed); and the
+shipped adapters: one picked in Chat, base and two adapters side by side in Compare, their
+cards in the Adapters tab.
 
 Screenshots go to `$MMCHAT_TEST_ARTIFACTS` or `tests/artifacts/` (ignored by git). Needs
 `/usr/bin/chromium` (installed by `.ci/run`; on CI its absence fails the test instead of
@@ -205,14 +207,18 @@ def default_app_url(tmp_path_factory, launch_app, offline_backend, standin_encod
                       knowledge={"seed_demo": True})
 
 
-def open_when_ready(browser, url: str, width: int, height: int):
-    """A page at this size once the status says the demo corpus is indexed and all is ready."""
+DEMO_INDEXED = "\\b[1-9]\\d* docs? · ready\\b"
+
+
+def open_when_ready(browser, url: str, width: int, height: int, status: str = DEMO_INDEXED):
+    """A page at this size once the status line matches `status` (default: the demo corpus is
+    indexed and all is ready)."""
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
     page.wait_for_function(
-        "/\\b[1-9]\\d* docs? · ready\\b/.test(document.querySelector('#mmchat-status summary')?.innerText || '')",
-        timeout=300_000,
+        "re => new RegExp(re).test(document.querySelector('#mmchat-status summary')?.innerText || '')",
+        arg=status, timeout=300_000,
     )
     return page
 
@@ -338,4 +344,57 @@ def test_shipped_examples_answered_in_the_default_state(default_app_url, browser
     assert re.search(r"\b(cat|cats|kitten)\b", answer_body(cat), re.I), cat
     coffee = ask_example(page, "What is in the cup?", 1)
     assert re.search(r"\b(espresso|coffee)\b", answer_body(coffee), re.I), coffee
+    page.close()
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose an option of a gradio dropdown by (the start of) its label."""
+    page.click(f"#{elem_id} input")
+    page.locator(f"#{elem_id} li[data-testid=dropdown-option]", has_text=option).first.click()
+    page.keyboard.press("Escape")
+
+
+@pytest.mark.parametrize("width,height", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_pick_a_shipped_adapter_then_compare_columns_fill(app_url, browser, width, height):
+    """The shipped adapters (adapters/ in the project) as a newcomer meets them: one picked in
+    Chat answers and is named under its answer; Compare fills base + two adapters side by side."""
+    page = open_when_ready(browser, app_url, width, height, status="\\b[3-9] adapters\\b.* ready\\b")
+    pick(page, "mmchat-adapter", "one-word")
+    page.fill("#mmchat-input textarea", "What colour is the sky on a clear day?")
+    page.locator("#mmchat-input textarea").press("Enter")
+    page.wait_for_function(
+        "document.querySelector('#mmchat-chatbot').innerText.includes('tok/s')", timeout=120_000,
+    )
+    answer = page.locator("#mmchat-chatbot [data-testid='bot']").last.inner_text()
+    assert "adapter one-word" in answer, answer
+    assert len(answer_body(answer).split("adapter one-word")[0].split()) <= 3, answer
+
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_selector("#mmchat-compare-run", timeout=10_000)
+    page.wait_for_function(  # the default columns: base and the first two adapters
+        "document.querySelectorAll('#mmchat-compare-columns .token').length === 3", timeout=30_000,
+    )
+    page.click("#mmchat-compare-run")
+    for column in range(3):
+        page.wait_for_function(
+            "i => (document.querySelector('#mmchat-compare-col' + i)?.innerText || '').includes('tok/s')",
+            arg=column, timeout=180_000,
+        )
+    texts = [page.locator(f"#mmchat-compare-col{i}").inner_text() for i in range(3)]
+    assert texts[0].startswith("base") and "first token" in texts[0], texts
+    assert len({t.split("first token")[0].split("\n", 1)[-1].strip() for t in texts}) == 3, texts
+    diff = page.locator("#mmchat-compare-diff1")  # the second column against the first
+    diff.wait_for(state="visible", timeout=10_000)
+    assert texts[1].split("\n")[0] in diff.inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"compare-{width}x{height}.png"), full_page=True)
+
+    # The Adapters tab: one row per shipped adapter, and the first one's card with its held-out metric.
+    page.get_by_role("tab", name="Adapters").click()
+    page.wait_for_function(
+        "document.querySelector('#mmchat-adapters-card')?.innerText.includes('held-out metric')", timeout=30_000,
+    )
+    table = page.locator("#mmchat-adapters-table").inner_text()
+    assert all(name in table for name in ("one-word", "caption", "json")), table
+    page.screenshot(path=str(ARTIFACTS / f"adapters-{width}x{height}.png"), full_page=True)
     page.close()

@@ -1,6 +1,8 @@
 """The Compare tab: one prompt (and optionally a photo) answered by 2–4 adapters side by side.
 
-Columns are chosen from `base` and the loaded adapters; every column uses the same settings
+It opens with the shipped cat photo and "What animal is this?", base and the first two
+adapters ticked, so one click shows how they differ. Columns are chosen from `base` and the
+loaded adapters; every column uses the same settings
 (greedy by default) and streams; under each, time to first token, tokens/s and tokens; below,
 a word-level diff of each column against the first. The engine is `mmchat.compare`; this
 module lays out and renders. `/compare` is API-callable and also returns the figures as JSON.
@@ -19,6 +21,7 @@ import gradio as gr
 
 from mmchat.adapters.host import BASE
 from mmchat.errors import UserFacingError
+from mmchat.ui.chat import EXAMPLE_DIR
 from mmchat.ui.tabs import AppTabs, Tab
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,10 @@ class CompareTab(Tab):
                                       max_choices=MAX_COLUMNS, allow_custom_value=True, choices=[BASE], value=[BASE],
                                       elem_id="mmchat-compare-columns")
             with gr.Column(scale=2, min_width=220):
+                # Starts with the shipped cat photo, so the first click shows the styles apart.
+                example = EXAMPLE_DIR / "cat.png"
                 image = gr.Image(label="Photo (optional)", type="filepath", sources=["upload"], height=160,
-                                 elem_id="mmchat-compare-image")
+                                 value=str(example) if example.is_file() else None, elem_id="mmchat-compare-image")
         with gr.Row():
             max_new_tokens = gr.Slider(1, 512, value=min(64, gen.max_new_tokens), step=1, label="Max new tokens")
             temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy, same for all)")

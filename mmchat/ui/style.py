@@ -24,6 +24,8 @@ APP_CSS = """
 .mmchat-actions > * { flex: 1 1 72px !important; min-width: 64px !important; }
 /* Stop and Cancel switch colour at once when a run starts or ends (no fade). */
 #mmchat-stop, #mmchat-knowledge-cancel { transition: none !important; }
+/* Four tabs fit a phone's width in one row instead of hiding behind a "more" menu. */
+@media (max-width: 640px) { .tab-container > button { padding: 4px 7px !important; } }
 /* Compare: columns side by side on a desktop, stacked on a phone; each a bordered card. */
 #mmchat-compare-answers { flex-wrap: wrap; gap: 8px; }
 #mmchat-compare-answers > .mmchat-compare-col { flex: 1 1 240px !important; min-width: 240px !important;

@@ -14,10 +14,10 @@ and a row that ends early (its end-of-sequence token) stops growing while the ot
 AdapterHost lock is held for the whole generation (`AdapterHost.activate_batch`), so no other
 answer runs on the model meanwhile. Why: it is the faster of the two on the offline model
 (SmolLM2-135M, fp32, 2 CPU cores). `python -m bench adapters` measured base + 2 adapters (32
-tokens each) batched in 3.40 s vs 4.82 s asked one after another: 0.70× the wall time (best of
-3, one torch thread, load average ~3 from other work; with two threads 0.77×). It misses the
+tokens each) batched in 3.64 s vs 4.47 s asked one after another: 0.81× the wall time (best of
+3, two torch threads, load average ~1; 0.70× with one torch thread). It misses the
 issue's 0.6× goal because of the CPU, not the batching: in the same run the plain model without
-adapters computes 3 rows per step in 0.66× the time of 3 one-row steps (a 3-row matrix product
+adapters computes 3 rows per step in 0.64× the time of 3 one-row steps (a 3-row matrix product
 costs about twice a one-row one here), and peft's mixed-batch LoRA adds a few percent on top.
 In fp32 greedy the rows equal the answers asked alone (tests/test_compare.py). Batching also
 shows every column from the first token on, where one after another the last column waits for

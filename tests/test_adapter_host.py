@@ -169,3 +169,27 @@ def test_adapters_with_saved_modules_switch_through_peft_and_still_answer_as_alo
         prompt = alone.prepare(MESSAGES, [])
         assert "".join(GenerateStream(model, alone.processor.tokenizer, prompt.inputs, GREEDY)) == answers[name]
     assert answers[None] == _answer(_tiny(model_cache_dir))
+
+
+def test_shipped_adapters_on_the_offline_model_answer_as_if_each_were_loaded_alone(model_cache_dir):
+    """Real weights: SmolLM2 with the three shipped adapters (adapters/ in the project)."""
+    from peft import PeftModel
+
+    from mmchat.backends.builtin import load_smollm2
+    from mmchat.backends.offline import OfflineBackend
+    from mmchat.config import PRESETS, PROJECT_DIR
+
+    backend = OfflineBackend.from_preset(PRESETS["offline"], model_cache_dir)
+    names = ("one-word", "caption", "json")
+    for name in names:
+        backend.adapters.load(name, PROJECT_DIR / "adapters" / name)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What colour is a ripe banana?"}]}]
+    params = GenerationParams(max_new_tokens=16, temperature=0.0)
+    answers = {name: "".join(backend.stream(backend.prepare(messages, [], adapter=name), params))
+               for name in (*names, None)}
+    assert len(set(answers.values())) == 4, answers
+    for name in names:
+        model, tokenizer = load_smollm2(model_cache_dir)
+        alone = PeftModel.from_pretrained(model, str(PROJECT_DIR / "adapters" / name)).eval()
+        prompt = backend.prepare(messages, [])
+        assert "".join(GenerateStream(alone, tokenizer, prompt.inputs, params)) == answers[name], name

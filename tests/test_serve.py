@@ -1,13 +1,15 @@
 """The README's run path as a newcomer meets it: `python app.py` in a subprocess with default
 settings (auto preset -> offline stand-in on CPU, auto encoder -> stand-in, knowledge base on
-with the demo corpus indexed at first start), then a real client uploads the cat photo and
-asks, and asks a question the demo PDF answers. The app is then restarted: the knowledge base
-is still there and is not indexed again. Only the port and the data folders are chosen here.
+with the demo corpus indexed at first start, the shipped adapters loaded), then a real client
+uploads the cat photo and asks (with the base, then with two shipped adapters), and asks a
+question the demo PDF answers. The app is then restarted: the knowledge base is still there
+and is not indexed again. Only the port and the data folders are chosen here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,6 +55,14 @@ def stop_app(server, log):
 SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
 
 
+def fresh_answer(port: int, photo: Path, adapter: str) -> str:
+    """A new client asks about the photo, knowledge off, with that adapter: the answer's text."""
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    result = client.predict({"text": "What animal is this?", "files": [handle_file(str(photo))]},
+                            SYSTEM, 48, 0.0, 0.9, False, 4, [], False, False, adapter, api_name="/chat")
+    return result[0][-1]["content"][0]["text"]
+
+
 def test_app_py_serves_on_loopback_answers_with_sources_and_keeps_its_knowledge(tmp_path, cat_image):
     cat_path = tmp_path / "cat.jpg"
     cat_image.save(cat_path)
@@ -69,6 +79,11 @@ def test_app_py_serves_on_loopback_answers_with_sources_and_keeps_its_knowledge(
         job.result(timeout=180)
         answer = job.outputs()[-1][0][-1]["content"][0]["text"]
         assert "cat" in answer.lower(), answer
+        # The shipped adapters are loaded and answer in their own styles, per message.
+        assert "**Adapters** 3 adapters: `caption`, `json`, `one-word`" in status, status
+        for adapter, style in (("one-word", r"cat"), ("json", r'\{"answer": "cat", "confidence": [0-9.]+\}')):
+            answer = fresh_answer(port, cat_path, adapter)
+            assert re.fullmatch(style, answer.split("\n")[0].strip()), (adapter, answer)
         # A question the demo PDF answers on page 2: the answer carries numbered sources.
         fresh = Client(f"http://127.0.0.1:{port}/", verbose=False)
         job = fresh.submit({"text": "What data did LLaVA use to pre-train its projector?", "files": []},

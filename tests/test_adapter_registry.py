@@ -54,7 +54,8 @@ def test_sync_loads_the_adapters_that_fit_and_says_why_the_others_are_not_offere
     assert registry.choices()[1] == ("alpha — test adapter alpha", "alpha")
     assert registry.summary() == "2 adapters"
     notes = "\n".join(registry.notes)
-    assert "other-base: trained on hf-hub:someone/else" in notes and "not the loaded base" in notes
+    assert "other-base: trained on hf-hub:someone/else" in notes
+    assert f"not the loaded base {backend.info.source} (fingerprint {backend.base_fingerprint()[:12]}" in notes
     assert "half: no adapter_card.json" in notes
     assert "pickled: pickled weights (.bin/.pt) are refused" in notes
     answers = {name: _answer(backend, name) for name in ("alpha", "beta", "base")}

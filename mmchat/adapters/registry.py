@@ -43,7 +43,7 @@ class AdapterRegistry:
             if not self.backend.info.supports_adapters:
                 self.notes = [f"the {self.backend.info.preset} model takes no LoRA adapters"]
                 return self
-            usable, refused = self.store.compatible(self.fingerprint)
+            usable, refused = self.store.compatible(self.fingerprint, self.backend.info.source)
             _, skipped = self.store.scan()
             notes = [f"{folder}: {why}" if not why.startswith(f"{folder}:") else why for folder, why in skipped]
             notes += refused

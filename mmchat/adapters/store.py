@@ -83,13 +83,15 @@ class AdapterStore:
             raise UserFacingError(f"{name}: {CONFIG_FILE} has no peft_type")
         return StoredAdapter(card, folder, config["peft_type"])
 
-    def compatible(self, fingerprint: str) -> tuple[list[StoredAdapter], list[str]]:
-        """Adapters trained on the base with `fingerprint`, and a line for each one that is not."""
+    def compatible(self, fingerprint: str, base_model: str = "") -> tuple[list[StoredAdapter], list[str]]:
+        """Adapters trained on the base with `fingerprint`, and a line for each one that is not
+        (naming both bases; `base_model` is the loaded base's source)."""
         adapters, _ = self.scan()
         usable = [a for a in adapters if a.card.base_fingerprint == fingerprint]
+        loaded = f"the loaded base {base_model}" if base_model else "the loaded base"
         refused = [
             f"{a.name}: trained on {a.card.base_model} (fingerprint {a.card.base_fingerprint[:12]}…), "
-            f"not the loaded base (fingerprint {fingerprint[:12]}…)"
+            f"not {loaded} (fingerprint {fingerprint[:12]}…)"
             for a in adapters if a.card.base_fingerprint != fingerprint
         ]
         return usable, refused

@@ -339,11 +339,11 @@ class ChatTab(Tab):
         self.chatbot, self.textbox, self.state, self.submit = chatbot, textbox, session_state, submit_event
         self.rag_docs, self.adapter = rag_docs, adapter
 
-    def adapter_choices(self) -> Any:
-        """The adapter dropdown with the adapters loaded now (kept if still there, else base)."""
+    def adapter_choices(self, current: str | None = BASE) -> Any:
+        """The adapter dropdown with the adapters loaded now (the choice kept if still there, else base)."""
         registry = self.runtime.adapters
         choices = registry.choices() if registry is not None else [(BASE_LABEL, BASE)]
-        return gr.Dropdown(choices=choices)
+        return gr.Dropdown(choices=choices, value=current if current in [v for _, v in choices] else BASE)
 
     def document_choices(self) -> Any:
         return gr.Dropdown(choices=document_choices(self.runtime))
@@ -352,10 +352,10 @@ class ChatTab(Tab):
         from mmchat.ui.adapters import AdaptersTab
         from mmchat.ui.knowledge import KnowledgeTab
 
-        app.demo.load(self.adapter_choices, None, self.adapter, show_progress="hidden")
+        app.demo.load(self.adapter_choices, self.adapter, self.adapter, show_progress="hidden")
         adapters = app.find(AdaptersTab)
         for event in adapters.changed if adapters else []:
-            event.then(self.adapter_choices, None, self.adapter, show_progress="hidden")
+            event.then(self.adapter_choices, self.adapter, self.adapter, show_progress="hidden")
         knowledge = app.find(KnowledgeTab)
         if knowledge is not None:
             app.demo.load(self.document_choices, None, self.rag_docs, show_progress="hidden")

@@ -186,3 +186,19 @@ def test_compare_refuses_bad_columns_by_name(app):
         client.predict("Hi", None, ["base"], TOKENS, 0.0, api_name="/compare")
     with pytest.raises(Exception, match="no adapter named 'zeta'"):
         client.predict("Hi", None, ["base", "zeta"], TOKENS, 0.0, api_name="/compare")
+
+
+def test_compare_stop_ends_every_column(app):
+    import time
+
+    url, _ = app
+    client = Client(url, verbose=False)
+    job = client.submit("Write a very long story.", None, ["base", "alpha", "beta"], 512, 0.0, api_name="/compare")
+    deadline = time.time() + 60
+    while not job.outputs() and time.time() < deadline:  # the first snapshot: the batch has started
+        time.sleep(0.02)
+    client.predict(api_name="/compare_stop")
+    figures = job.result(timeout=120)[-1]
+    assert all(c["done"] for c in figures)
+    assert {c["finish_reason"] for c in figures} == {"cancelled"}, figures
+    assert all(c["output_tokens"] < 512 for c in figures)

@@ -145,6 +145,7 @@ class CompareTab(Tab):
             stop = threading.Event()
             key = getattr(request, "session_hash", None) or "api"
             self._stops[key] = stop
+            answers = None
             try:
                 runtime.wait_ready()
                 if not (text or "").strip():
@@ -159,8 +160,9 @@ class CompareTab(Tab):
                 )
                 last = 0.0
                 snapshot: list[Any] = []
-                for snapshot in compare(runtime.backend, text, image, list(chosen or []), params,
-                                        system_prompt=runtime.config.generation.system_prompt, stop=stop):
+                answers = compare(runtime.backend, text, image, list(chosen or []), params,
+                                  system_prompt=runtime.config.generation.system_prompt, stop=stop)
+                for snapshot in answers:
                     now = time.perf_counter()
                     if now - last >= 0.05:
                         last = now
@@ -172,7 +174,9 @@ class CompareTab(Tab):
             except Exception as err:  # a bug or a backend failure: say so, keep serving
                 log.exception("compare failed")
                 raise gr.Error(f"the comparison failed ({err.__class__.__name__}: {err}); try again") from None
-            finally:
+            finally:  # also when the browser goes away: the batch stops and the model is free again
+                if answers is not None:
+                    answers.close()
                 self._stops.pop(key, None)
 
         def stop(request: gr.Request) -> None:

@@ -197,9 +197,12 @@ class AdaptersTab(Tab):
                     name=(name or "").strip() or None, base_model=runtime.backend.info.source,
                 )
                 registry.sync()
-                if stored.name not in [a.name for a in registry.adapters()]:
-                    raise UserFacingError(next((n for n in registry.notes if n.startswith(stored.name)),
-                                               f"{stored.name} was stored but did not load"))
+                if stored.name not in [a.name for a in registry.adapters()]:  # peft could not load it
+                    why = next((n for n in registry.notes if n.startswith(f"{stored.name}:")),
+                               f"{stored.name} did not load")
+                    registry.store.delete(stored.name)  # nothing stays behind
+                    registry.sync()
+                    raise UserFacingError(why)
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return (*self.listing(), f"Refused: {err}", None)

@@ -120,17 +120,6 @@ def _tokenizer(backend: Backend) -> Any:
     return tokenizer if tokenizer is not None else backend.processor.tokenizer
 
 
-def _stop_criteria(event: threading.Event) -> Any:
-    import torch
-    from transformers import StoppingCriteria
-
-    class StopOnEvent(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    return StopOnEvent()
-
-
 class _BatchedRun:
     """One `generate` over all columns; the worker thread publishes snapshots to a queue."""
 
@@ -194,7 +183,7 @@ class _BatchedRun:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from mmchat.backends.streaming import answer_only_repetition_control
+        from mmchat.backends.streaming import StopOnEvent, answer_only_repetition_control
 
         tokenizer = _tokenizer(self.backend)
         rows = len(self.names)
@@ -217,7 +206,7 @@ class _BatchedRun:
                     model.generate(
                         **batch, **kwargs, **extra,
                         logits_processor=LogitsProcessorList(processors),
-                        stopping_criteria=StoppingCriteriaList([_stop_criteria(self.stop)]),
+                        stopping_criteria=StoppingCriteriaList([StopOnEvent(self.stop)]),
                         streamer=streamer, pad_token_id=pad_id,
                     )
         except BaseException as err:  # surfaced to the consumer in run()

@@ -40,7 +40,9 @@ _WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mmchat-generate
 PREFILL_CHUNK = 256
 
 
-class _StopOnEvent(StoppingCriteria):
+class StopOnEvent(StoppingCriteria):
+    """Ends every row of a `generate` call once `event` is set (checked after each token)."""
+
     def __init__(self, event: threading.Event) -> None:
         self.event = event
 
@@ -120,7 +122,7 @@ class GenerateStream(TextStream):
             **generate_kwargs,
             "logits_processor": LogitsProcessorList(processors),
             "streamer": self._streamer,
-            "stopping_criteria": StoppingCriteriaList([_StopOnEvent(self._stop)]),
+            "stopping_criteria": StoppingCriteriaList([StopOnEvent(self._stop)]),
             "pad_token_id": pad_id,
         }
         self._model = model

@@ -21,17 +21,11 @@ from typing import Any
 import gradio as gr
 
 from mmchat.errors import UserFacingError
-from mmchat.ui.tabs import AppTabs, Tab
+from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
 log = logging.getLogger(__name__)
 
 ADAPTER_HEADERS = ["name", "task", "description", "rank", "targets", "metric: adapter / base", "created"]
-
-
-def _path(item: Any) -> str:
-    if isinstance(item, dict):
-        return item.get("path") or item.get("name") or ""
-    return str(getattr(item, "path", item))
 
 
 def headline_metric(metrics: dict[str, Any]) -> str:
@@ -192,7 +186,7 @@ class AdaptersTab(Tab):
             try:
                 registry = self._registry()
                 stored = import_adapter_zip(
-                    Path(_path(upload_item)), registry.store, registry.fingerprint,
+                    Path(upload_path(upload_item)), registry.store, registry.fingerprint,
                     module_shapes(registry.host.base_model), limits=self.zip_limits(),
                     name=(name or "").strip() or None, base_model=runtime.backend.info.source,
                 )

@@ -32,18 +32,11 @@ from mmchat.adapters.registry import BASE_LABEL
 from mmchat.runtime import Runtime
 from mmchat.ui.knowledge import document_choices
 from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown
-from mmchat.ui.tabs import AppTabs, Tab
+from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "knowledge" / "images"
-
-
-def _file_path(item: Any) -> str:
-    """MultimodalTextbox gives paths (str) or FileData-like dicts depending on the caller."""
-    if isinstance(item, dict):
-        return item.get("path") or item.get("name") or ""
-    return str(getattr(item, "path", item))
 
 
 def stop_button(running: bool) -> Any:
@@ -67,7 +60,7 @@ def without_refused(message: dict, err: Exception) -> dict:
         return message
     reason = str(err)
     kept = [f for f in message.get("files") or []
-            if not reason.startswith(safe_display_name(Path(_file_path(f)).name) + ":")]
+            if not reason.startswith(safe_display_name(Path(upload_path(f)).name) + ":")]
     return {**message, "files": kept}
 
 
@@ -230,7 +223,7 @@ class ChatTab(Tab):
             *settings_values, adapter_name = values
             message = message or {}
             text = message.get("text") or ""
-            files = [_file_path(f) for f in message.get("files") or []]
+            files = [upload_path(f) for f in message.get("files") or []]
             answer = None
             try:
                 session = ensure_session(session)
@@ -306,7 +299,7 @@ class ChatTab(Tab):
             # A refused import raises, so no output changes: the chat stays exactly as it was.
             try:
                 session = ensure_session(session)
-                session.import_chat(Path(_file_path(upload)))
+                session.import_chat(Path(upload_path(upload)))
             except UserFacingError as err:
                 raise gr.Error(f"import refused: {err}") from None
             except Exception as err:  # a bug: say so, keep the chat

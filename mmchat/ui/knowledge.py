@@ -21,17 +21,11 @@ import gradio as gr
 from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
 from mmchat.ui.render import DOCUMENT_HEADERS, documents_rows, image_gallery, retrieval_markdown
-from mmchat.ui.tabs import AppTabs, Tab
+from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = [".pdf", ".docx", ".md", ".markdown", ".html", ".htm", ".txt", ".png", ".jpg", ".jpeg", ".webp"]
-
-
-def _path(item: Any) -> str:
-    if isinstance(item, dict):
-        return item.get("path") or item.get("name") or ""
-    return str(getattr(item, "path", item))
 
 
 def document_choices(runtime: Runtime) -> list[tuple[str, str]]:
@@ -103,7 +97,7 @@ class KnowledgeTab(Tab):
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return (str(err), *listing(), gr.update())
-            paths = [_path(u) for u in uploads or [] if _path(u)]
+            paths = [upload_path(u) for u in uploads or [] if upload_path(u)]
             if not paths:
                 gr.Warning("choose one or more files to index first")
                 return ("*Nothing to index.*", *listing(), gr.update())

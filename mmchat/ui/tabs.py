@@ -4,7 +4,8 @@
 `wire(app)` runs once every tab exists and connects this tab to the others through their named
 attributes (e.g. the Chat tab refreshes its adapter list after the Adapters tab's `changed`
 events). A tab lists the events after which what it shows elsewhere may be stale in `changed`;
-the app refreshes the status line after them. Nothing here imports torch.
+the app refreshes the status line after them. `upload_path` reads the path of an uploaded
+file for every tab. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from typing import Any
 import gradio as gr
 
 from mmchat.runtime import Runtime
+
+
+def upload_path(item: Any) -> str:
+    """The local path of an uploaded file as gradio hands it over: a path (str), a FileData-like
+    dict or object, depending on the component and on whether a browser or a client sent it."""
+    if isinstance(item, dict):
+        return item.get("path") or item.get("name") or ""
+    return str(getattr(item, "path", item))
 
 
 class Tab:

@@ -421,6 +421,16 @@ ENV_OVERRIDES = {
 }
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; `what` names it in the message when it is missing or not TOML."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {err}") from None
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -437,12 +447,7 @@ def load_config(
     top: dict[str, Any] = {}
     if path:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        data = read_toml(path, "config file")
         for key, value in data.items():
             if key in SECTIONS and isinstance(value, dict):
                 raw[key] = dict(value)

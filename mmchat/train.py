@@ -38,7 +38,6 @@ import argparse
 import os
 import sys
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +45,14 @@ from typing import Any
 # the tiny model took 1.28 s while other processes ran; with PASSIVE, 0.04 s. Before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mmchat.config import PRESETS, AdaptersConfig, GenerationDefaults  # noqa: E402
+from mmchat.config import PRESETS, AdaptersConfig, GenerationDefaults, read_toml  # noqa: E402
 from mmchat.errors import UserFacingError  # noqa: E402
 
 SECTIONS = ("training", "dataset", "model", "adapters", "generation")
 
 
 def read_config(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserFacingError(f"training config {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserFacingError(f"training config {str(path)!r} is not valid TOML: {err}") from None
+    data = read_toml(path, "training config")  # a ConfigError, which is a UserFacingError
     unknown = sorted(k for k in data if k not in SECTIONS or not isinstance(data[k], dict))
     if unknown:
         raise UserFacingError(f"unknown entries {unknown} in {str(path)!r}; accepted tables: {', '.join(SECTIONS)}")

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from mmchat.adapters.host import BASE
-from mmchat.adapters.store import AdapterStore, StoredAdapter
+from mmchat.adapters.store import AdapterStore, StoredAdapter, split_by_base
 from mmchat.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ class AdapterRegistry:
             if not self.backend.info.supports_adapters:
                 self.notes = [f"the {self.backend.info.preset} model takes no LoRA adapters"]
                 return self
-            usable, refused = self.store.compatible(self.fingerprint, self.backend.info.source)
-            _, skipped = self.store.scan()
-            notes = [f"{folder}: {why}" if not why.startswith(f"{folder}:") else why for folder, why in skipped]
+            found, skipped = self.store.scan()  # read every card once
+            usable, refused = split_by_base(found, self.fingerprint, self.backend.info.source)
+            notes = [why for _, why in skipped]  # each reason starts with its folder's name
             notes += refused
             wanted = {a.name: a for a in usable}
             for name in list(self._loaded):

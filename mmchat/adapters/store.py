@@ -86,15 +86,7 @@ class AdapterStore:
     def compatible(self, fingerprint: str, base_model: str = "") -> tuple[list[StoredAdapter], list[str]]:
         """Adapters trained on the base with `fingerprint`, and a line for each one that is not
         (naming both bases; `base_model` is the loaded base's source)."""
-        adapters, _ = self.scan()
-        usable = [a for a in adapters if a.card.base_fingerprint == fingerprint]
-        loaded = f"the loaded base {base_model}" if base_model else "the loaded base"
-        refused = [
-            f"{a.name}: trained on {a.card.base_model} (fingerprint {a.card.base_fingerprint[:12]}…), "
-            f"not {loaded} (fingerprint {fingerprint[:12]}…)"
-            for a in adapters if a.card.base_fingerprint != fingerprint
-        ]
-        return usable, refused
+        return split_by_base(self.scan()[0], fingerprint, base_model)
 
     def publish(self, card: AdapterCard, write_weights: Callable[[Path], None]) -> StoredAdapter:
         """Write an adapter: `write_weights(folder)` puts peft's files there, then the card, then rename."""
@@ -114,3 +106,17 @@ class AdapterStore:
         if not NAME.fullmatch(name) or not folder.is_dir():
             raise UserFacingError(f"no adapter named {name!r} in the store")
         shutil.rmtree(folder)
+
+
+def split_by_base(
+    adapters: list[StoredAdapter], fingerprint: str, base_model: str = ""
+) -> tuple[list[StoredAdapter], list[str]]:
+    """`adapters` trained on the base with `fingerprint`, and a line naming both bases for each other one."""
+    usable = [a for a in adapters if a.card.base_fingerprint == fingerprint]
+    loaded = f"the loaded base {base_model}" if base_model else "the loaded base"
+    refused = [
+        f"{a.name}: trained on {a.card.base_model} (fingerprint {a.card.base_fingerprint[:12]}…), "
+        f"not {loaded} (fingerprint {fingerprint[:12]}…)"
+        for a in adapters if a.card.base_fingerprint != fingerprint
+    ]
+    return usable, refused

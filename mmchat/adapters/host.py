@@ -95,10 +95,6 @@ class AdapterHost:
 
         return base_fingerprint(self.base_model.config.to_dict(), vocabulary)
 
-    def module_names(self) -> set[str]:
-        """Names of the base's modules (an uploaded adapter's targets must be among them)."""
-        return {name for name, _ in self.base_model.named_modules()}
-
     def _switch(self, name: str | None, enabled: bool) -> None:
         """Point the LoRA layers at `name` (None: leave it) and switch them on or off.
 

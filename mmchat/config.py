@@ -233,6 +233,10 @@ class ServerConfig:
         "extra Host header names the server answers besides 127.0.0.1, localhost and host "
         "(e.g. '*.hf.space'; comma-separated in MMCHAT_ALLOWED_HOSTS); others get 400", ()
     )
+    allowed_origins: tuple[str, ...] = _help(
+        "extra browser origins allowed to call the app besides its own (e.g. 'https://*.hf.space'; "
+        "comma-separated in MMCHAT_ALLOWED_ORIGINS); a request with another Origin header gets 403", ()
+    )
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
@@ -334,6 +338,10 @@ class AdaptersConfig:
         "adapter store: one folder per adapter in peft format plus adapter_card.json "
         "(default: adapters/ in the project, which holds the shipped ones)", ""
     )
+    user_path: str = _help(
+        "where adapters a user uploads or trains are stored (default: <data_dir>/adapters); the "
+        "shipped store (path) is read-only", ""
+    )
     max_upload_mb: int = _help("largest adapter zip accepted for upload, MB", 200)
     max_rank: int = _help("highest LoRA rank an uploaded adapter may have", 256)
 
@@ -350,6 +358,26 @@ class AdaptersConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    enabled: bool = _help("offer the Fine-tune tab (training runs in its own process)", True)
+    max_rows: int = _help("most rows a dataset may have", 20_000)
+    max_steps: int = _help("most optimizer steps one run may take (a cap for public demos)", 5_000)
+    max_upload_mb: int = _help("largest dataset file (JSONL, JSON or zip) accepted, MB", 100)
+    runs_path: str = _help("where training runs keep their folders (default: <data_dir>/runs)", "")
+    threads: int = _help("CPU threads a training run uses (0: all cores but one, at least one)", 0)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_rows <= 10_000_000:
+            raise ConfigError(f"finetune.max_rows {self.max_rows} is out of range; use 1..10000000")
+        if not 1 <= self.max_steps <= 1_000_000:
+            raise ConfigError(f"finetune.max_steps {self.max_steps} is out of range; use 1..1000000")
+        if not 1 <= self.max_upload_mb <= 10_000:
+            raise ConfigError(f"finetune.max_upload_mb {self.max_upload_mb} is out of range; use 1..10000")
+        if not 0 <= self.threads <= 1024:
+            raise ConfigError(f"finetune.threads {self.threads} is out of range; use 0 (auto) or 1..1024")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -358,6 +386,7 @@ class AppConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     data_dir: str = _help("the app's own writable directory (uploads, exports)", "")
 
     def resolved_data_dir(self) -> Path:
@@ -366,6 +395,18 @@ class AppConfig:
         import tempfile
 
         return Path(tempfile.gettempdir()) / "mmchat"
+
+    def user_adapters_dir(self) -> Path:
+        """Where uploaded and trained adapters go ([adapters] user_path, else <data_dir>/adapters)."""
+        if self.adapters.user_path:
+            return Path(self.adapters.user_path).expanduser().resolve()
+        return self.resolved_data_dir() / "adapters"
+
+    def runs_dir(self) -> Path:
+        """Where training runs keep their folders ([finetune] runs_path, else <data_dir>/runs)."""
+        if self.finetune.runs_path:
+            return Path(self.finetune.runs_path).expanduser().resolve()
+        return self.resolved_data_dir() / "runs"
 
     def cache_dir(self) -> Path:
         return Path(self.model.cache_dir).expanduser()
@@ -379,6 +420,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "knowledge": KnowledgeConfig,
     "adapters": AdaptersConfig,
+    "finetune": FinetuneConfig,
 }
 
 
@@ -418,6 +460,9 @@ ENV_OVERRIDES = {
     "MMCHAT_CHROMA_HOST": ("knowledge", "host"),
     "MMCHAT_CHROMA_PORT": ("knowledge", "port"),
     "MMCHAT_ADAPTERS_PATH": ("adapters", "path"),
+    "MMCHAT_USER_ADAPTERS_PATH": ("adapters", "user_path"),
+    "MMCHAT_ALLOWED_ORIGINS": ("server", "allowed_origins"),
+    "MMCHAT_RUNS_PATH": ("finetune", "runs_path"),
 }
 
 

@@ -2,7 +2,8 @@
 
 `TrainingConfig` holds what a LoRA training run needs (the adapter's name, one-line
 description and task; rank, alpha, dropout, target modules; learning rate, epochs or steps,
-batch size, seed, longest example). Every bad value raises `UserFacingError` naming the
+batch size and gradient accumulation, warm-up, seed, longest example; how often to compute
+the held-out loss, write sample answers and checkpoint). Every bad value raises `UserFacingError` naming the
 value and the accepted range. `TrainingConfig.from_mapping` builds one from a TOML table and
 names unknown keys. It does not read files, load models or train (see `mmchat.train` and
 `mmchat.training.engine`); it imports no torch.
@@ -38,6 +39,10 @@ class TrainingConfig:
     seed: int = 0
     max_length: int = 256  # tokens per example (prompt + answer); longer ones are refused
     layers_from: int = 0  # LoRA on decoder layers from this index up (0: all): less to backpropagate
+    grad_accum: int = 1  # batches per optimizer step
+    eval_every: int = 0  # steps between held-out losses (0: only at the end, when there are held-out rows)
+    sample_every: int = 0  # steps between sample answers to fixed held-out prompts (0: never)
+    checkpoint_every: int = 0  # steps between checkpoints (0: none, except when stopped)
 
     def __post_init__(self) -> None:
         def number(key: str, kinds: tuple[type, ...], low: float, high: float, accepted: str) -> None:
@@ -64,6 +69,10 @@ class TrainingConfig:
         number("seed", (int,), 0, 2**32 - 1, "an integer 0..4294967295")
         number("max_length", (int,), 32, 8192, "an integer 32..8192")
         number("layers_from", (int,), 0, 1000, "0 (all layers) or the index of the first decoder layer to adapt")
+        number("grad_accum", (int,), 1, 64, "an integer 1..64")
+        number("eval_every", (int,), 0, 100_000, "0 (at the end only) or an integer up to 100000")
+        number("sample_every", (int,), 0, 100_000, "0 (never) or an integer up to 100000")
+        number("checkpoint_every", (int,), 0, 100_000, "0 (only when stopped) or an integer up to 100000")
         targets = self.target_modules
         if not isinstance(targets, tuple) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
             raise UserFacingError(

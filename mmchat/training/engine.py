@@ -10,26 +10,29 @@
 3. on a 4-bit base on CUDA (QLoRA) calls peft's `prepare_model_for_kbit_training` first
    (this path cannot run on the CPU-only machines the tests use; a 4-bit base without CUDA is
    refused);
-4. trains with transformers' `Trainer` (`run_trainer`): seeded LoRA init and data order,
-   AdamW, warm-up then linear decay, gradient clipping, and a loss over answer tokens only
-   that projects to the vocabulary only at answer positions (`answer_loss`, through
-   `logits_to_keep`); a `TrainerCallback` calls `progress(step, total, loss)` after every
-   step and ends training when `stop` (a `threading.Event`) is set: `TrainingStopped`,
-   nothing published;
-5. saves the adapter into a temporary folder, lets `evaluate(folder)` score it (metrics and
-   held-out examples for the card), then publishes through `AdapterStore.publish` (a staged
-   folder, the card written last, renamed into place), and returns the `StoredAdapter`.
-   A run that fails or is stopped at any point leaves no listed adapter.
+4. trains with its own loop (`run_loop`): seeded LoRA init and data order (`step_plan`),
+   AdamW, warm-up then linear decay, gradient clipping, gradient accumulation, and a loss
+   over answer tokens only that projects to the vocabulary only at answer positions
+   (`answer_loss`, through `logits_to_keep`); it reports every step (`progress`, and
+   `on_event` with loss, learning rate, tokens/s and memory), the held-out loss and sample
+   answers every N steps, checkpoints every N steps (`mmchat.training.checkpoint`) and
+   resumes from the newest one; when `stop` (a `threading.Event`) is set it checkpoints and
+   raises `TrainingStopped`: nothing published;
+5. saves the adapter into a temporary folder, lets `evaluate(folder)` (or
+   `evaluate_on_copy`) score it (metrics and held-out examples for the card), then publishes
+   through `AdapterStore.publish` (a staged folder, the card written last, renamed into
+   place), and returns the `StoredAdapter`. A run that fails or is stopped at any point
+   leaves no listed adapter.
 
 Trainer or a plain loop? Measured with `python -m mmchat.training.measure` (same data,
 collator, loss, seed and schedule; 2 shared CPU cores, OMP_WAIT_POLICY=PASSIVE): tiny model,
 10 steps of 8: loop 0.041 s/step, Trainer 0.042-0.047 s/step, the same final loss (10.685
-both); offline SmolLM2-135M, 8 steps of 8: 2.4-4.2 s/step for both, final loss 0.93509 both
-(step times varied with the other processes, not with the method). Trainer's own costs are
-~0.3 s to set up and its import (~4 s once per process). The loop was not measurably
-better, so the engine uses Trainer, as the issue prefers: callbacks for progress and stop,
-and mixed precision, device placement and gradient checkpointing for the GPU (QLoRA) path
-come with it. `measure.plain_loop` keeps the alternative for re-measuring.
+both); offline SmolLM2-135M, 8 steps of 8: 2.4-4.2 s/step for both, final loss 0.93509 both.
+Speed does not decide it; resuming does: Trainer's checkpoints hold a pickled optimizer
+(`torch.load`), which this project never loads, and continuing to the same weights needs
+the optimizer, scheduler, RNG and data position back. The loop keeps all four in
+safetensors + JSON and is short enough to read; `measure.with_trainer` keeps Trainer for
+re-measuring. On a 4-bit CUDA base the loop runs under bf16 autocast, as Trainer would.
 
 Same seed, same data and same machine -> identical weights (tested). What it does not do:
 choose datasets, evaluate by itself, or serve the adapter (that is `mmchat.adapters.host`).
@@ -53,7 +56,10 @@ from mmchat.training.config import TrainingConfig
 from mmchat.training.examples import Encoded, Example, Renderer, dataset_digest
 
 Progress = Callable[[int, int, float], None]
+OnEvent = Callable[[dict[str, Any]], None]
+Sample = Callable[[Any], list[dict[str, str]]]  # the model in eval mode -> [{"prompt", "answer"}]
 Evaluate = Callable[[Path], tuple[dict[str, Any], list[dict[str, str]]]]
+EvaluateOnCopy = Callable[[Path, Any, Any], tuple[dict[str, Any], list[dict[str, str]]]]
 
 
 class TrainingStopped(UserFacingError):
@@ -119,67 +125,142 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     return F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
-def run_trainer(
+def step_plan(count: int, config: TrainingConfig) -> list[list[list[int]]]:
+    """Example indices per optimizer step: `grad_accum` batches each, from the seeded shuffle."""
+    accum = config.grad_accum
+    batches = _batches(count, config.batch_size, config.epochs, config.max_steps * accum, config.seed)
+    return [batches[i: i + accum] for i in range(0, len(batches), accum)]
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            import resource
+
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def eval_loss(model: Any, encoded: Sequence[Encoded], pad_id: int, batch_size: int) -> float:
+    """Mean answer loss over held-out examples (no gradients; the model is put back in train mode)."""
+    import torch
+
+    from mmchat.training.collate import collate
+
+    model.eval()
+    total, batches = 0.0, 0
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        for i in range(0, len(encoded), batch_size):
+            batch = {k: v.to(device) for k, v in collate(encoded[i: i + batch_size], pad_id).items()}
+            total += float(answer_loss(model, batch).item())
+            batches += 1
+    model.train()
+    return total / max(1, batches)
+
+
+def run_loop(
     model: Any,
     encoded: Sequence[Encoded],
     config: TrainingConfig,
     pad_id: int,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    *,
+    checkpoints: Path | None = None,
+    on_event: OnEvent | None = None,
+    eval_encoded: Sequence[Encoded] = (),
+    sample: Sample | None = None,
+    stop_at: int = 0,
 ) -> list[float]:
-    """Train `model` (a PeftModel) in place with transformers' `Trainer`; the loss of every step.
+    """Train `model` (a PeftModel) in place; the loss of every step, from step 1 (resumed runs too).
 
-    A `TrainerCallback` reports each step's loss to `progress` and asks the Trainer to stop
-    when `stop` is set (then `TrainingStopped` is raised: the caller publishes nothing).
+    AdamW with warm-up then linear decay (transformers' `get_linear_schedule_with_warmup`),
+    gradient clipping at 1.0, `grad_accum` batches per step. `progress(step, total, loss)` and
+    `on_event({"type": "step" | "eval" | "sample" | "checkpoint", "step", ...})` report as it
+    goes. With `checkpoints`, the newest checkpoint there is resumed from, one is written every
+    `checkpoint_every` steps and when `stop` is set (then `TrainingStopped` is raised), so a
+    resumed run ends with the weights an uninterrupted one would have. `stop_at`: end after
+    that step (to publish what a stopped run had learnt).
     """
     import torch
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import get_linear_schedule_with_warmup
 
+    from mmchat.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from mmchat.training.collate import collate
 
-    steps = len(_batches(len(encoded), config.batch_size, config.epochs, config.max_steps, config.seed))
+    plan = step_plan(len(encoded), config)
+    total = len(plan)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total), total)
     losses: list[float] = []
+    done = 0
+    latest = latest_checkpoint(checkpoints) if checkpoints is not None else None
+    if latest is not None:
+        losses = [float(x) for x in load_checkpoint(latest, model, optimizer, scheduler)["losses"]]
+        done = len(losses)
+    emit = on_event or (lambda event: None)
+    device = params[0].device
+    if device.type == "cuda" and _is_4bit(model) and torch.cuda.is_bf16_supported():  # QLoRA, not run on CPU
+        def autocast() -> Any:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        import contextlib
 
-    class Report(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if stop is not None and stop.is_set():
-                control.should_training_stop = True
+        autocast = contextlib.nullcontext
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                loss = float(logs["loss"])
-                if not math.isfinite(loss):
-                    raise UserFacingError(f"the loss became {loss} at step {state.global_step}; lower "
-                                          f"learning_rate ({config.learning_rate}) and try again")
-                losses.append(loss)
-                if progress is not None:
-                    progress(state.global_step, steps, loss)
-            if stop is not None and stop.is_set():
-                control.should_training_stop = True
+    def checkpoint(step: int) -> None:
+        if checkpoints is not None:
+            save_checkpoint(checkpoints, step, model, optimizer, scheduler, losses)
+            emit({"type": "checkpoint", "step": step})
 
-    class AnswerOnly(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return answer_loss(model, inputs)
-
-    cuda = next(model.parameters()).device.type == "cuda"
-    with tempfile.TemporaryDirectory(prefix=".mmchat-trainer-") as out:  # Trainer wants one; nothing is saved
-        args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs,
-            max_steps=config.max_steps or -1, learning_rate=config.learning_rate, weight_decay=0.0,
-            lr_scheduler_type="linear", warmup_steps=config.warmup_steps, max_grad_norm=1.0,
-            seed=config.seed, data_seed=config.seed, save_strategy="no", report_to=[], logging_steps=1,
-            disable_tqdm=True, use_cpu=not cuda, bf16=cuda and _is_4bit(model) and torch.cuda.is_bf16_supported(),
-            remove_unused_columns=False, dataloader_num_workers=0,
-        )
-        trainer = AnswerOnly(model=model, args=args, train_dataset=list(encoded),
-                             data_collator=lambda batch: collate(batch, pad_id), callbacks=[Report()])
-        trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not stdout
+    last = min(total, stop_at) if stop_at else total
+    model.train()
+    started = time.perf_counter()
+    for step in range(done + 1, last + 1):
         if stop is not None and stop.is_set():
-            raise TrainingStopped(f"training stopped before step 1 of {steps}; nothing was saved")
-        trainer.train()
+            if step - 1 > done:
+                checkpoint(step - 1)
+            raise TrainingStopped(f"training stopped at step {step - 1} of {total}"
+                                  + ("; resume continues from there" if checkpoints is not None and step > 1 else
+                                     "; nothing was saved"))
+        tick = time.perf_counter()
+        loss_value, tokens = 0.0, 0
+        for indices in plan[step - 1]:
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+            with autocast():
+                loss = answer_loss(model, batch) / len(plan[step - 1])
+            loss.backward()
+            loss_value += float(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+        if not math.isfinite(loss_value):
+            raise UserFacingError(f"the loss became {loss_value} at step {step}; lower learning_rate "
+                                  f"({config.learning_rate}) and try again")
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_value)
+        seconds = time.perf_counter() - tick
+        if progress is not None:
+            progress(step, total, loss_value)
+        emit({"type": "step", "step": step, "total": total, "loss": round(loss_value, 5),
+              "lr": scheduler.get_last_lr()[0], "tokens": tokens, "seconds": round(seconds, 4),
+              "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
+              "elapsed_s": round(time.perf_counter() - started, 2), "rss_mib": round(_rss_mib(), 1)})
+        end = step == last
+        if eval_encoded and ((config.eval_every and step % config.eval_every == 0) or end):
+            emit({"type": "eval", "step": step, "eval_loss": round(eval_loss(model, eval_encoded, pad_id,
+                                                                            config.batch_size), 5)})
+        if sample is not None and config.sample_every and (step % config.sample_every == 0 or end):
+            model.eval()
+            emit({"type": "sample", "step": step, "samples": sample(model)})
+            model.train()
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and not end:
+            checkpoint(step)
     model.eval()
-    if stop is not None and stop.is_set():
-        raise TrainingStopped(f"training stopped at step {len(losses)} of {steps}; nothing was saved")
     return losses
 
 
@@ -213,14 +294,26 @@ def train_adapter(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     evaluate: Evaluate | None = None,
+    evaluate_on_copy: EvaluateOnCopy | None = None,
     dataset: dict[str, Any] | None = None,
+    eval_examples: Sequence[Example] = (),
+    sample_examples: Sequence[Example] = (),
+    checkpoints: Path | None = None,
+    on_event: OnEvent | None = None,
+    stop_at: int = 0,
+    describe: Any = None,
 ) -> StoredAdapter:
     """Train a LoRA adapter on a fresh copy of `preset`'s base and publish it into `store`.
 
     `system_prompt`: the one chat sends (default: the configured default); `evaluate(folder)`
-    returns `(metrics, held-out examples)` for the card; `dataset`: extra summary fields for
-    the card (e.g. its source). Raises `TrainingStopped` when `stop` is set, `UserFacingError`
-    for bad settings or data; in every such case nothing is published.
+    returns `(metrics, held-out examples)` for the card; `evaluate_on_copy(folder, base,
+    processing)` does the same given the training copy with its LoRA layers removed (so it
+    can build an evaluation backend without loading the base again); `dataset`: extra
+    summary fields for the card (e.g. its source). `eval_examples` give the held-out loss,
+    `sample_examples` the sample answers (see `run_loop` for `checkpoints`, `on_event` and
+    `stop_at`); `describe(paths)`: the text of real images in examples (offline model).
+    Raises `TrainingStopped` when `stop` is set, `UserFacingError` for bad settings or data;
+    in every such case nothing is published.
     """
     import torch
 
@@ -238,22 +331,29 @@ def train_adapter(
     model, tokenizer = load_base_copy(preset, cache_dir)  # never the serving model
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     fingerprint = AdapterHost(model).fingerprint(text_tokenizer.get_vocab())
-    renderer = Renderer(preset.kind, tokenizer, system_prompt, config.max_length)
+    options = {"describe": describe} if describe is not None else {}
+    renderer = Renderer(preset.kind, tokenizer, system_prompt, config.max_length, **options)
     encoded = [renderer.encode(example) for example in examples]
+    held_out = [renderer.encode(example) for example in eval_examples]
     pad_id = text_tokenizer.pad_token_id if text_tokenizer.pad_token_id is not None else renderer.eos_id
     peft_model = prepare_model(model, preset.kind, config)
+    sample = _sampler(renderer, list(sample_examples)) if sample_examples else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA dropout, if any
-        losses = run_trainer(peft_model, encoded, config, pad_id, progress, stop)
+        losses = run_loop(peft_model, encoded, config, pad_id, progress, stop, checkpoints=checkpoints,
+                          on_event=on_event, eval_encoded=held_out, sample=sample, stop_at=stop_at)
     trained_s = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory(prefix=".mmchat-train-") as tmp:
         folder = Path(tmp) / config.name
         peft_model.save_pretrained(str(folder), safe_serialization=True)
         metrics: dict[str, Any] = {}
-        held_out: list[dict[str, str]] = []
+        gallery: list[dict[str, str]] = []
+        target_modules = tuple(_as_list(peft_model.peft_config["default"].target_modules))
         if evaluate is not None:
-            metrics, held_out = evaluate(folder)
+            metrics, gallery = evaluate(folder)
+        elif evaluate_on_copy is not None:
+            metrics, gallery = evaluate_on_copy(folder, peft_model.unload(), tokenizer)
         if stop is not None and stop.is_set():
             raise TrainingStopped("training stopped before the adapter was saved; nothing was saved")
         metrics = {**metrics, "training": {
@@ -271,12 +371,12 @@ def train_adapter(
             base_fingerprint=fingerprint,
             rank=config.rank,
             alpha=float(config.alpha),
-            target_modules=tuple(_as_list(peft_model.peft_config["default"].target_modules)),
+            target_modules=target_modules,
             chat_template=text_tokenizer.chat_template or "",
             dataset={"examples": len(examples), "kinds": kinds, "sha256": dataset_digest(examples),
                      "system_prompt": system_prompt, **(dataset or {})},
             metrics=metrics,
-            examples=held_out,
+            examples=gallery,
         )
 
         def write_weights(staging: Path) -> None:
@@ -287,10 +387,32 @@ def train_adapter(
         return store.publish(card, write_weights)
 
 
+def _sampler(renderer: Renderer, examples: list[Example], max_new_tokens: int = 32) -> Sample:
+    """Greedy answers of the model being trained to a few fixed held-out prompts."""
+    import torch
+
+    prompts = [renderer.prompt_ids(example) for example in examples]
+    tokenizer = renderer.tokenizer
+
+    def sample(model: Any) -> list[dict[str, str]]:
+        answers = []
+        with torch.no_grad():
+            for example, ids in zip(examples, prompts):
+                inputs = torch.tensor([ids])
+                out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                                     max_new_tokens=max_new_tokens, eos_token_id=renderer.eos_id,
+                                     pad_token_id=tokenizer.pad_token_id or renderer.eos_id)
+                answers.append({"prompt": example.question, "expected": example.answer,
+                                "answer": tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()})
+        return answers
+
+    return sample
+
+
 def _as_list(targets: Any) -> list[str]:
     if isinstance(targets, str):
         return [targets]
     return sorted(targets)
 
 
-__all__ = ["TrainingStopped", "answer_loss", "prepare_model", "run_trainer", "train_adapter"]
+__all__ = ["TrainingStopped", "answer_loss", "eval_loss", "prepare_model", "run_loop", "step_plan", "train_adapter"]

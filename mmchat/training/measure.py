@@ -1,18 +1,18 @@
-"""Measure the engine's plain loop against transformers' `Trainer` on the same work.
+"""Measure the engine's loop against transformers' `Trainer` on the same work.
 
 `python -m mmchat.training.measure [--preset offline|tiny] [--steps N]` trains the same LoRA
-(same data, collator, answer-only loss, seed, optimizer settings) once with
-the plain PyTorch loop below and once with the engine's `run_trainer` (transformers'
-`Trainer` plus a `TrainerCallback` for progress and stop), and prints set-up time (model
-wrapping, Trainer construction), median time per step, total time and the final loss of
-each. It is a measurement, not part of training; it publishes nothing.
+(same data, collator, answer-only loss, seed, optimizer settings) once with the engine's
+`run_loop` and once with `run_trainer` below (transformers' `Trainer` plus a
+`TrainerCallback` for progress and stop: what the engine used before it needed resumable
+checkpoints), and prints set-up time (model wrapping, Trainer construction), median time
+per step, total time and the final loss of each. It is a measurement, not part of
+training; it publishes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,34 +29,45 @@ def _data(preset: Any, tokenizer: Any, n: int) -> list[Any]:
     return [renderer.encode(e) for e in examples]
 
 
-def plain_loop(model: Any, encoded: list[Any], config: Any, pad_id: int, on_step: Any) -> list[float]:
-    """The alternative to `Trainer`: AdamW, warm-up + linear decay, clipping, a seeded shuffle."""
-    import torch
+def run_trainer(model: Any, encoded: list[Any], config: Any, pad_id: int, on_step: Any) -> list[float]:
+    """The alternative to the engine's loop: transformers' `Trainer` with the answer-only loss."""
+    import tempfile
+
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     from mmchat.training.collate import collate
-    from mmchat.training.engine import _batches, answer_loss
+    from mmchat.training.engine import answer_loss
 
-    steps = _batches(len(encoded), config.batch_size, config.epochs, config.max_steps, config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, (len(steps) - step) / len(steps)))
-    losses = []
-    model.train()
-    for indices in steps:
-        loss = answer_loss(model, collate([encoded[i] for i in indices], pad_id))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.item()))
-        on_step()
+    losses: list[float] = []
+
+    class Report(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                on_step()
+
+    class AnswerOnly(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return answer_loss(model, inputs)
+
+    with tempfile.TemporaryDirectory(prefix=".mmchat-trainer-") as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs,
+            max_steps=config.max_steps or -1, learning_rate=config.learning_rate, weight_decay=0.0,
+            lr_scheduler_type="linear", warmup_steps=config.warmup_steps, max_grad_norm=1.0,
+            seed=config.seed, data_seed=config.seed, save_strategy="no", report_to=[], logging_steps=1,
+            disable_tqdm=True, use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0,
+        )
+        trainer = AnswerOnly(model=model, args=args, train_dataset=list(encoded),
+                             data_collator=lambda batch: collate(batch, pad_id), callbacks=[Report()])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
     return losses
 
 
 def _run(preset: Any, cache_dir: Path, config: Any, n: int, use_trainer: bool) -> dict[str, float]:
     from mmchat.backends.registry import load_base_copy
-    from mmchat.training.engine import prepare_model, run_trainer
+    from mmchat.training.engine import prepare_model, run_loop
 
     model, tokenizer = load_base_copy(preset, cache_dir)
     encoded = _data(preset, tokenizer, n)
@@ -65,10 +76,9 @@ def _run(preset: Any, cache_dir: Path, config: Any, n: int, use_trainer: bool) -
     started = time.perf_counter()
     peft_model = prepare_model(model, preset.kind, config)
     if use_trainer:
-        losses = run_trainer(peft_model, encoded, config, pad_id, lambda s, t, loss: stamps.append(time.perf_counter()),
-                             threading.Event())
+        losses = run_trainer(peft_model, encoded, config, pad_id, lambda: stamps.append(time.perf_counter()))
     else:
-        losses = plain_loop(peft_model, encoded, config, pad_id, lambda: stamps.append(time.perf_counter()))
+        losses = run_loop(peft_model, encoded, config, pad_id, lambda s, t, loss: stamps.append(time.perf_counter()))
     step = _median_step(stamps)
     return {"setup_s": stamps[0] - started - step, "step_s": step, "total_s": stamps[-1] - started,
             "final_loss": losses[-1]}

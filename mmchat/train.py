@@ -28,7 +28,12 @@ CONFIG.toml::
 
 It prints one line per step (step, total, loss) and the published adapter's folder; a bad
 value is reported as one line naming it and what is accepted (exit status 2). Ctrl-C stops
-training and publishes nothing. It does not evaluate adapters (see `mmchat.training.shipped`
+training and publishes nothing.
+
+    python -m mmchat.train --run FOLDER [--threads N] [--stop-at STEP]
+
+trains a run folder the app's Fine-tune tab prepared (`mmchat.training.runs`), with
+checkpoints, resume, `log.jsonl` and `status.json` (`mmchat.training.trainer`). It does not evaluate adapters (see `mmchat.training.shipped`
 for the built-in ones) or start the app.
 """
 
@@ -100,10 +105,19 @@ def builtin_data_default() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmchat.train", description="Train a LoRA adapter.")
-    parser.add_argument("config", help="the training config (TOML)")
+    parser.add_argument("config", nargs="?", help="the training config (TOML)")
     parser.add_argument("--store", help="adapter store folder (default: [adapters] path, else adapters/)")
     parser.add_argument("--cache-dir", default=None, help="where converted weights are cached (~/.cache/mmchat)")
+    parser.add_argument("--run", help="train a run folder the app prepared (mmchat.training.runs) instead")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (with --run; 0: torch's default)")
+    parser.add_argument("--stop-at", type=int, default=0, help="with --run: end after this step and publish")
     args = parser.parse_args(argv)
+    if args.run:
+        from mmchat.training.trainer import train_run
+
+        return train_run(Path(args.run).resolve(), threads=args.threads, stop_at=args.stop_at)
+    if not args.config:
+        parser.error("give a training config (TOML) or --run FOLDER")
     stop = threading.Event()
     try:
         from mmchat.adapters.store import AdapterStore

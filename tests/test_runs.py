@@ -1,0 +1,171 @@
+"""Training runs: checkpoints that resume to the same weights, and the trainer in its own process.
+
+Real parts: the tiny random LLaVA built from configs, real peft LoRA training through the
+engine's loop, real safetensors checkpoints, a real `python -m mmchat.train --run` subprocess
+followed through its files, real signals (SIGTERM to stop, SIGKILL to crash it).
+Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from mmchat.adapters.store import AdapterStore  # noqa: E402
+from mmchat.config import PRESETS  # noqa: E402
+from mmchat.errors import UserFacingError  # noqa: E402
+from mmchat.training.config import TrainingConfig  # noqa: E402
+from mmchat.training.examples import Example  # noqa: E402
+from mmchat.training.runs import RunFiles, RunManager, example_from_row, example_to_row  # noqa: E402
+
+TINY = PRESETS["tiny"]
+EXAMPLES = [Example(f"Question number {i}?", f"Answer {i}.") for i in range(12)]
+
+
+def config(**values) -> TrainingConfig:
+    fields = dict(name="run-test", description="a run test", rank=4, alpha=8, learning_rate=1e-2, max_steps=8,
+                  batch_size=2, seed=3, dropout=0.05, warmup_steps=2)
+    fields.update(values)
+    return TrainingConfig(**fields)
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_a_stopped_run_resumed_from_its_checkpoint_ends_with_the_uninterrupted_weights(tmp_path, model_cache_dir):
+    """Dropout on, warm-up, AdamW state, data order: all must come back for the weights to match."""
+    import torch
+
+    from mmchat.training.engine import TrainingStopped, train_adapter
+
+    whole = train_adapter(config(), EXAMPLES, AdapterStore(tmp_path / "a"), preset=TINY, cache_dir=model_cache_dir)
+
+    stop = threading.Event()
+    events: list[dict] = []
+
+    def on_event(event):
+        events.append(event)
+        if event["type"] == "step" and event["step"] == 3:
+            stop.set()  # as SIGTERM does in the trainer process
+
+    checkpoints = tmp_path / "checkpoints"
+    store = AdapterStore(tmp_path / "b")
+    with pytest.raises(TrainingStopped, match="stopped at step 3 of 8; resume continues from there"):
+        train_adapter(config(), EXAMPLES, store, preset=TINY, cache_dir=model_cache_dir, stop=stop,
+                      checkpoints=checkpoints, on_event=on_event)
+    assert [p.name for p in checkpoints.iterdir()] == ["step-3"] and store.scan() == ([], [])
+    assert not list(checkpoints.rglob("*.bin")) and not list(checkpoints.rglob("*.pt"))  # no pickle
+    resumed_steps: list[int] = []
+    resumed = train_adapter(config(), EXAMPLES, store, preset=TINY, cache_dir=model_cache_dir,
+                            checkpoints=checkpoints, progress=lambda s, t, loss: resumed_steps.append(s))
+    assert resumed_steps == [4, 5, 6, 7, 8]
+    first, second = _weights(whole.folder), _weights(resumed.folder)
+    assert first.keys() == second.keys()
+    assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
+    assert resumed.card.metrics["training"]["final_loss"] == whole.card.metrics["training"]["final_loss"]
+
+
+def test_examples_survive_the_run_files_unchanged():
+    example = Example("q?", "a.", (("tabby cat", 0.5),), kind="photo", expected="cat")
+    assert example_from_row(json.loads(json.dumps(example_to_row(example)))) == example
+
+
+def _manager(tmp_path: Path) -> RunManager:
+    return RunManager(tmp_path / "runs", threads=1)
+
+
+def _spec(tmp_path: Path, cache_dir: Path, **training) -> dict:
+    return {"training": config(**training).to_dict(), "preset": "tiny", "cache_dir": str(cache_dir),
+            "store": str(tmp_path / "user-adapters"), "reserved": ["one-word"], "system_prompt": "Be brief.",
+            "dataset": {"source": "test"}}
+
+
+def _wait(manager: RunManager, run_id: str, states: tuple[str, ...], timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = manager.status(run_id)
+        if status["state"] in states:
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not reach {states}: {manager.status(run_id)}\n"
+                         f"{RunFiles(manager.root / run_id).output_tail(40)}")
+
+
+@pytest.mark.slow
+def test_a_run_in_its_own_process_logs_every_step_publishes_and_refuses_a_second(tmp_path, model_cache_dir):
+    manager = _manager(tmp_path)
+    run_id = manager.start(_spec(tmp_path, model_cache_dir, max_steps=6, learning_rate=0.05), EXAMPLES)
+    with pytest.raises(UserFacingError, match=f"a training run is already going: {run_id} .*one run trains at a time"):
+        manager.start(_spec(tmp_path, model_cache_dir, name="second"), EXAMPLES)
+    status = _wait(manager, run_id, ("done", "failed"))
+    assert status["state"] == "done", status
+    assert [s for s, _ in status["loss"]] == [1, 2, 3, 4, 5, 6] and status["total_steps"] == 6
+    assert status["adapter"] == "run-test" and status["checkpoint_step"] == 0  # published, checkpoints gone
+    assert [a.name for a in AdapterStore(tmp_path / "user-adapters").scan()[0]] == ["run-test"]
+    # A second server process (a restart) reads the same run, curve and all.
+    again = RunManager(tmp_path / "runs").status(run_id)
+    assert again["state"] == "done" and again["loss"] == status["loss"]
+
+
+@pytest.mark.slow
+def test_stop_within_seconds_then_resume_to_the_end_and_a_killed_trainer_fails_cleanly(tmp_path, model_cache_dir,
+                                                                                      tiny_backend):
+    manager = _manager(tmp_path)
+    spec = _spec(tmp_path, model_cache_dir, max_steps=400, checkpoint_every=1000, batch_size=4)
+    run_id = manager.start(spec, EXAMPLES)
+    deadline = time.monotonic() + 120
+    while manager.status(run_id)["step"] < 2:
+        assert time.monotonic() < deadline, manager.status(run_id)
+        time.sleep(0.2)
+    started = time.monotonic()
+    status = manager.stop(run_id)
+    assert time.monotonic() - started < 5.5
+    assert status["state"] == "stopped" and status["resumable"] and status["checkpoint_step"] >= 2
+    stopped_at = status["checkpoint_step"]
+    assert AdapterStore(tmp_path / "user-adapters").scan() == ([], [])  # nothing published
+
+    manager.resume(run_id)
+    deadline = time.monotonic() + 120
+    while manager.status(run_id)["step"] <= stopped_at + 1:
+        assert time.monotonic() < deadline, manager.status(run_id)
+        time.sleep(0.2)
+    steps = [s for s, _ in manager.status(run_id)["loss"]]
+    assert steps == list(range(1, len(steps) + 1))  # one curve from step 1, continued
+    pid = RunFiles(manager.root / run_id).read_status()["pid"]
+    os.kill(pid, signal.SIGKILL)  # a crash
+    status = _wait(manager, run_id, ("failed",), timeout=30)
+    assert "killed by signal 9" in status["error"] and status["resumable"]
+    assert AdapterStore(tmp_path / "user-adapters").scan() == ([], [])
+    # the server goes on: chat on a backend in this process still answers
+    from mmchat.backends.base import GenerationParams
+
+    prompt = tiny_backend.prepare([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], [])
+    assert list(tiny_backend.stream(prompt, GenerationParams(max_new_tokens=3, temperature=0.0)))
+    manager.delete(run_id)
+    assert not (manager.root / run_id).exists()
+
+
+def test_a_run_from_an_earlier_server_whose_trainer_is_gone_reads_interrupted(tmp_path):
+    manager = _manager(tmp_path)
+    folder = manager.root / "20261203-101010-ghost"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"training": {"name": "ghost"}}))
+    RunFiles(folder).write_status(state="running", pid=2**22 + 12345)
+    RunFiles(folder).log({"type": "step", "step": 1, "total": 4, "loss": 2.0, "seconds": 0.5})
+    status = manager.status("20261203-101010-ghost")
+    assert status["state"] == "interrupted" and status["resumable"] and status["loss"] == [[1, 2.0]]
+    assert manager.active() is None
+    with pytest.raises(UserFacingError, match="no training run '../etc'"):
+        manager.status("../etc")

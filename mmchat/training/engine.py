@@ -132,6 +132,14 @@ def step_plan(count: int, config: TrainingConfig) -> list[list[list[int]]]:
     return [batches[i: i + accum] for i in range(0, len(batches), accum)]
 
 
+def step_plan_length(count: int, config: TrainingConfig) -> int:
+    """How many optimizer steps `step_plan` makes for `count` examples (no torch needed)."""
+    if config.max_steps:
+        return config.max_steps
+    batches = config.epochs * math.ceil(count / config.batch_size)
+    return math.ceil(batches / config.grad_accum)
+
+
 def _rss_mib() -> float:
     try:
         with open("/proc/self/statm", encoding="ascii") as statm:
@@ -415,4 +423,5 @@ def _as_list(targets: Any) -> list[str]:
     return sorted(targets)
 
 
-__all__ = ["TrainingStopped", "answer_loss", "eval_loss", "prepare_model", "run_loop", "step_plan", "train_adapter"]
+__all__ = ["TrainingStopped", "answer_loss", "eval_loss", "prepare_model", "run_loop", "step_plan", "step_plan_length",
+           "train_adapter"]

@@ -205,6 +205,19 @@ class Runtime:
             rag=RagOptions(enabled=self.knowledge is not None, top_k=self.config.knowledge.top_k),
         )
 
+    def sync_adapters(self) -> None:
+        """Bring the registry in line with the stores when they changed (a run published an
+        adapter in its own process); cheap when nothing changed: one listing per store."""
+        registry = self.adapters
+        if registry is None:
+            return
+        stores = [registry.store, getattr(registry, "user_store", None)]
+        marker = tuple(sorted((str(s.root), p.name, p.stat().st_mtime_ns) for s in stores if s is not None
+                              for p in s.root.iterdir() if not p.name.startswith(".")))
+        if marker != getattr(self, "_adapters_marker", None):
+            registry.sync()
+            self._adapters_marker = marker
+
     def knowledge_markdown(self) -> str:
         if not self.config.knowledge.enabled:
             return "**Knowledge** off"

@@ -175,8 +175,8 @@ def test_a_run_failing_mid_way_leaves_no_listed_adapter(tmp_path, model_cache_di
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"rank": 0}, "rank 0 is out of range; accepted: an integer 1..16"),
-    ({"rank": 32}, "rank 32 is out of range; accepted: an integer 1..16"),
+    ({"rank": 0}, "rank 0 is out of range; accepted: an integer 1..64"),
+    ({"rank": 65}, "rank 65 is out of range; accepted: an integer 1..64"),
     ({"learning_rate": 1.0}, "learning_rate 1.0 is out of range; accepted: 1e-6..0.1"),
     ({"batch_size": 0}, "batch_size 0 is out of range; accepted: an integer 1..64"),
     ({"epochs": 0}, "epochs 0 is out of range; accepted: an integer 1..100"),
@@ -234,7 +234,7 @@ def test_the_command_line_trains_from_a_toml_and_reports_bad_values(tmp_path, mo
     assert [a.name for a in AdapterStore(store).scan()[0]] == ["cli-test"]
     config.write_text('[training]\nname = "cli-two"\ndescription = "x"\nrank = 99\n[dataset]\nsource = "data.jsonl"\n')
     assert main([str(config), "--store", str(store)]) == 2
-    assert "error: rank 99 is out of range; accepted: an integer 1..16" in capsys.readouterr().err
+    assert "error: rank 99 is out of range; accepted: an integer 1..64" in capsys.readouterr().err
     config.write_text('[training]\nname = "cli-two"\ndescription = "x"\n[dataset]\nsource = "builtin:poems"\n')
     assert main([str(config), "--store", str(store)]) == 2
     assert "built-in dataset 'poems' does not exist; accepted: one-word, caption, json" in capsys.readouterr().err

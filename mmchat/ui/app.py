@@ -1,7 +1,7 @@
 """Compose the Gradio app from its tabs and launch it.
 
-`build_app(config, runtime)` builds each tab (Chat, Knowledge, Compare, Adapters: one object
-each, `mmchat.ui.tabs`) and then lets each wire itself to the others; it returns a `gr.Blocks`
+`build_app(config, runtime)` builds each tab (Chat, Knowledge, Compare, Adapters, Fine-tune:
+one object each, `mmchat.ui.tabs`) and then lets each wire itself to the others; it returns a `gr.Blocks`
 (queued, with a concurrency limit) whose
 status is one short line ("offline · cpu · 7 docs · ready", saying plainly when the offline
 stand-in is in use) that opens on demand to the model, device, dtype, quantization, memory and
@@ -29,6 +29,7 @@ from mmchat.session import EXPORT_MAX_AGE_S, purge_exports  # noqa: E402
 from mmchat.ui.adapters import AdaptersTab  # noqa: E402
 from mmchat.ui.chat import EXAMPLE_DIR, ChatTab, end_session  # noqa: E402
 from mmchat.ui.compare import CompareTab  # noqa: E402
+from mmchat.ui.finetune import FinetuneTab  # noqa: E402
 from mmchat.ui.knowledge import KnowledgeTab  # noqa: E402
 from mmchat.ui.security import SERVED_DIRS_ATTR, restrict_file_moves  # noqa: E402
 from mmchat.ui.style import APP_CSS, CITATION_HEAD, status_view  # noqa: E402
@@ -46,17 +47,18 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
     purge_exports(runtime.export_dir)  # a restart ends every session: none of these is wanted
     # Gradio's cached copies (uploads, files shown, downloads) go after an hour, checked every
     # ten minutes; a page open longer gets fresh copies with its next update.
-    tabs: list[Tab] = [ChatTab(runtime), KnowledgeTab(runtime), CompareTab(runtime), AdaptersTab(runtime)]
+    tabs: list[Tab] = [ChatTab(runtime), KnowledgeTab(runtime), CompareTab(runtime), AdaptersTab(runtime),
+                       FinetuneTab(runtime)]
     with gr.Blocks(title=TITLE, delete_cache=(600, EXPORT_MAX_AGE_S)) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="mmchat-title")
         # One short line; the full status (model, memory, knowledge base) opens on demand.
         status = gr.Markdown(status_view(runtime), elem_id="mmchat-status")
-        with gr.Tabs():
+        with gr.Tabs() as tabs_component:
             for tab in tabs:
                 if tab.enabled:
                     with gr.Tab(tab.title, id=tab.tab_id) as tab.container:
                         tab.build()
-        app = AppTabs(demo, status, [tab for tab in tabs if tab.enabled])
+        app = AppTabs(demo, status, [tab for tab in tabs if tab.enabled], tabs_component)
         for tab in app.tabs:
             tab.wire(app)
 
@@ -92,7 +94,8 @@ def served_dirs(config: AppConfig, runtime: Runtime) -> list[str]:
     validated chat images, this app's exports, the example photos, and the knowledge base's
     kept copies (thumbnails of retrieved images). Not the data directory as a whole: gradio's
     upload folder lies in it and holds whatever a browser sent."""
-    dirs = [runtime.upload_dir, runtime.export_dir, EXAMPLE_DIR, config.knowledge.resolved_path() / "files"]
+    dirs = [runtime.upload_dir, runtime.export_dir, EXAMPLE_DIR, config.knowledge.resolved_path() / "files",
+            config.runs_dir()]  # training runs: their validated dataset photos (preview, evaluation gallery)
     if runtime.knowledge is not None:  # a knowledge base given to the runtime may live elsewhere
         dirs.append(runtime.knowledge.files_dir)
     return [str(Path(d).resolve()) for d in dirs]

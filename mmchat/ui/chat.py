@@ -338,6 +338,10 @@ class ChatTab(Tab):
         choices = registry.choices() if registry is not None else [(BASE_LABEL, BASE)]
         return gr.Dropdown(choices=choices, value=current if current in [v for _, v in choices] else BASE)
 
+    def refreshed_adapter_choices(self, current: str | None = BASE) -> Any:
+        self.runtime.sync_adapters()  # a run in another browser may have published one
+        return self.adapter_choices(current)
+
     def document_choices(self) -> Any:
         return gr.Dropdown(choices=document_choices(self.runtime))
 
@@ -346,9 +350,14 @@ class ChatTab(Tab):
         from mmchat.ui.knowledge import KnowledgeTab
 
         app.demo.load(self.adapter_choices, self.adapter, self.adapter, show_progress="hidden")
-        adapters = app.find(AdaptersTab)
-        for event in adapters.changed if adapters else []:
-            event.then(self.adapter_choices, self.adapter, self.adapter, show_progress="hidden")
+        from mmchat.ui.finetune import FinetuneTab
+
+        # A new adapter (uploaded, deleted, trained) shows up at once in this browser, and in any
+        # other open browser when it comes back to this tab.
+        for source in (app.find(AdaptersTab), app.find(FinetuneTab)):
+            for event in source.changed if source else []:
+                event.then(self.adapter_choices, self.adapter, self.adapter, show_progress="hidden")
+        self.container.select(self.refreshed_adapter_choices, self.adapter, self.adapter, show_progress="hidden")
         knowledge = app.find(KnowledgeTab)
         if knowledge is not None:
             app.demo.load(self.document_choices, None, self.rag_docs, show_progress="hidden")

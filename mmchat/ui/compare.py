@@ -193,12 +193,22 @@ class CompareTab(Tab):
         )
         event.then(lambda: gr.Button(interactive=False, variant="secondary"), None, stop_btn, **quiet)
         stop_btn.click(stop, None, None, api_name="compare_stop", queue=False)
-        self.columns = columns
+        self.columns, self.prompt, self.image = columns, prompt, image
 
     def wire(self, app: AppTabs) -> None:
         from mmchat.ui.adapters import AdaptersTab
 
         app.demo.load(self.columns_update, None, self.columns, show_progress="hidden")
-        adapters = app.find(AdaptersTab)
-        for event in adapters.changed if adapters else []:
-            event.then(self.columns_update, None, self.columns, show_progress="hidden")
+        from mmchat.ui.finetune import FinetuneTab
+
+        for source in (app.find(AdaptersTab), app.find(FinetuneTab)):
+            for event in source.changed if source else []:
+                event.then(self.columns_update, None, self.columns, show_progress="hidden")
+
+        def refreshed(current: list[str] | None) -> Any:
+            self.runtime.sync_adapters()  # a run in another browser may have published one
+            names = set(self.column_choices())
+            kept = [c for c in current or [] if c in names]
+            return gr.Dropdown(choices=self.column_choices(), value=kept if len(kept) >= 2 else self.default_columns())
+
+        self.container.select(refreshed, self.columns, self.columns, show_progress="hidden")

@@ -53,6 +53,7 @@ class AppTabs:
     demo: gr.Blocks
     status: gr.Markdown
     tabs: list[Tab] = field(default_factory=list)
+    tabs_component: Any = None  # the gr.Tabs holding them (to switch tab from an event)
 
     def find(self, cls: type) -> Any:
         """The enabled tab of that class, or None."""

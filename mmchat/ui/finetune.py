@@ -1,0 +1,496 @@
+"""The Fine-tune tab: a dataset checked and shown as the model sees it, a LoRA run followed live.
+
+1. **Dataset**: a built-in one or an uploaded file (JSONL, JSON, a zip with images, a chat
+   export). Validate shows usable and bad rows (each with its line and reason), token
+   lengths against the cutoff, the split, and the first rows exactly as the model will read
+   them with the supervised answer highlighted (`mmchat.training.service.Finetuner.prepare`).
+   Bad rows block Train until "train on the N usable rows" is ticked.
+2. **Settings**: a preset (quick / balanced / thorough, with its steps and a time measured on
+   this machine) or the advanced fields; a bad value is refused naming the field and range.
+3. **Run**: Train starts a trainer process (`mmchat.training.runs`); a timer redraws the
+   progress (step, ETA, tokens/s, memory), the loss and held-out loss chart from step 1, and
+   the latest sample answers, from the run's files — so a reload, another browser or a
+   restart shows the same. Stop (keep what was trained, or discard), Resume, and the runs
+   list with Delete. When a run ends: the held-out scores, the gallery (prompt, photo,
+   expected, base, adapter), the adapter in Chat's and Compare's lists, and "Open in Compare".
+
+Every action has an `api_name` (`/finetune_validate`, `/finetune_preview`, `/finetune_start`,
+`/finetune_status`, `/finetune_stop`, `/finetune_resume`, `/finetune_runs`,
+`/finetune_delete`). No training happens in this process and no torch is imported here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from mmchat.errors import UserFacingError
+from mmchat.ui.tabs import AppTabs, Tab, upload_path
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHOICE = "your file (upload below)"
+RUN_HEADERS = ["run", "adapter", "state", "step", "final loss", "dataset"]
+GALLERY_HEADERS = ["prompt", "expected", "base", "adapter"]
+BAD_HEADERS = ["row", "problem"]
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    from mmchat.training.datasets import BUILTIN
+
+    return [(f"built-in: {name} — {blurb}", name) for name, blurb in BUILTIN.items()] + [(UPLOAD_CHOICE, "")]
+
+
+def parse_ratio(text: str) -> tuple[int, int] | None:
+    """'2:1' -> (2, 1); '' -> None (as is)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = text.replace(" ", "").split(":")
+    if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 100 for p in parts):
+        raise UserFacingError(f"caption : VQA ratio {text!r} is not valid; accepted: two whole numbers 1..100 like "
+                              "'2:1', or empty to keep the rows as they are")
+    return int(parts[0]), int(parts[1])
+
+
+def progress_html(status: dict[str, Any]) -> str:
+    """The progress bar and one line of figures for a run's status."""
+    if not status:
+        return "<div class='mmchat-ft-progress'>No run yet: validate a dataset and press Train.</div>"
+    step, total = status.get("step", 0), status.get("total_steps") or 0
+    state = status.get("state", "")
+    figures = [f"<b>{html.escape(status.get('name', ''))}</b> · {html.escape(state)}",
+               f"step {step}/{total or '?'}"]
+    if status.get("eta_s") is not None:
+        figures.append(f"ETA {status['eta_s']:.0f} s")
+    if status.get("step_s"):
+        figures.append(f"{status['step_s']:.2f} s/step")
+    if status.get("tokens_per_s"):
+        figures.append(f"{status['tokens_per_s']:.0f} tokens/s")
+    if status.get("rss_mib"):
+        figures.append(f"trainer memory {status['rss_mib']:.0f} MiB")
+    if status.get("phase"):
+        figures.append(html.escape(status["phase"]))
+    evaluation = status.get("evaluation") or {}
+    if state == "evaluating" and evaluation:
+        figures.append(f"evaluated {evaluation.get('done', 0)}/{evaluation.get('total', '?')}")
+    bar = f"<progress max='{max(total, 1)}' value='{step}' style='width:100%'></progress>"
+    text = " · ".join(figures)
+    if status.get("error"):
+        text += f"<br><span class='mmchat-ft-error'>{html.escape(status['error'])}</span>"
+    if status.get("log_tail"):
+        text += f"<pre class='mmchat-ft-log'>{html.escape(status['log_tail'])}</pre>"
+    return f"<div class='mmchat-ft-progress' id='mmchat-ft-progress-{html.escape(state)}'>{bar}<div>{text}</div></div>"
+
+
+def loss_frame(status: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    rows = [{"step": s, "loss": v, "series": "training loss"} for s, v in status.get("loss", [])]
+    rows += [{"step": s, "loss": v, "series": "held-out loss"} for s, v in status.get("eval_loss", [])]
+    return pd.DataFrame(rows or [], columns=["step", "loss", "series"])
+
+
+def samples_markdown(status: dict[str, Any]) -> str:
+    samples = status.get("samples") or []
+    if not samples:
+        return "Sample answers to fixed held-out prompts appear here every few steps."
+    lines = [f"**Sample answers at step {status.get('samples_step')}**", "", "| prompt | expected | answer now |",
+             "|---|---|---|"]
+    for sample in samples:
+        cells = [str(sample.get(k, "")).replace("|", "\\|").replace("\n", " ")[:160]
+                 for k in ("prompt", "expected", "answer")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def result_markdown(status: dict[str, Any]) -> str:
+    state = status.get("state")
+    if state != "done":
+        if state == "stopped":
+            return (f"Stopped at step {status.get('checkpoint_step') or status.get('step')}: **Resume** continues from "
+                    "the last checkpoint; nothing was published.")
+        if state in ("failed", "interrupted"):
+            return f"**{state.capitalize()}**: {status.get('error', '')} Nothing was published."
+        return ""
+    metrics = status.get("metrics") or {}
+    lines = [f"✅ Published **{status.get('adapter')}**: pick it in Chat or Compare (no restart needed)."]
+    keys = sorted({k for side in ("base", "adapter") for k, v in (metrics.get(side) or {}).items()
+                   if isinstance(v, (int, float))})
+    if keys:
+        lines += ["", "| held-out metric | base | adapter |", "|---|---|---|"]
+        for key in keys:
+            base, adapted = (metrics.get("base") or {}).get(key), (metrics.get("adapter") or {}).get(key)
+            lines.append(f"| {key} | {_num(base)} | {_num(adapted)} |")
+    for note in (metrics.get("held_out") or {}).get("notes", []) if isinstance(metrics.get("held_out"), dict) else []:
+        lines.append(f"\n_{note}_")
+    training = metrics.get("training") or {}
+    if training:
+        lines.append(f"\n{training.get('steps')} steps, loss {training.get('first_loss')} → {training.get('final_loss')}, "
+                     f"{training.get('seconds')} s")
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def gallery_rows(status: dict[str, Any]) -> list[list[str]]:
+    return [[str(row.get(k, ""))[:300] for k in GALLERY_HEADERS] for row in status.get("gallery") or []]
+
+
+def gallery_images(status: dict[str, Any]) -> list[tuple[str, str]]:
+    items = []
+    for row in status.get("gallery") or []:
+        if row.get("image") and Path(row["image"]).is_file():
+            items.append((row["image"], f"expected {row.get('expected', '')} · base {row.get('base', '')[:40]} · "
+                                        f"adapter {row.get('adapter', '')[:40]}"))
+    return items
+
+
+def run_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for run in runs:
+        final = run["loss"][-1][1] if run.get("loss") else ""
+        rows.append([run["id"], run.get("name", ""), run["state"], f"{run['step']}/{run['total_steps'] or '?'}", final,
+                     (run.get("dataset") or {}).get("source", "")])
+    return rows
+
+
+class FinetuneTab(Tab):
+    title, tab_id = "Fine-tune", "finetune"
+
+    def __init__(self, runtime: Any) -> None:
+        super().__init__(runtime)
+        from mmchat.training.service import Finetuner
+
+        self.finetuner = Finetuner(runtime)
+
+    @property
+    def enabled(self) -> bool:
+        return self.runtime.config.finetune.enabled and self.runtime.config.adapters.enabled
+
+    # --- the handlers (plain methods: the API and the tests call them too) ---
+    def prepare(self, choice: str, upload: Any, kept_only: bool, max_length: float, eval_fraction: float,
+                ratio: str, seed: float) -> Any:
+        path = Path(upload_path(upload)) if upload else None
+        if not choice and path is None:
+            raise UserFacingError("upload a dataset file (JSONL, JSON list, or a zip with its images) or pick a "
+                                  "built-in dataset")
+        return self.finetuner.prepare(
+            builtin=choice or None, path=None if choice else path,
+            display=Path(getattr(upload, "orig_name", "") or (upload.get("orig_name", "") if isinstance(upload, dict)
+                                                              else "") or (path.name if path else "")).name or None,
+            max_length=int(max_length), eval_fraction=float(eval_fraction), caption_to_vqa=parse_ratio(ratio),
+            seed=int(seed), kept_only=bool(kept_only))
+
+    @staticmethod
+    def preparation_key(choice: str, upload: Any, kept_only: bool, max_length: float, eval_fraction: float,
+                        ratio: str, seed: float) -> str:
+        """What Validate prepared from; Train validates again when the inputs changed since."""
+        from mmchat.training.service import preparation_key
+
+        source = f"builtin:{choice}" if choice else upload_path(upload) if upload else ""
+        return preparation_key(source, max_length=int(max_length), eval_fraction=float(eval_fraction),
+                               caption_to_vqa=parse_ratio(ratio), seed=int(seed), kept_only=bool(kept_only))
+
+    def settings(self, preset: str, name: str, description: str, advanced: dict[str, Any]) -> Any:
+        name = (name or "").strip()
+        description = (description or "").strip() or f"fine-tuned in the app ({preset} preset)"
+        return self.finetuner.settings(preset, name=name, description=description, **advanced)
+
+    def build(self) -> None:
+        from mmchat.training.config import MAX_RANK
+        from mmchat.training.service import PRESETS, TARGETS
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=300):
+                gr.Markdown("#### 1 · Dataset")
+                choice = gr.Dropdown(label="Dataset", choices=dataset_choices(), value="one-word",
+                                     elem_id="mmchat-ft-dataset")
+                upload = gr.File(label="Upload: JSONL, JSON list, or a zip of one with its images (a chat export "
+                                       "zip works too)", file_types=[".jsonl", ".json", ".zip"],
+                                 elem_id="mmchat-ft-upload")
+                kept_only = gr.Checkbox(label="Chat exports: only answers that ended on their own", value=True)
+                validate_btn = gr.Button("Validate", variant="secondary", elem_id="mmchat-ft-validate")
+                summary = gr.Markdown(elem_id="mmchat-ft-summary")
+                bad_table = gr.Dataframe(headers=BAD_HEADERS, interactive=False, wrap=True, visible=False,
+                                         label="Rows that cannot be used", elem_id="mmchat-ft-bad")
+                accept_bad = gr.Checkbox(label="Train on the usable rows", value=False, visible=False,
+                                         elem_id="mmchat-ft-accept")
+                with gr.Accordion("Preview: the first rows exactly as the model reads them (supervised answer "
+                                  "highlighted)", open=True):
+                    preview = gr.HTML(elem_id="mmchat-ft-preview")
+                    preview_images = gr.Gallery(label="Photos in these rows", visible=False, height=140,
+                                                columns=4, elem_id="mmchat-ft-preview-images")
+            with gr.Column(scale=2, min_width=280):
+                gr.Markdown("#### 2 · Settings")
+                preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="mmchat-ft-preset")
+                preset_info = gr.Markdown(elem_id="mmchat-ft-preset-info")
+                name = gr.Textbox(label="Adapter name (a-z, 0-9, - and _)", max_length=48, value="my-adapter",
+                                  elem_id="mmchat-ft-name")
+                description = gr.Textbox(label="One line: what it does", max_length=200, elem_id="mmchat-ft-description")
+                with gr.Accordion("Advanced", open=False):
+                    with gr.Row():
+                        rank = gr.Number(label=f"rank (1..{MAX_RANK})", value=None, precision=0, minimum=1,
+                                         maximum=MAX_RANK)
+                        alpha = gr.Number(label="alpha (often 2 × rank)", value=None)
+                        dropout = gr.Number(label="dropout (0..0.5)", value=None)
+                    targets = gr.Radio(list(TARGETS), value=None, label="LoRA targets")
+                    with gr.Row():
+                        learning_rate = gr.Number(label="learning rate", value=None)
+                        max_steps = gr.Number(label="steps (0: epochs decide)", value=None, precision=0)
+                        epochs = gr.Number(label="epochs", value=None, precision=0)
+                    with gr.Row():
+                        batch_size = gr.Number(label="batch size", value=None, precision=0)
+                        grad_accum = gr.Number(label="gradient accumulation", value=None, precision=0)
+                        warmup = gr.Number(label="warm-up steps", value=None, precision=0)
+                    with gr.Row():
+                        eval_every = gr.Number(label="held-out loss every N steps", value=None, precision=0)
+                        sample_every = gr.Number(label="sample answers every N steps", value=None, precision=0)
+                        checkpoint_every = gr.Number(label="checkpoint every N steps", value=None, precision=0)
+                    with gr.Row():
+                        max_length = gr.Number(label="max length (tokens)", value=256, precision=0)
+                        eval_fraction = gr.Number(label="held-out fraction", value=0.1)
+                        seed = gr.Number(label="seed", value=0, precision=0)
+                    ratio = gr.Textbox(label="caption : VQA ratio when both are present (e.g. 2:1; empty: as is)",
+                                       value="")
+                    gr.Markdown("A 4-bit base on CUDA trains as QLoRA automatically.")
+                train_btn = gr.Button("Train", variant="primary", elem_id="mmchat-ft-train")
+                start_note = gr.Markdown(elem_id="mmchat-ft-start-note")
+        gr.Markdown("#### 3 · Run")
+        progress = gr.HTML(progress_html({}), elem_id="mmchat-ft-progress")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=300):
+                plot = gr.LinePlot(loss_frame({}), x="step", y="loss", color="series", height=260,
+                                   label="Loss", elem_id="mmchat-ft-plot")
+            with gr.Column(scale=2, min_width=280):
+                samples = gr.Markdown(samples_markdown({}), elem_id="mmchat-ft-samples")
+        with gr.Row(elem_classes="mmchat-actions"):
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="mmchat-ft-stop")
+            keep = gr.Checkbox(label="Keep what was trained so far (publish it)", value=False, elem_id="mmchat-ft-keep")
+            resume_btn = gr.Button("Resume", elem_id="mmchat-ft-resume")
+            compare_btn = gr.Button("Open in Compare", elem_id="mmchat-ft-compare", interactive=False)
+        result = gr.Markdown(elem_id="mmchat-ft-result")
+        gallery = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True, label="Held-out evaluation",
+                               visible=False, elem_id="mmchat-ft-gallery")
+        gallery_photos = gr.Gallery(label="Held-out photos", visible=False, height=180, columns=4)
+        with gr.Accordion("Runs", open=False):
+            runs_table = gr.Dataframe(headers=RUN_HEADERS, interactive=False, wrap=True, elem_id="mmchat-ft-runs")
+            run_choice = gr.Dropdown(label="Run shown above", choices=[], allow_custom_value=True,
+                                     elem_id="mmchat-ft-run")
+            with gr.Row():
+                confirm = gr.Checkbox(label="Yes, delete this run's folder", value=False)
+                delete_btn = gr.Button("Delete run", variant="stop", size="sm", elem_id="mmchat-ft-delete")
+        status_json = gr.JSON(visible=False)
+        prepared = gr.State(None)
+        seen = gr.State("")
+        published = gr.Textbox(visible=False)
+        timer = gr.Timer(1.0)
+
+        advanced = [rank, alpha, dropout, targets, learning_rate, max_steps, epochs, batch_size, grad_accum, warmup,
+                    eval_every, sample_every, checkpoint_every]
+        keys = ["rank", "alpha", "dropout", "target_modules", "learning_rate", "max_steps", "epochs", "batch_size",
+                "grad_accum", "warmup_steps", "eval_every", "sample_every", "checkpoint_every"]
+        integers = {"rank", "max_steps", "epochs", "batch_size", "grad_accum", "warmup_steps", "eval_every",
+                    "sample_every", "checkpoint_every", "max_length"}
+        dataset_inputs = [choice, upload, kept_only, max_length, eval_fraction, ratio, seed]
+
+        def advanced_values(values: list[Any]) -> dict[str, Any]:
+            out = {}
+            for key, value in zip(keys, values):
+                if value is None or value == "":
+                    continue
+                if key in integers and isinstance(value, float):
+                    if not value.is_integer():
+                        raise UserFacingError(f"{key} {value!r} is not valid; accepted: a whole number")
+                    value = int(value)
+                out[key] = value
+            return out
+
+        def describe_preset(preset_name: str, state: Any) -> str:
+            try:
+                from mmchat.training.service import PRESETS as presets
+
+                config = self.finetuner.settings(preset_name, name="estimate", description="estimate")
+                rows = len(state.train) if state is not None else None
+                estimate = self.finetuner.estimate(config, rows) if rows else "validate a dataset for the time"
+                return f"{presets[preset_name].blurb}. {estimate}."
+            except UserFacingError as err:
+                return str(err)
+
+        def validate(*values: Any):
+            try:
+                state = self.prepare(*values)
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return (None, f"❌ {err}", gr.Dataframe(visible=False), gr.Checkbox(visible=False), "",
+                        gr.Gallery(visible=False))
+            except Exception as err:
+                log.exception("dataset preparation failed")
+                return (None, f"❌ the dataset could not be read ({err.__class__.__name__}: {err})",
+                        gr.Dataframe(visible=False), gr.Checkbox(visible=False), "", gr.Gallery(visible=False))
+            bad = state.bad_rows()
+            usable = len(state.train) + len(state.held_out)
+            images = [(path, f"row {i + 1}") for i, (_, paths) in enumerate(state.preview) for path in paths]
+            return (state, state.summary_markdown(),
+                    gr.Dataframe(value=bad, visible=bool(bad)),
+                    gr.Checkbox(label=f"Train on the {usable} usable rows (skip the {len(bad)} bad ones)",
+                                visible=bool(bad), value=False),
+                    "".join(html_row for html_row, _ in state.preview) or "<p>No usable row to show.</p>",
+                    gr.Gallery(value=images or None, visible=bool(images)))
+
+        def start(*values: Any):
+            state, preset_name, adapter_name, line, accept, *rest = values
+            dataset_values, advanced_list = rest[: len(dataset_inputs)], rest[len(dataset_inputs):]
+            try:
+                chosen = advanced_values(list(advanced_list))
+                chosen["max_length"] = int(dataset_values[3] or 256)
+                config = self.settings(preset_name, adapter_name, line, chosen)
+                if state is None or state.key != self.preparation_key(*dataset_values):
+                    state = self.prepare(*dataset_values)
+                run_id = self.finetuner.start(state, config, accept_bad=bool(accept))
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return state, f"❌ {err}", gr.Dropdown()
+            return (state, f"Started run **{run_id}**: the chart below follows it; Chat keeps answering meanwhile.",
+                    gr.Dropdown(choices=self.finetuner.manager.run_ids(), value=run_id))
+
+        def follow(run_id: str | None, last: str):
+            """The timer: redraw only when the run's figures changed."""
+            manager = self.finetuner.manager
+            try:
+                if not run_id:
+                    ids = manager.run_ids()
+                    run_id = ids[0] if ids else None
+                status = manager.status(run_id) if run_id else {}
+            except UserFacingError:
+                status = {}
+            signature = json.dumps([status.get(k) for k in ("id", "state", "step", "phase", "samples_step",
+                                                            "evaluation", "adapter", "error")], default=str)
+            if signature == last:
+                return [gr.skip()] * 11
+            if status.get("state") == "done":
+                self.runtime.sync_adapters()
+            rows = gallery_rows(status)
+            photos = gallery_images(status)
+            return (signature, progress_html(status), loss_frame(status), samples_markdown(status),
+                    result_markdown(status), gr.Dataframe(value=rows, visible=bool(rows)),
+                    gr.Gallery(value=photos or None, visible=bool(photos)),
+                    gr.Button(interactive=status.get("state") == "done"),
+                    status.get("adapter", "") if status.get("state") == "done" else "",
+                    status, run_rows(manager.runs()))
+
+        def stop(run_id: str | None, keep_it: bool):
+            manager = self.finetuner.manager
+            try:
+                run_id = run_id or manager.active()
+                if not run_id:
+                    raise UserFacingError("no run is training")
+                status = manager.stop(run_id, keep=bool(keep_it))
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return str(err)
+            kept = " Publishing what it learnt up to its last checkpoint…" if keep_it else ""
+            return f"Stopped **{run_id}** at step {status['step']}.{kept}"
+
+        def resume(run_id: str | None):
+            manager = self.finetuner.manager
+            try:
+                if not run_id:
+                    raise UserFacingError("choose a run under Runs to resume")
+                status = manager.resume(run_id)
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return str(err)
+            return f"Resumed **{run_id}** from step {status['checkpoint_step']}."
+
+        def delete(run_id: str | None, sure: bool):
+            manager = self.finetuner.manager
+            if not sure:
+                gr.Warning("tick the box to confirm the deletion")
+                return "Nothing deleted: tick the box to confirm.", gr.Dropdown(), False
+            try:
+                manager.delete(run_id or "")
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                return str(err), gr.Dropdown(), False
+            ids = manager.run_ids()
+            return f"Deleted run {run_id}.", gr.Dropdown(choices=ids, value=ids[0] if ids else None), False
+
+        def runs_listing():
+            manager = self.finetuner.manager
+            ids = manager.run_ids()
+            return run_rows(manager.runs()), gr.Dropdown(choices=ids, value=ids[0] if ids else None)
+
+        quiet = {"show_progress": "hidden"}
+        preset.change(describe_preset, [preset, prepared], preset_info, **quiet)
+        validate_event = validate_btn.click(validate, dataset_inputs,
+                                            [prepared, summary, bad_table, accept_bad, preview, preview_images],
+                                            api_name="finetune_validate")
+        validate_event.then(describe_preset, [preset, prepared], preset_info, **quiet)
+        gr.api(self.api_preview, api_name="finetune_preview")
+        train_btn.click(start, [prepared, preset, name, description, accept_bad, *dataset_inputs, *advanced],
+                        [prepared, start_note, run_choice], api_name="finetune_start")
+        follow_outputs = [seen, progress, plot, samples, result, gallery, gallery_photos, compare_btn, published,
+                          status_json, runs_table]
+        timer.tick(follow, [run_choice, seen], follow_outputs, **quiet)
+        run_choice.change(follow, [run_choice, gr.State("")], follow_outputs, **quiet)
+        stop_btn.click(stop, [run_choice, keep], start_note, api_name="finetune_stop")
+        resume_btn.click(resume, [run_choice], start_note, api_name="finetune_resume")
+        delete_btn.click(delete, [run_choice, confirm], [start_note, run_choice, confirm], api_name="finetune_delete")
+        gr.api(self.api_status, api_name="finetune_status")
+        gr.api(self.api_runs, api_name="finetune_runs")
+        self.run_choice, self.compare_btn, self.published, self.status_json = run_choice, compare_btn, published, status_json
+        self.runs_listing, self.runs_outputs, self.preset_outputs = runs_listing, [runs_table, run_choice], (
+            describe_preset, [preset, prepared], preset_info)
+        self.changed = [published.change(lambda: None, None, None, **quiet)]
+
+    # --- API-only endpoints (gr.api: typed from the signatures) ---
+    def api_status(self, run_id: str = "") -> dict:
+        """The run's status as JSON (the newest run when run_id is empty)."""
+        manager = self.finetuner.manager
+        run_id = run_id or next(iter(manager.run_ids()), "")
+        if not run_id:
+            return {"state": "none", "error": "no run yet"}
+        status = manager.status(run_id)
+        if status.get("state") == "done":
+            self.runtime.sync_adapters()
+        return status
+
+    def api_runs(self) -> list:
+        """Every run's status, newest first."""
+        return self.finetuner.manager.runs()
+
+    def api_preview(self, dataset: str = "one-word", rows: int = 3, max_length: int = 256) -> dict:
+        """A built-in dataset's first rows as the model reads them (HTML with the supervised span marked)."""
+        state = self.finetuner.prepare(builtin=dataset, max_length=int(max_length))
+        return {"summary": state.summary_markdown(), "bad_rows": state.bad_rows(),
+                "rows": [html_row for html_row, _ in state.preview[: max(1, int(rows))]]}
+
+    def wire(self, app: AppTabs) -> None:
+        from mmchat.ui.compare import CompareTab
+
+        app.demo.load(self.runs_listing, None, self.runs_outputs, show_progress="hidden")
+        describe, inputs, output = self.preset_outputs
+        app.demo.load(describe, inputs, output, show_progress="hidden")
+        compare = app.find(CompareTab)
+        if compare is None:
+            return
+
+        def open_compare(status: dict[str, Any]):
+            adapter = (status or {}).get("adapter")
+            gallery = (status or {}).get("gallery") or []
+            prompt = gallery[0].get("question") or gallery[0].get("prompt", "") if gallery else ""
+            image = gallery[0].get("image") or None if gallery else None
+            return (gr.Tabs(selected=compare.tab_id), gr.Textbox(value=prompt),
+                    gr.Dropdown(choices=compare.column_choices(), value=["base", adapter] if adapter else ["base"]),
+                    image)
+
+        self.compare_btn.click(open_compare, [self.status_json], [app.tabs_component, compare.prompt, compare.columns,
+                                                                  compare.image])

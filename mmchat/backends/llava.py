@@ -122,8 +122,11 @@ class LlavaBackend(Backend):
         return torch.float32
 
     @classmethod
-    def from_preset(cls, preset: ModelPreset, cache_dir: Path) -> "LlavaBackend":
-        if preset.kind == "tiny":
+    def from_preset(cls, preset: ModelPreset, cache_dir: Path, loaded: tuple[Any, Any] | None = None) -> "LlavaBackend":
+        """`loaded`: a `(model, processor)` already loaded (a trainer's copy) to serve instead."""
+        if loaded is not None:
+            model, processor = loaded
+        elif preset.kind == "tiny":
             from mmchat.backends.builtin import build_tiny_llava
 
             model, processor = build_tiny_llava(cache_dir)

@@ -149,11 +149,13 @@ class OfflineBackend(Backend):
         self.adapters = AdapterHost(model)  # LoRA adapters on SmolLM2, one generation at a time
 
     @classmethod
-    def from_preset(cls, preset: ModelPreset, cache_dir: Path) -> "OfflineBackend":
+    def from_preset(cls, preset: ModelPreset, cache_dir: Path,
+                    loaded: tuple[Any, Any] | None = None) -> "OfflineBackend":
+        """`loaded`: a `(model, tokenizer)` already loaded (a trainer's copy) to serve instead."""
         from mmchat.backends.builtin import load_smollm2
         from mmchat.vision.imagenet import shared_classifier
 
-        model, tokenizer = load_smollm2(cache_dir)
+        model, tokenizer = loaded or load_smollm2(cache_dir)
         pathway = ClassifierLabelPathway(shared_classifier(cache_dir))
         info = BackendInfo(
             preset=preset.name,

@@ -15,6 +15,9 @@ What this module does:
 * `staged_folder`: builds a folder under a temporary name beside its target and renames it
   into place only when the build finished, so a reader never sees a half-written folder
   (the adapter store's publishing step);
+* `zip_member_problem`: why a zip member's name or kind is unsafe to use (climbing `..`,
+  absolute paths, drive letters, backslashes, NUL bytes, links, encryption), shared by
+  adapter zips and dataset zips;
 * `human_bytes`: sizes for messages.
 
 Errors are `mmchat.errors.InvalidUpload` naming the file by its display name. What it does
@@ -26,15 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 from mmchat.errors import InvalidUpload
 
-__all__ = ["human_bytes", "read_limited", "sniff", "staged_folder", "store_atomic"]
+__all__ = ["human_bytes", "read_limited", "sniff", "staged_folder", "store_atomic", "zip_member_problem"]
 
 STAGING_PREFIX = ".staging-"  # folders being built; leftovers of a killed process are removed
 
@@ -202,3 +207,23 @@ def staged_folder(target: Path) -> Iterator[Path]:
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def zip_member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why the member `info` must not be used ("climbs out of the folder with '..'"), else None."""
+    raw = info.filename
+    if "\x00" in raw:
+        return "has a NUL byte in its name"
+    if "\\" in raw:
+        return "uses backslashes (a Windows path)"
+    if raw.startswith("/"):
+        return "is an absolute path"
+    if re.match(r"[A-Za-z]:", raw):
+        return "starts with a drive letter"
+    if ".." in raw.split("/"):
+        return "climbs out of the folder with '..'"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "is a symbolic link"
+    if info.flag_bits & 0x1:
+        return "is encrypted"
+    return None

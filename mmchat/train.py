@@ -12,10 +12,13 @@ CONFIG.toml::
     max_steps = 40
 
     [dataset]
-    source = "data.jsonl"      # JSONL rows {"question", "answer", optional "image_label"} (relative
-                               # to this file), or "builtin:one-word" / "builtin:caption" / "builtin:json"
+    source = "data.jsonl"      # a dataset file relative to this one (JSONL, JSON list, zip with images,
+                               # chat export; see mmchat.training.datasets), or "builtin:one-word" /
+                               # "builtin:caption" / "builtin:json"
     examples = 320             # built-in datasets only: how many to generate
     seed = 0                   # seeds the image descriptions (and the built-in generator; 0: its own)
+    kept_only = true           # chat exports: only answers that ended on their own
+    skip_bad = false           # true: train on the usable rows of a file with bad rows
 
     [model]
     preset = "offline"         # the base to train on (a copy of it; never a serving model)
@@ -66,35 +69,56 @@ def read_config(path: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
-def load_dataset(table: dict[str, Any], base_dir: Path) -> tuple[list[Any], dict[str, Any]]:
-    """The examples and the card's dataset fields, from a [dataset] table."""
-    from mmchat.training import builtin_data
-    from mmchat.training.examples import read_jsonl
+def load_dataset(table: dict[str, Any], base_dir: Path, work_dir: Path | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """The examples and the card's dataset fields, from a [dataset] table.
 
-    unknown = sorted(set(table) - {"source", "examples", "seed"})
+    Keys: `source` (a dataset file relative to `base_dir`, read by
+    `mmchat.training.datasets.read_dataset`, or builtin:NAME), `examples` and `seed` (built-in
+    datasets; `seed` also seeds the invented photo labels of `image_label` rows), `kept_only`
+    (chat exports: only answers that ended on their own; default true) and `skip_bad` (train on
+    the usable rows of a file with bad rows; default false: bad rows are refused, the first
+    ones named). Image copies go to `work_dir` (default: `base_dir/.mmchat-dataset`).
+    """
+    from mmchat.training import builtin_data
+    from mmchat.training.datasets import DatasetLimits, builtin_dataset, read_dataset
+
+    accepted = ("source", "examples", "seed", "kept_only", "skip_bad")
+    unknown = sorted(set(table) - set(accepted))
     if unknown:
-        raise UserFacingError(f"unknown [dataset] key(s) {unknown}; accepted: source, examples, seed")
+        raise UserFacingError(f"unknown [dataset] key(s) {unknown}; accepted: {', '.join(accepted)}")
     source = table.get("source")
     if not isinstance(source, str) or not source:
-        raise UserFacingError("[dataset] source is missing; accepted: a JSONL file or builtin:NAME "
-                              f"({', '.join(builtin_data.STYLES)})")
+        raise UserFacingError("[dataset] source is missing; accepted: a dataset file (JSONL, JSON or zip) or "
+                              f"builtin:NAME ({', '.join(builtin_data.STYLES)})")
     seed = table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserFacingError(f"[dataset] seed {seed!r} is not valid; accepted: an integer >= 0")
+    for key in ("kept_only", "skip_bad"):
+        if not isinstance(table.get(key, True), bool):
+            raise UserFacingError(f"[dataset] {key} {table[key]!r} is not valid; accepted: true or false")
     if source.startswith("builtin:"):
         count = table.get("examples", builtin_data_default())
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
             raise UserFacingError(f"[dataset] examples {count!r} is out of range; accepted: 1..100000")
-        style = source.removeprefix("builtin:")
-        return builtin_data.generate(style, count, seed=seed or None), {"source": source, "seed": seed}
+        report = builtin_dataset(source.removeprefix("builtin:"), count, seed=seed)
+        return report.examples, {"source": source, "seed": seed}
     if "examples" in table:
-        raise UserFacingError("[dataset] examples applies to builtin: datasets only; a JSONL file uses all its rows")
+        raise UserFacingError("[dataset] examples applies to builtin: datasets only; a dataset file uses all its rows")
     path = (base_dir / source).resolve()
-    if path.suffix != ".jsonl" or not path.is_file():
-        raise UserFacingError(f"[dataset] source {source!r} is not a .jsonl file here ({path}); "
-                              "accepted: a JSONL file or builtin:NAME")
-    with path.open(encoding="utf-8") as lines:
-        return read_jsonl(lines, seed=seed), {"source": path.name, "seed": seed}
+    if not path.is_file():
+        raise UserFacingError(f"[dataset] source {source!r} is not a file here ({path}); accepted: a dataset file "
+                              "(JSONL, JSON or zip) or builtin:NAME")
+    report = read_dataset(path, work_dir or base_dir / ".mmchat-dataset", DatasetLimits(),
+                          kept_only=table.get("kept_only", True), seed=seed)
+    if report.bad and not table.get("skip_bad", False):
+        shown = "; ".join(f"{b.where}: {b.reason}" for b in report.bad[:3])
+        more = f" (and {len(report.bad) - 3} more)" if len(report.bad) > 3 else ""
+        raise UserFacingError(f"{path.name} has {len(report.bad)} bad row(s): {shown}{more}; fix them, or set "
+                              f"[dataset] skip_bad = true to train on the {len(report.examples)} usable rows")
+    if not report.examples:
+        raise UserFacingError(f"{path.name} has no usable rows; accepted: {{\"question\", \"answer\"}}, "
+                              "{\"instruction\", \"output\"} or {\"messages\": [...]} rows")
+    return report.examples, {"source": path.name, "seed": seed, "formats": report.formats}
 
 
 def builtin_data_default() -> int:

@@ -60,6 +60,7 @@ from mmchat.adapters.card import CARD_FILE, NAME, AdapterCard, CardError
 from mmchat.adapters.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore, StoredAdapter
 from mmchat.errors import InvalidUpload
 from mmchat.files import human_bytes, sniff
+from mmchat.files import zip_member_problem as _unsafe
 
 __all__ = ["ZipLimits", "export_adapter_zip", "import_adapter_zip", "module_shapes", "ACCEPTED"]
 
@@ -234,25 +235,6 @@ def _open_zip(path: Path, display: str, limits: ZipLimits) -> zipfile.ZipFile:
             kind = sniff(fh.read(4096))
         looks = f"it looks like {kind[1]}" if kind and kind[1] != "ZIP" else f"it cannot be read as one ({err})"
         raise problem(f"not a zip archive ({looks})") from None
-
-
-def _unsafe(info: zipfile.ZipInfo) -> str | None:
-    raw = info.filename
-    if "\x00" in raw:
-        return "has a NUL byte in its name"
-    if "\\" in raw:
-        return "uses backslashes (a Windows path)"
-    if raw.startswith("/"):
-        return "is an absolute path"
-    if re.match(r"[A-Za-z]:", raw):
-        return "starts with a drive letter"
-    if ".." in raw.split("/"):
-        return "climbs out of the folder with '..'"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "is a symbolic link"
-    if info.flag_bits & 0x1:
-        return "is encrypted"
-    return None
 
 
 def _check_members(zf: zipfile.ZipFile, problem: _Problems, limits: ZipLimits) -> dict[str, zipfile.ZipInfo]:

@@ -182,8 +182,9 @@ class FinetuneTab(Tab):
         if not choice and path is None:
             raise UserFacingError("upload a dataset file (JSONL, JSON list, or a zip with its images) or pick a "
                                   "built-in dataset")
+        # An uploaded file wins over the dropdown (uploading picks "your file" there too).
         return self.finetuner.prepare(
-            builtin=choice or None, path=None if choice else path,
+            builtin=None if path else choice, path=path,
             display=Path(getattr(upload, "orig_name", "") or (upload.get("orig_name", "") if isinstance(upload, dict)
                                                               else "") or (path.name if path else "")).name or None,
             max_length=int(max_length), eval_fraction=float(eval_fraction), caption_to_vqa=parse_ratio(ratio),
@@ -195,7 +196,7 @@ class FinetuneTab(Tab):
         """What Validate prepared from; Train validates again when the inputs changed since."""
         from mmchat.training.service import preparation_key
 
-        source = f"builtin:{choice}" if choice else upload_path(upload) if upload else ""
+        source = upload_path(upload) if upload else f"builtin:{choice}"
         return preparation_key(source, max_length=int(max_length), eval_fraction=float(eval_fraction),
                                caption_to_vqa=parse_ratio(ratio), seed=int(seed), kept_only=bool(kept_only))
 
@@ -430,6 +431,7 @@ class FinetuneTab(Tab):
 
         quiet = {"show_progress": "hidden"}
         preset.change(describe_preset, [preset, prepared], preset_info, **quiet)
+        upload.change(lambda item: gr.Dropdown(value="") if item else gr.Dropdown(), upload, choice, **quiet)
         validate_event = validate_btn.click(validate, dataset_inputs,
                                             [prepared, summary, bad_table, accept_bad, preview, preview_images],
                                             api_name="finetune_validate")

@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m bench [stream|knowledge|retrieval-eval|answers|adapters] [options]`.
+"""Run the benchmarks: `python -m bench [stream|knowledge|retrieval-eval|answers|adapters|finetune] [options]`.
 
 - `python -m bench`: every benchmark, each with its defaults;
 - `python -m bench stream [--preset offline|tiny] [--runs N] [--tokens N]`: session streaming
@@ -14,7 +14,10 @@
 - `python -m bench adapters [--runs N] [--tokens N] [--loaded N]`: LoRA adapters on the offline
   model: set_adapter p50/p95, cold loads (plain, low_cpu_mem_usage, hotswap) with 1 and 20
   loaded, decode tokens/s unmerged vs disabled vs merged, Compare batched vs one after another
-  (`bench/adapters.py`).
+  (`bench/adapters.py`);
+- `python -m bench finetune [--steps N] [--rows N]`: the quick preset on a user-style dataset
+  through the trainer process (minutes to format compliance >= 0.9), chat first token while
+  training vs idle, stop latency, step time subprocess vs in-process (`bench/finetune.py`).
 Options without a name (`python -m bench --preset tiny`) go to `stream`, as they did before
 there was more than one benchmark. Each prints its own table; results go to `bench/results/`.
 """
@@ -55,8 +58,14 @@ def _adapters(argv):
     return main(argv)
 
 
+def _finetune(argv):
+    from bench.finetune import main
+
+    return main(argv)
+
+
 BENCHMARKS = {"stream": _stream, "knowledge": _knowledge, "retrieval-eval": _retrieval_eval, "answers": _answers,
-              "adapters": _adapters}
+              "adapters": _adapters, "finetune": _finetune}
 
 
 def main(argv=None) -> int:

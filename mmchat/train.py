@@ -169,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         def progress(step: int, total: int, loss: float) -> None:
             print(f"step {step}/{total} loss {loss:.4f}", flush=True)
 
+        from mmchat.training.trainer import image_describer_for
+
         stored = train_adapter(config, examples, store, preset=PRESETS[preset_name], cache_dir=cache_dir,
-                               system_prompt=system_prompt, progress=progress, stop=stop, dataset=dataset)
+                               system_prompt=system_prompt, progress=progress, stop=stop, dataset=dataset,
+                               describe=image_describer_for(examples, PRESETS[preset_name], cache_dir))
     except UserFacingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -169,3 +169,17 @@ def test_a_run_from_an_earlier_server_whose_trainer_is_gone_reads_interrupted(tm
     assert manager.active() is None
     with pytest.raises(UserFacingError, match="no training run '../etc'"):
         manager.status("../etc")
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_run_with_that_reason(tmp_path, model_cache_dir):
+    """A full disk or a read-only folder while checkpointing (here: the folder is a file): the run
+    ends with the reason and the folder, nothing is published."""
+    from mmchat.training.engine import train_adapter
+
+    blocked = tmp_path / "checkpoints"
+    blocked.write_text("not a folder")
+    store = AdapterStore(tmp_path / "store")
+    with pytest.raises(UserFacingError, match=f"could not write the checkpoint at step 2 into {blocked}"):
+        train_adapter(config(checkpoint_every=2), EXAMPLES, store, preset=TINY, cache_dir=model_cache_dir,
+                      checkpoints=blocked)
+    assert store.scan() == ([], [])

@@ -28,11 +28,11 @@ from typing import Any
 from mmchat.errors import UserFacingError
 from mmchat.training.runs import CHECKPOINTS, EVAL_FILE, TRAIN_FILE, RunFiles, read_examples
 
-SAMPLE_PROMPTS = 3  # fixed held-out prompts answered every `sample_every` steps
+SAMPLE_PROMPTS = 3  # fixed held-out prompts answered every `sample_every` steps (run.json "samples")
 GALLERY_ROWS = 8  # evaluation rows kept in the card and status (the tab's gallery)
 
 
-def _describer(examples: list[Any], preset: Any, cache_dir: Path) -> Any:
+def image_describer_for(examples: list[Any], preset: Any, cache_dir: Path) -> Any:
     """The text real images become for the offline model (None when no example has one)."""
     if preset.kind != "offline" or not any(getattr(e, "images", ()) for e in examples):
         return None
@@ -103,12 +103,13 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
             files.write_status(gallery=result.gallery)
             return result.metrics, result.gallery[:GALLERY_ROWS]
 
-        describe = _describer(train + held_out, preset, cache_dir)
+        describe = image_describer_for(train + held_out, preset, cache_dir)
         started = time.time()
         stored = train_adapter(
             config, train, store, preset=preset, cache_dir=cache_dir, system_prompt=spec.get("system_prompt"),
             stop=stop, evaluate_on_copy=evaluate_on_copy, dataset=spec.get("dataset") or {},
-            eval_examples=held_out, sample_examples=held_out[:SAMPLE_PROMPTS] if config.sample_every else (),
+            eval_examples=held_out,
+            sample_examples=held_out[: int(spec.get("samples", SAMPLE_PROMPTS))] if config.sample_every else (),
             checkpoints=folder / CHECKPOINTS, on_event=on_event, stop_at=stop_at, describe=describe,
         )
     except TrainingStopped as err:
@@ -131,4 +132,4 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
     return 0
 
 
-__all__ = ["train_run"]
+__all__ = ["image_describer_for", "train_run"]

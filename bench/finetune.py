@@ -1,0 +1,196 @@
+"""Fine-tuning on the offline model, through the very path the Fine-tune tab uses.
+
+`python -m bench finetune [--steps N] [--rows N] [--ttft-runs N]` measures, in one run on the
+offline SmolLM2 (check the machine is idle first: 2 cores, and the trainer takes one):
+
+(a) the quick preset on a user-style dataset written here (not a built-in one: support
+    answers in the form "Answer: … / Confidence: high|medium|low", with questions about
+    made-up products and places), trained by a real trainer process (`RunManager`, as the
+    tab starts it): the minutes until the sample answers to 10 held-out prompts reach
+    format compliance >= 0.9, and the final held-out scores (format, base vs adapter);
+(b) chat time to first token while that run trains vs idle (same prompt, same backend);
+(c) stop latency: Stop pressed on a second run to the run reading `stopped`;
+(d) engine step time through the trainer process vs the same engine in this process
+    (same config, same thread count), the ratio.
+
+Prints one table and writes `bench/results/finetune.json`. Publishes its adapters into a
+temporary store, never into the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+FORMAT = re.compile(r"Answer: [^\n]+\nConfidence: (high|medium|low)\.?")
+PRODUCTS = ["the Orbit kettle", "the Lumen desk lamp", "the Trail 40 backpack", "the Nimbus umbrella",
+            "the Pico label printer", "the Harbor rain jacket", "the Atlas wall map", "the Quill pen set",
+            "the Ember space heater", "the Delta bike lock", "the Fjord water bottle", "the Sable office chair"]
+PLACES = ["the Riverside store", "the airport kiosk", "the north warehouse", "the downtown branch",
+          "the online shop", "the harbour outlet"]
+ASKS = [
+    ("How long is the warranty on {p}?", "The warranty on {p} lasts {n} years.", "high"),
+    ("Can I return {p} after {n} weeks?", "Returns of {p} are accepted within {m} weeks of purchase.", "medium"),
+    ("Is {p} in stock at {s}?", "{P} is usually in stock at {s}, but check before you travel.", "low"),
+    ("What colour does {p} come in?", "{P} comes in grey and in dark blue.", "medium"),
+    ("How do I clean {p}?", "Wipe {p} with a damp cloth and let it dry.", "high"),
+    ("Does {p} ship to {s}?", "Yes, {p} ships to {s} within {n} days.", "medium"),
+    ("Who repairs {p}?", "The service desk at {s} repairs {p}.", "low"),
+    ("What does {p} weigh?", "{P} weighs about {n} kilograms.", "medium"),
+]
+
+
+def support_rows(n: int, seed: int = 7) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, confidence = rng.choice(ASKS)
+        product, place = rng.choice(PRODUCTS), rng.choice(PLACES)
+        values = {"p": product, "P": product[0].upper() + product[1:], "s": place, "n": rng.randint(2, 9),
+                  "m": rng.randint(2, 6)}
+        rows.append({"question": question.format(**values),
+                     "answer": f"Answer: {answer.format(**values)}\nConfidence: {confidence}."})
+    return rows
+
+
+def ttft(backend, params, question: str) -> float:
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+                {"role": "user", "content": [{"type": "text", "text": question}]}]
+    started = time.perf_counter()
+    stream = iter(backend.stream(backend.prepare(messages, []), params))
+    next(stream)
+    elapsed = time.perf_counter() - started
+    for _ in stream:
+        pass
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench finetune", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200, help="user-style dataset rows (10%% held out)")
+    parser.add_argument("--steps", type=int, default=30, help="steps of the quick run (the preset's 30)")
+    parser.add_argument("--ttft-runs", type=int, default=5)
+    parser.add_argument("--cache-dir", default="~/.cache/mmchat")
+    args = parser.parse_args(argv)
+
+    from mmchat.backends.base import GenerationParams
+    from mmchat.backends.offline import OfflineBackend
+    from mmchat.config import PRESETS, GenerationDefaults
+    from mmchat.training.datasets import DatasetLimits, read_dataset, split
+    from mmchat.training.runs import RunManager
+    from mmchat.training.service import PRESETS as TRAIN_PRESETS
+
+    cache_dir = Path(args.cache_dir).expanduser()
+    work = Path(tempfile.mkdtemp(prefix="mmchat-bench-finetune-"))
+    data = work / "support.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in support_rows(args.rows)) + "\n", encoding="utf-8")
+    report = read_dataset(data, work / "images", DatasetLimits())
+    train, held_out = split(report.examples, 0.1, seed=0)
+    manager = RunManager(work / "runs")
+    system = GenerationDefaults().system_prompt
+    preset = dict(TRAIN_PRESETS["quick"].values, max_steps=args.steps, sample_every=5, eval_every=10,
+                  checkpoint_every=10, target_modules=list(TRAIN_PRESETS["quick"].values["target_modules"]))
+
+    def spec(name: str, **changes) -> dict:
+        return {"training": {"name": name, "description": "bench", **preset, **changes}, "preset": "offline",
+                "cache_dir": str(cache_dir), "store": str(work / "adapters"), "system_prompt": system,
+                "samples": 10, "dataset": {"source": "bench support.jsonl"}}
+
+    backend = OfflineBackend.from_preset(PRESETS["offline"], cache_dir)
+    params = GenerationParams(max_new_tokens=8, temperature=0.0)
+    question = "What is the capital of France?"
+    ttft(backend, params, question)  # warm-up
+    idle = [ttft(backend, params, question) for _ in range(args.ttft_runs)]
+
+    started = time.perf_counter()
+    run_id = manager.start(spec("bench-support"), train, held_out)
+    busy: list[float] = []
+    while manager.status(run_id)["state"] in ("starting", "running", "evaluating"):
+        status = manager.status(run_id)
+        if status["state"] == "running" and status["step"] >= 1 and len(busy) < args.ttft_runs:
+            busy.append(ttft(backend, params, question))
+        time.sleep(2.0)
+    wall = time.perf_counter() - started
+    status = manager.status(run_id)
+    events = manager.files(run_id).events()
+    first_step = next(e for e in events if e.get("type") == "step")
+    reached = None
+    for event in events:
+        if event.get("type") == "sample":
+            rate = sum(bool(FORMAT.fullmatch(s["answer"].strip())) for s in event["samples"]) / len(event["samples"])
+            if rate >= 0.9 and reached is None:
+                step_event = next(e for e in events if e.get("type") == "step" and e["step"] == event["step"])
+                reached = (event["step"], step_event["time"] - first_step["time"] + first_step["seconds"], rate)
+    subprocess_step = statistics.median(e["seconds"] for e in events if e.get("type") == "step")
+
+    stop_id = manager.start(spec("bench-stop", max_steps=500), train, held_out)
+    while manager.status(stop_id)["step"] < 2:
+        time.sleep(0.2)
+    t0 = time.perf_counter()
+    manager.stop(stop_id)
+    stop_s = time.perf_counter() - t0
+    manager.delete(stop_id)
+
+    import torch
+
+    from mmchat.adapters.store import AdapterStore
+    from mmchat.training.config import TrainingConfig
+    from mmchat.training.engine import train_adapter
+
+    torch.set_num_threads(manager.threads)
+    steps: list[float] = []
+    train_adapter(TrainingConfig.from_mapping(dict(spec("bench-inproc", max_steps=8, sample_every=0, eval_every=0,
+                                                        checkpoint_every=0)["training"])),
+                  train, AdapterStore(work / "inproc"), preset=PRESETS["offline"], cache_dir=cache_dir,
+                  system_prompt=system, on_event=lambda e: steps.append(e["seconds"]) if e["type"] == "step" else None)
+    inproc_step = statistics.median(steps)
+
+    metrics = status.get("metrics") or {}
+    gallery = status.get("gallery") or []
+
+    def compliance(side: str) -> float | None:
+        return round(sum(bool(FORMAT.fullmatch(str(r.get(side, "")).strip())) for r in gallery) / len(gallery), 3) \
+            if gallery else None
+
+    held_out_format = {"base": compliance("base"), "adapter": compliance("adapter")}
+    result = {
+        "rows": {"train": len(train), "held_out": len(held_out)}, "threads": manager.threads,
+        "quick_run": {"state": status["state"], "steps": status["step"], "wall_s": round(wall, 1),
+                      "format_0.9_at": {"step": reached[0], "minutes": round(reached[1] / 60, 2), "rate": reached[2]}
+                      if reached else None,
+                      "held_out_format": held_out_format, "held_out_base": metrics.get("base"),
+                      "held_out_adapter": metrics.get("adapter")},
+        "ttft_s": {"idle_p50": round(statistics.median(idle), 3), "training_p50": round(statistics.median(busy), 3)
+                   if busy else None},
+        "stop_s": round(stop_s, 2),
+        "step_s": {"subprocess": round(subprocess_step, 3), "in_process": round(inproc_step, 3)},
+    }
+    ratio_ttft = result["ttft_s"]["training_p50"] / result["ttft_s"]["idle_p50"] if busy else float("nan")
+    print(json.dumps(result, indent=1))
+    print(f"(a) quick run: format >= 0.9 at "
+          + (f"step {reached[0]}, {reached[1] / 60:.1f} min" if reached else "never")
+          + f"; whole run {wall / 60:.1f} min incl. evaluation; held-out format base "
+          f"{held_out_format['base']} -> adapter {held_out_format['adapter']} ({len(gallery)} rows)")
+    print(f"(b) chat first token while training / idle: {ratio_ttft:.2f}x "
+          f"({result['ttft_s']['training_p50']} s vs {result['ttft_s']['idle_p50']} s)")
+    print(f"(c) stop latency: {stop_s:.2f} s")
+    print(f"(d) step time subprocess / in-process: {subprocess_step / inproc_step:.2f}x "
+          f"({subprocess_step:.2f} s vs {inproc_step:.2f} s, {manager.threads} thread(s))")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "finetune.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -183,3 +183,61 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_with_that_reason(tmp_
         train_adapter(config(checkpoint_every=2), EXAMPLES, store, preset=TINY, cache_dir=model_cache_dir,
                       checkpoints=blocked)
     assert store.scan() == ([], [])
+
+
+def test_stop_in_the_middle_of_a_step_ends_it_at_once_and_resume_still_matches(tmp_path, model_cache_dir):
+    """Stop cuts the step in progress short (at the next decoder layer), keeps the previous
+    step's checkpoint (with the random state from before the cut step), and a resume from it
+    ends with the uninterrupted weights."""
+    import torch
+
+    from mmchat.backends.registry import load_base_copy
+    from mmchat.training.engine import TrainingStopped, prepare_model, run_loop
+    from mmchat.training.examples import Renderer
+
+    cfg = config(max_steps=6)
+
+    def fresh():
+        model, processor = load_base_copy(TINY, model_cache_dir)
+        renderer = Renderer(TINY.kind, processor, "Be brief.", cfg.max_length)
+        encoded = [renderer.encode(e) for e in EXAMPLES]
+        return prepare_model(model, TINY.kind, cfg), encoded, renderer.eos_id
+
+    def trainable(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model, encoded, pad = fresh()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        run_loop(model, encoded, cfg, pad)
+    whole = trainable(model)
+
+    model, encoded, pad = fresh()
+    stop, armed = threading.Event(), threading.Event()
+
+    def cut(module, args):  # registered before the engine's hooks: it runs first
+        if armed.is_set():
+            stop.set()
+
+    # The last decoder layer: the first one's LoRA dropout has drawn random numbers by then.
+    layer = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")][-1]
+    handle = layer.register_forward_pre_hook(cut)
+    checkpoints = tmp_path / "checkpoints"
+
+    def on_event(event):
+        if event["type"] == "step" and event["step"] == 3:
+            armed.set()
+
+    with torch.random.fork_rng(devices=[]), pytest.raises(TrainingStopped, match="stopped at step 3 of 6"):
+        torch.manual_seed(cfg.seed)
+        run_loop(model, encoded, cfg, pad, stop=stop, checkpoints=checkpoints, on_event=on_event)
+    handle.remove()
+    assert [p.name for p in checkpoints.iterdir()] == ["step-3"]
+
+    model, encoded, pad = fresh()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        losses = run_loop(model, encoded, cfg, pad, checkpoints=checkpoints)
+    assert len(losses) == 6
+    resumed = trainable(model)
+    assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)

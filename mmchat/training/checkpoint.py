@@ -46,8 +46,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(done, key=_step_of, default=None)
 
 
-def save_checkpoint(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, losses: list[float]) -> Path:
-    """Write checkpoint `step-<step>` under `root` and remove the older ones; returns its folder."""
+def save_checkpoint(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, losses: list[float],
+                    rng_state: Any = None) -> Path:
+    """Write checkpoint `step-<step>` under `root` and remove the older ones; returns its folder.
+
+    `rng_state`: the generator state to keep (default: the current one) — a step cut short has
+    drawn from it already, so the caller passes the state from before that step."""
     import torch
     from safetensors.torch import save_file
 
@@ -64,7 +68,7 @@ def save_checkpoint(root: Path, step: int, model: Any, optimizer: Any, scheduler
                    for index, entry in state["state"].items() for key, value in entry.items()
                    if isinstance(value, torch.Tensor)}
         save_file(tensors, str(partial / "optimizer.safetensors"))
-        save_file({"cpu": torch.get_rng_state()}, str(partial / "rng.safetensors"))
+        save_file({"cpu": torch.get_rng_state() if rng_state is None else rng_state}, str(partial / "rng.safetensors"))
         meta = {"step": step, "losses": losses, "param_groups": state["param_groups"],
                 "scheduler": _jsonable(scheduler.state_dict())}
         (partial / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")  # last: marks it complete

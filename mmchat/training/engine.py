@@ -219,30 +219,39 @@ def run_loop(
 
         autocast = contextlib.nullcontext
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, rng: Any = None) -> None:
         if checkpoints is not None:
-            save_checkpoint(checkpoints, step, model, optimizer, scheduler, losses)
+            save_checkpoint(checkpoints, step, model, optimizer, scheduler, losses, rng)
             emit({"type": "checkpoint", "step": step})
 
     last = min(total, stop_at) if stop_at else total
     model.train()
     started = time.perf_counter()
-    for step in range(done + 1, last + 1):
-        if stop is not None and stop.is_set():
-            if step - 1 > done:
-                checkpoint(step - 1)
-            raise TrainingStopped(f"training stopped at step {step - 1} of {total}"
-                                  + ("; resume continues from there" if checkpoints is not None and step > 1 else
-                                     "; nothing was saved"))
+
+    def stopped(step: int, rng: Any = None) -> TrainingStopped:
+        if step > done:
+            checkpoint(step, rng)
+        return TrainingStopped(f"training stopped at step {step} of {total}"
+                               + ("; resume continues from there" if checkpoints is not None and step else
+                                  "; nothing was saved"))
+
+    def run_step(step: int) -> None:
         tick = time.perf_counter()
+        rng = torch.get_rng_state()  # what the previous step's checkpoint holds if this one is cut short
         loss_value, tokens = 0.0, 0
-        for indices in plan[step - 1]:
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
-            with autocast():
-                loss = answer_loss(model, batch) / len(plan[step - 1])
-            loss.backward()
-            loss_value += float(loss.item())
-            tokens += int(batch["attention_mask"].sum())
+        try:
+            for indices in plan[step - 1]:
+                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+                with autocast():
+                    loss = answer_loss(model, batch) / len(plan[step - 1])
+                loss.backward()
+                loss_value += float(loss.item())
+                tokens += int(batch["attention_mask"].sum())
+        except Exception:
+            if stop is None or not stop.is_set():
+                raise
+            optimizer.zero_grad(set_to_none=True)  # cut short by Stop: as if it never began
+            raise stopped(step - 1, rng) from None
         if not math.isfinite(loss_value):
             raise UserFacingError(f"the loss became {loss_value} at step {step}; lower learning_rate "
                                   f"({config.learning_rate}) and try again")
@@ -259,17 +268,47 @@ def run_loop(
               "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
               "elapsed_s": round(time.perf_counter() - started, 2), "rss_mib": round(_rss_mib(), 1)})
         end = step == last
-        if eval_encoded and ((config.eval_every and step % config.eval_every == 0) or end):
-            emit({"type": "eval", "step": step, "eval_loss": round(eval_loss(model, eval_encoded, pad_id,
-                                                                            config.batch_size), 5)})
-        if sample is not None and config.sample_every and (step % config.sample_every == 0 or end):
-            model.eval()
-            emit({"type": "sample", "step": step, "samples": sample(model)})
+        try:
+            if eval_encoded and ((config.eval_every and step % config.eval_every == 0) or end):
+                emit({"type": "eval", "step": step, "eval_loss": round(eval_loss(model, eval_encoded, pad_id,
+                                                                                config.batch_size), 5)})
+            if sample is not None and config.sample_every and (step % config.sample_every == 0 or end):
+                model.eval()
+                emit({"type": "sample", "step": step, "samples": sample(model)})
+                model.train()
+        except Exception:
+            if stop is None or not stop.is_set():
+                raise
             model.train()
+            raise stopped(step) from None  # the step itself is complete (no randomness after it)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and not end:
             checkpoint(step)
+
+    hooks = _abort_hooks(model, stop) if stop is not None else []
+    try:
+        for step in range(done + 1, last + 1):
+            if stop is not None and stop.is_set():
+                raise stopped(step - 1)
+            run_step(step)
+    finally:
+        for hook in hooks:
+            hook.remove()
     model.eval()
     return losses
+
+
+def _abort_hooks(model: Any, stop: threading.Event) -> list[Any]:
+    """Hooks that end a step in progress soon after `stop` is set (at the next decoder layer,
+    forward or backward), so Stop does not wait for a whole step (seconds on a CPU)."""
+
+    def check(*_: Any) -> None:
+        if stop.is_set():
+            raise RuntimeError("stop requested")
+
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    hooks = [layer.register_forward_pre_hook(check) for layer in layers]
+    hooks += [layer.register_full_backward_pre_hook(check) for layer in layers]
+    return hooks
 
 
 def prepare_model(model: Any, kind: str, config: TrainingConfig) -> Any:

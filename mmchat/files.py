@@ -14,7 +14,9 @@ What this module does:
   becomes part of a path;
 * `staged_folder`: builds a folder under a temporary name beside its target and renames it
   into place only when the build finished, so a reader never sees a half-written folder
-  (the adapter store's publishing step);
+  (the adapter store's publishing step); the temporary name carries the builder's pid, and
+  `remove_stale_staging` removes only the leftovers of processes that are gone (or of builds
+  older than an hour), so two processes sharing a folder never delete each other's work;
 * `zip_member_problem`: why a zip member's name or kind is unsafe to use (climbing `..`,
   absolute paths, drive letters, backslashes, NUL bytes, links, encryption), shared by
   adapter zips and dataset zips;
@@ -39,9 +41,11 @@ from typing import Callable, Iterator
 
 from mmchat.errors import InvalidUpload
 
-__all__ = ["human_bytes", "read_limited", "sniff", "staged_folder", "store_atomic", "zip_member_problem"]
+__all__ = ["human_bytes", "read_limited", "remove_stale_staging", "sniff", "staged_folder", "store_atomic",
+           "zip_member_problem"]
 
-STAGING_PREFIX = ".staging-"  # folders being built; leftovers of a killed process are removed
+STAGING_PREFIX = ".staging-"  # folders being built: .staging-<target>-<pid>-<random>
+STAGING_MAX_AGE_S = 3600  # a build this old is a leftover even if its pid was reused since
 
 
 def human_bytes(n: int) -> str:
@@ -200,13 +204,63 @@ def staged_folder(target: Path) -> Iterator[Path]:
     if target.exists():
         raise FileExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}-", dir=target.parent))
+    # The pid lets another process sharing the folder (a trainer, the server) tell a build in
+    # progress from a leftover; mkdtemp adds the random part.
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         yield staging
         os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; the result is an ordinary folder
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: os.kill said it exists
+
+
+def remove_stale_staging(parent: Path, max_age_s: float = STAGING_MAX_AGE_S) -> list[Path]:
+    """Remove the staged folders under `parent` whose builder is gone; returns what was removed.
+
+    A leftover is one whose pid no longer runs, one whose name carries no pid (an older
+    format), or one untouched for `max_age_s` (its pid may since belong to another process).
+    Builds of live processes, this one included, are left alone.
+    """
+    import time
+
+    removed: list[Path] = []
+    try:
+        entries = list(Path(parent).glob(f"{STAGING_PREFIX}*"))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        parts = entry.name[len(STAGING_PREFIX):].rsplit("-", 2)  # target (may hold '-'), pid, random
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() and parts[0] and parts[2] else 0
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue  # its builder just renamed or removed it
+        if pid and process_alive(pid) and age < max_age_s:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def zip_member_problem(info: zipfile.ZipInfo) -> str | None:

@@ -103,14 +103,22 @@ class Runtime:
             self._open_knowledge()
 
     def _load_adapters(self) -> None:
-        """Load the store's adapters that fit the base; a broken store is reported, chat goes on."""
+        """Load the adapters of both stores that fit the base: the shipped ones (read-only, in the
+        project) and the user's (uploaded or trained, under the data dir, so nothing is written
+        into the source tree). A broken store is reported, chat goes on."""
         if not self.config.adapters.enabled:
             return
         try:
             from mmchat.adapters.registry import AdapterRegistry
             from mmchat.adapters.store import AdapterStore
 
-            self.adapters = AdapterRegistry(AdapterStore(self.config.adapters.resolved_path()), self.backend).sync()
+            shipped_dir, user_dir = self.config.adapters.resolved_path(), self.config.user_adapters_dir()
+            if shipped_dir.resolve() == user_dir.resolve():  # configured as one folder: it is the user's
+                shipped = user = AdapterStore(user_dir)
+            else:
+                shipped = AdapterStore(shipped_dir, read_only=True)
+                user = AdapterStore(user_dir, shipped=shipped)
+            self.adapters = AdapterRegistry(shipped, self.backend, user_store=user).sync()
         except Exception as err:
             log.exception("adapter store failed")
             self.adapters_error = err
@@ -235,7 +243,10 @@ class Runtime:
         if self.adapters is None:
             return "**Adapters** none loaded"
         names = ", ".join(f"`{a.name}`" for a in self.adapters.adapters()) or "none"
-        text = f"**Adapters** {self.adapters.summary()}: {names} (store `{self.adapters.store.root}`)"
+        registry = self.adapters
+        stores = (f"store `{registry.store.root}`" if registry.user_store is registry.store else
+                  f"shipped `{registry.store.root}`, yours `{registry.user_store.root}`")
+        text = f"**Adapters** {registry.summary()}: {names} ({stores})"
         if self.adapters.notes:
             text += "\n\n" + "\n".join(f"- not loaded: {note}" for note in self.adapters.notes)
         return text

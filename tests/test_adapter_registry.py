@@ -5,6 +5,7 @@ Each test builds its own tiny backend (loading adapters changes the model it is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -99,3 +100,39 @@ def test_weights_that_do_not_fit_leave_the_base_as_it_was(backend, make_adapters
     assert backend.adapters.model is backend.model
     assert not any("lora" in name for name, _ in backend.model.named_modules())
     assert _answer(backend) == before
+
+
+def test_shipped_and_user_adapters_are_listed_and_a_user_copy_never_shadows_a_shipped_one(
+        backend, make_adapters, tmp_path):
+    from mmchat.adapters.store import AdapterStore
+
+    make_adapters(backend, tmp_path / "shipped", {"alpha": 1})
+    make_adapters(backend, tmp_path / "user", {"beta": 2})
+    make_adapters(backend, tmp_path / "elsewhere", {"alpha": 7})
+    shutil.copytree(tmp_path / "elsewhere" / "alpha", tmp_path / "user" / "alpha")  # copied by hand
+    shutil.copytree(tmp_path / "user" / "beta", tmp_path / "user" / "half")
+    (tmp_path / "user" / "half" / CARD_FILE).unlink()
+    shipped = AdapterStore(tmp_path / "shipped", read_only=True)
+    shipped_answer = _answer(AdapterRegistry(shipped, backend).sync().backend, "alpha")
+    copied_answer = _answer(AdapterRegistry(AdapterStore(tmp_path / "elsewhere"), backend).sync().backend, "alpha")
+    assert copied_answer != shipped_answer
+    registry = AdapterRegistry(shipped, backend, user_store=AdapterStore(tmp_path / "user")).sync()
+
+    assert [(a.name, registry.store_label(a)) for a in registry.adapters()] == [("alpha", "shipped"), ("beta", "yours")]
+    assert registry.get("alpha").folder == tmp_path / "shipped" / "alpha"
+    notes = "\n".join(registry.notes)
+    assert f"alpha: is the name of a shipped adapter; your copy in {tmp_path / 'user'} is not loaded" in notes
+    assert "half: no adapter_card.json" in notes
+    assert registry.reserved_names() == {"alpha", "beta", "half"}
+    assert _answer(backend, "alpha") == shipped_answer, "the shipped alpha answers, not the copy"
+
+    # Publishing under a shipped name is refused, and a shipped adapter cannot be deleted.
+    with pytest.raises(UserFacingError, match="'alpha' is the name of a shipped adapter; choose another name"):
+        registry.user_store.publish(dataclasses.replace(registry.get("beta").card, name="alpha"), lambda folder: None)
+    with pytest.raises(UserFacingError, match=r"'alpha' is a shipped adapter .* read-only"):
+        registry.delete("alpha")
+    assert (tmp_path / "shipped" / "alpha").is_dir() and "alpha" in backend.adapters.names
+    registry.delete("beta")
+    assert [a.name for a in registry.adapters()] == ["alpha"] and "beta" not in backend.adapters.names
+    registry.delete("half")  # the user's own folder, though it never loaded
+    assert not (tmp_path / "user" / "half").exists()

@@ -8,6 +8,7 @@ safetensors. A "killed publish" is a writer that raises part-way.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -136,3 +137,86 @@ def test_a_published_peft_adapter_loads_with_plain_peft_and_in_the_host(tmp_path
     greedy = GenerationParams(max_new_tokens=6, temperature=0.0)
     with_adapter = "".join(backend.stream(backend.prepare(messages, [], adapter="shouty"), greedy))
     assert with_adapter != "".join(backend.stream(backend.prepare(messages, []), greedy))
+
+
+# ----- staging shared by processes: only leftovers of processes that are gone are removed -----
+def test_another_process_opening_the_store_keeps_a_publish_in_progress(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "adapters"
+    store = AdapterStore(root)
+    seen = []
+
+    def write_while_another_process_opens_the_store(folder: Path) -> None:
+        fake_weights(folder)
+        seen.append(folder.name)
+        # A trainer process (or the server) opens the same store while this publish is staged.
+        subprocess.run([sys.executable, "-c", "import sys; from mmchat.adapters.store import AdapterStore; "
+                        "AdapterStore(sys.argv[1])", str(root)], check=True, timeout=60)
+        AdapterStore(root)  # and this process too
+        assert folder.is_dir(), "the staged publish was deleted by another opener"
+
+    published = store.publish(card(), write_while_another_process_opens_the_store)
+    assert published.folder == root / "one-word" and store.scan()[0][0].name == "one-word"
+    assert re.fullmatch(rf"\.staging-one-word-{os.getpid()}-[a-z0-9_]+", seen[0]), seen
+    assert [p.name for p in root.iterdir()] == ["one-word"]
+
+
+def test_staging_leftovers_go_only_when_their_process_is_gone_or_they_are_old(tmp_path):
+    import subprocess
+    import time
+
+    from mmchat.files import process_alive
+
+    root = tmp_path / "adapters"
+    AdapterStore(root)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    try:
+        folders = {
+            "mine": root / f".staging-run-1-{os.getpid()}-a1b2c3d4",  # this process: a publish in progress
+            "child": root / f".staging-x-{sleeper.pid}-zz_9",  # a live trainer process
+            "dead": root / f".staging-x-{finished.pid}-abcd1234",  # its process has exited
+            "old format": root / ".staging-one-word-k3j4h5g6",  # no pid: from before pids were named
+            "stale": root / f".staging-y-{os.getpid()}-qqqq1111",  # alive, but untouched for two hours
+        }
+        for folder in folders.values():
+            folder.mkdir()
+            (folder / "adapter_config.json").write_text("{}")
+        two_hours_ago = time.time() - 7200
+        os.utime(folders["stale"], (two_hours_ago, two_hours_ago))
+
+        AdapterStore(root)
+        assert {k for k, f in folders.items() if f.exists()} == {"mine", "child"}
+
+        sleeper.kill()  # killed but not yet reaped: a zombie is not a live process
+        deadline = time.time() + 10
+        while process_alive(sleeper.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not process_alive(sleeper.pid)
+        AdapterStore(root)
+        assert {k for k, f in folders.items() if f.exists()} == {"mine"}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ----- the shipped store is read-only; the user's may not take a shipped name -----------------
+def test_shipped_store_is_read_only_and_its_names_are_refused_in_the_user_store(tmp_path):
+    AdapterStore(tmp_path / "shipped").publish(card(), fake_weights)  # as the project's build does
+    shipped = AdapterStore(tmp_path / "shipped", read_only=True)
+    user = AdapterStore(tmp_path / "user", shipped=shipped)
+    with pytest.raises(UserFacingError, match=r"'one-word' is the name of a shipped adapter; choose another name"):
+        user.publish(card(), fake_weights)
+    assert list((tmp_path / "user").iterdir()) == [], "nothing is left behind"
+    with pytest.raises(UserFacingError, match=r"'one-word' is a shipped adapter .* and read-only"):
+        shipped.delete("one-word")
+    with pytest.raises(UserFacingError, match="read-only"):
+        shipped.publish(card("other"), fake_weights)
+    assert [a.name for a in shipped.scan()[0]] == ["one-word"]
+    assert user.publish(card("mine"), fake_weights).folder == tmp_path / "user" / "mine"
+    # A read-only store is never created (the app writes nothing into the source tree).
+    missing = AdapterStore(tmp_path / "not-there", read_only=True)
+    assert missing.scan() == ([], []) and not (tmp_path / "not-there").exists()

@@ -30,7 +30,7 @@ def app(tmp_path_factory, model_cache_dir, make_adapters, launch_app):
     make_adapters(backend, root / "store", {"alpha": 1, "beta": 2})
     url = launch_app(root, backend, None, preset="tiny", generation={"temperature": 0.0},
                      knowledge={"enabled": False}, adapters={"path": str(root / "store")})
-    return url, backend
+    return url, backend, root  # root/store: the shipped adapters; root/adapters: the user's (data dir)
 
 
 def expected(backend, adapter) -> str:
@@ -53,7 +53,7 @@ def answer_and_trace(result):
 
 
 def test_chat_answers_with_the_chosen_adapter_and_says_which(app):
-    url, backend = app
+    url, backend, _ = app
     client = Client(url, verbose=False)
     content, trace = answer_and_trace(chat(client, "alpha"))
     text = content[0]["text"] if isinstance(content, list) else str(content)
@@ -69,7 +69,7 @@ def test_chat_answers_with_the_chosen_adapter_and_says_which(app):
 
 
 def test_an_unknown_adapter_is_refused_by_name_and_the_app_keeps_serving(app):
-    url, _ = app
+    url, *_ = app
     client = Client(url, verbose=False)
     refused = chat(client, "gamma")  # a toast names the loaded adapters (tests/test_adapter_host.py)
     assert refused[0] == [], "nothing is added to the chat"
@@ -79,7 +79,7 @@ def test_an_unknown_adapter_is_refused_by_name_and_the_app_keeps_serving(app):
 
 
 def test_two_clients_on_different_adapters_at_once_get_their_own(app):
-    url, backend = app
+    url, backend, _ = app
     want = {name: expected(backend, name) for name in ("alpha", "beta", "base")}
     assert len(set(want.values())) == 3, want
     got: dict = {}
@@ -99,11 +99,12 @@ def test_two_clients_on_different_adapters_at_once_get_their_own(app):
 
 
 def test_the_adapters_listing_and_cards_are_api_callable(app):
-    url, _ = app
+    url, *_ = app
     client = Client(url, verbose=False)
     table, choice, notes = client.predict(api_name="/adapters")
-    assert [row[0] for row in table["data"]] == ["alpha", "beta"]
-    assert "2 adapter(s)" in notes
+    assert [row[:2] for row in table["data"]] == [["alpha", "shipped"], ["beta", "shipped"]]
+    assert table["headers"][:2] == ["name", "store"]
+    assert "2 adapter(s)" in notes and "read-only" in notes
     card = client.predict("beta", api_name="/adapter_card")
     assert "### beta" in card and "test adapter beta" in card and "rank** 4" in card
 
@@ -114,9 +115,10 @@ def test_upload_export_merge_and_delete_through_the_adapters_tab(app, tmp_path, 
 
     from mmchat.adapters.bundle import export_adapter_zip
 
-    url, backend = app
+    url, backend, root = app
     client = Client(url, verbose=False)
-    other = make_adapters(backend, tmp_path / "elsewhere", {"gamma": 3})
+    other = make_adapters(backend, tmp_path / "elsewhere", {"gamma": 3, "alpha": 4})
+    taken = export_adapter_zip(other.read(other.root / "alpha"), tmp_path / "alpha.zip")
     good = export_adapter_zip(other.read(other.root / "gamma"), tmp_path / "gamma.zip")
     bad = tmp_path / "pickled.zip"
     with zipfile.ZipFile(bad, "w") as zf:
@@ -127,9 +129,16 @@ def test_upload_export_merge_and_delete_through_the_adapters_tab(app, tmp_path, 
     assert message.startswith("Refused:") and ".bin" in message and "safetensors" in message, message
     assert [row[0] for row in table["data"]] == ["alpha", "beta"], "a refused zip adds nothing"
 
+    # A zip whose card names a shipped adapter is refused; nothing is written anywhere.
+    table, _, _, message, _ = client.predict(handle_file(str(taken)), "", api_name="/adapter_upload")
+    assert "Refused:" in message and "'alpha' is the name of a shipped adapter; choose another name" in message, message
+    assert len(table["data"]) == 2 and not (root / "adapters" / "alpha").exists()
+
     table, _, _, message, _ = client.predict(handle_file(str(good)), "", api_name="/adapter_upload")
     assert "Added **gamma**" in message, message
-    assert [row[0] for row in table["data"]] == ["alpha", "beta", "gamma"]
+    assert [row[:2] for row in table["data"]] == [["alpha", "shipped"], ["beta", "shipped"], ["gamma", "yours"]]
+    assert (root / "adapters" / "gamma").is_dir(), "uploads go to the user store"
+    assert not (root / "store" / "gamma").exists()
     content, _ = answer_and_trace(chat(client, "gamma"))  # usable at once, by name
     text = content[0]["text"] if isinstance(content, list) else str(content)
     assert text.startswith(expected(backend, "gamma"))
@@ -148,14 +157,17 @@ def test_upload_export_merge_and_delete_through_the_adapters_tab(app, tmp_path, 
     assert "Nothing deleted" in message and len(table["data"]) == 3
     table, _, _, message, _ = client.predict("gamma", True, api_name="/adapter_delete")
     assert "Deleted **gamma**" in message and [row[0] for row in table["data"]] == ["alpha", "beta"]
-    assert "gamma" not in backend.adapters.names
+    assert "gamma" not in backend.adapters.names and not (root / "adapters" / "gamma").exists()
+    table, _, _, message, _ = client.predict("alpha", True, api_name="/adapter_delete")
+    assert "'alpha' is a shipped adapter" in message and "read-only" in message, message
+    assert len(table["data"]) == 2 and (root / "store" / "alpha").is_dir() and "alpha" in backend.adapters.names
 
 
 def test_compare_endpoint_streams_every_column_and_matches_the_engine(app, cat_image, tmp_path):
     from mmchat.compare import compare
     from mmchat.config import GenerationDefaults
 
-    url, backend = app
+    url, backend, _ = app
     client = Client(url, verbose=False)
     photo = tmp_path / "cat.png"
     cat_image.save(photo)
@@ -180,7 +192,7 @@ def test_compare_endpoint_streams_every_column_and_matches_the_engine(app, cat_i
 
 
 def test_compare_refuses_bad_columns_by_name(app):
-    url, _ = app
+    url, *_ = app
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="choose 2 to 4 columns"):
         client.predict("Hi", None, ["base"], TOKENS, 0.0, api_name="/compare")
@@ -191,7 +203,7 @@ def test_compare_refuses_bad_columns_by_name(app):
 def test_compare_stop_ends_every_column(app):
     import time
 
-    url, _ = app
+    url, *_ = app
     client = Client(url, verbose=False)
     job = client.submit("Write a very long story.", None, ["base", "alpha", "beta"], 512, 0.0, api_name="/compare")
     deadline = time.time() + 60

@@ -1,12 +1,18 @@
-"""The adapter registry: the store's adapters that fit the loaded base, loaded on its host.
+"""The adapter registry: the adapters of both stores that fit the loaded base, loaded on its host.
 
-`sync()` scans the store, keeps the adapters whose card names the loaded base's fingerprint,
-loads the new ones on the backend's `AdapterHost` (never reloading the base), unloads the ones
-deleted from the store, and keeps one line per adapter it did not load: skipped folders
-(incomplete, bad card, pickled weights), adapters trained on another base (the line names both
-bases) and adapters peft could not load. `choices()` is what the UI lists. Adding (training,
-upload) and deleting go through the store and then `sync()`, so the registry never lists an
-adapter the store does not hold. No torch at import time.
+Two stores: the shipped one (the project's `adapters/`, read-only to the app) and the user's
+(under the data dir), where uploads and training publish (`user_store`; given one store, it is
+both, as in tests and tools that keep everything in one folder). `sync()` scans both, keeps the
+adapters whose card names the loaded base's fingerprint, loads the new ones on the backend's
+`AdapterHost` (never reloading the base), unloads the ones deleted from a store, and keeps one
+line per adapter it did not load: skipped folders (incomplete, bad card, pickled weights),
+adapters trained on another base (the line names both bases), adapters peft could not load,
+and a user adapter named like a shipped one (it never shadows the shipped one; publish refuses
+such names, so only a folder copied by hand gets there). `choices()` is what the UI lists;
+`store_label` says which store an adapter came from; `reserved_names` is every name either store
+holds, for refusing a taken name before a training run starts. Adding (training, upload) goes
+through `user_store` and then `sync()`; deleting works on user adapters only. No torch at
+import time.
 """
 
 from __future__ import annotations
@@ -24,9 +30,17 @@ log = logging.getLogger(__name__)
 BASE_LABEL = "base — the model without an adapter"
 
 
+SHIPPED, YOURS = "shipped", "yours"
+
+
 class AdapterRegistry:
-    def __init__(self, store: AdapterStore, backend: Any) -> None:
+    def __init__(self, store: AdapterStore, backend: Any, user_store: AdapterStore | None = None) -> None:
+        """`store`: the shipped adapters; `user_store`: where uploads and training publish
+        (default: `store` itself)."""
         self.store = store
+        self.user_store = user_store if user_store is not None else store
+        if self.user_store is not store and self.user_store.shipped is None:
+            self.user_store.shipped = store  # publish refuses the shipped names
         self.backend = backend
         self.fingerprint = backend.base_fingerprint() if backend.info.supports_adapters else ""
         self._loaded: dict[str, StoredAdapter] = {}
@@ -44,8 +58,16 @@ class AdapterRegistry:
                 self.notes = [f"the {self.backend.info.preset} model takes no LoRA adapters"]
                 return self
             found, skipped = self.store.scan()  # read every card once
-            usable, refused = split_by_base(found, self.fingerprint, self.backend.info.source)
             notes = [why for _, why in skipped]  # each reason starts with its folder's name
+            if self.user_store is not self.store:
+                shipped_names = set(self.store.folder_names())
+                user_found, user_skipped = self.user_store.scan()
+                notes += [why for folder, why in user_skipped if folder not in shipped_names]
+                for folder in sorted(shipped_names & set(self.user_store.folder_names())):
+                    notes.append(f"{folder}: is the name of a shipped adapter; your copy in {self.user_store.root} "
+                                 "is not loaded (rename it and the name in its card, or remove that folder)")
+                found += [a for a in user_found if a.name not in shipped_names]
+            usable, refused = split_by_base(found, self.fingerprint, self.backend.info.source)
             notes += refused
             wanted = {a.name: a for a in usable}
             for name in list(self._loaded):
@@ -85,10 +107,28 @@ class AdapterRegistry:
     def names(self) -> list[str]:
         return [BASE] + sorted(self._loaded)
 
+    def store_label(self, adapter: StoredAdapter) -> str:
+        """"shipped" or "yours": the store `adapter` was read from (one store: "yours")."""
+        if self.user_store is not self.store and adapter.folder.parent == self.store.root:
+            return SHIPPED
+        return YOURS
+
+    def reserved_names(self) -> set[str]:
+        """Every adapter name either store holds (complete or not, loaded or not)."""
+        return set(self.store.folder_names()) | set(self.user_store.folder_names())
+
     def delete(self, name: str) -> None:
-        """Delete an adapter from the store and unload it (waits for a generation using it)."""
-        self.get(name)
-        self.store.delete(name)
+        """Delete one of the user's adapters and unload it (waits for a generation using it).
+
+        A shipped adapter is refused (read-only); a user adapter that is not loaded (another
+        base, incomplete) can be deleted too, being the user's own folder.
+        """
+        if self.user_store is not self.store and name in self.store.folder_names():
+            raise UserFacingError(f"{name!r} is a shipped adapter ({self.store.root}) and read-only; "
+                                  "only adapters you uploaded or trained can be deleted")
+        if name not in self._loaded and name not in self.user_store.folder_names():
+            self.get(name)  # raises, naming the loaded ones
+        self.user_store.delete(name)
         self.sync()
 
     def summary(self) -> str:

@@ -4,11 +4,20 @@ Each folder holds peft's standard files (`adapter_config.json`, `adapter_model.s
 loadable with plain `PeftModel.from_pretrained(base, folder)`) plus `adapter_card.json`.
 `publish` builds a folder under a temporary name, writes the card last and renames it into
 place (`mmchat.files.staged_folder`), so a training run or upload killed part-way leaves no
-listed adapter. `scan` lists the complete folders and says why each other one is skipped (no
-card, a bad card, missing or pickled weights, a config that does not parse, a folder name
-that differs from the card's name); `compatible` keeps those trained on the loaded base and
-says for the others which base they need. The adapter's type and targets come from its card
-and config, never from its folder name. No torch: loading is `mmchat.adapters.host`.
+listed adapter. The staged folder's name carries the publishing process's pid, and opening a
+store removes only leftovers of processes that are gone (`mmchat.files.remove_stale_staging`),
+so a trainer process and the server can share a store without deleting each other's publish.
+`scan` lists the complete folders and says why each other one is skipped (no card, a bad card,
+missing or pickled weights, a config that does not parse, a folder name that differs from the
+card's name); `compatible` keeps those trained on the loaded base and says for the others
+which base they need. The adapter's type and targets come from its card and config, never
+from its folder name.
+
+Two kinds of store: the shipped one (the project's `adapters/`, opened `read_only`: the app
+never publishes into it, deletes from it or creates it) and the user's (under the data dir),
+opened with `shipped=` that store so a name the shipped store holds is refused at publish.
+Which store lists what, and the shadowing rule, is `mmchat.adapters.registry`'s job. No
+torch: loading is `mmchat.adapters.host`.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Callable
 
 from mmchat.adapters.card import CARD_FILE, NAME, AdapterCard, CardError
 from mmchat.errors import UserFacingError
-from mmchat.files import STAGING_PREFIX, staged_folder
+from mmchat.files import remove_stale_staging, staged_folder
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -39,17 +48,29 @@ class StoredAdapter:
 
 
 class AdapterStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, read_only: bool = False, shipped: "AdapterStore | None" = None) -> None:
+        """`read_only`: the shipped store (never created, written or cleaned here); `shipped`: the
+        store whose names this one may not take."""
         self.root = Path(root)
+        self.read_only = read_only
+        self.shipped = shipped
+        if read_only:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):  # a publish killed part-way
-            shutil.rmtree(leftover, ignore_errors=True)
+        remove_stale_staging(self.root)  # publishes killed part-way, never one still running
+
+    def folder_names(self) -> list[str]:
+        """Every adapter folder's name, complete or not (staging folders and dot-files aside)."""
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except FileNotFoundError:  # a read-only store that is not there holds nothing
+            return []
 
     def scan(self) -> tuple[list[StoredAdapter], list[tuple[str, str]]]:
         """`(complete adapters by name, [(folder, why it is skipped)])`."""
         found: list[StoredAdapter] = []
         skipped: list[tuple[str, str]] = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder in (self.root / name for name in self.folder_names()):
             try:
                 found.append(self.read(folder))
             except UserFacingError as err:
@@ -92,6 +113,10 @@ class AdapterStore:
         """Write an adapter: `write_weights(folder)` puts peft's files there, then the card, then rename."""
         if not NAME.fullmatch(card.name):
             raise UserFacingError(f"adapter name {card.name!r} is not valid; use a-z, 0-9, '-', '_' (at most 48)")
+        if self.read_only:
+            raise UserFacingError(f"{self.root} holds the shipped adapters and is read-only; "
+                                  f"{card.name!r} goes to the user store")
+        self.check_not_shipped(card.name)
         target = self.root / card.name
         if target.exists():
             raise UserFacingError(f"an adapter named {card.name!r} already exists; delete it or choose another name")
@@ -101,10 +126,18 @@ class AdapterStore:
             self.read(staging, name=card.name)  # complete before it becomes visible
         return self.read(target)
 
+    def check_not_shipped(self, name: str) -> None:
+        """Refuse `name` when the shipped store holds a folder of that name."""
+        if self.shipped is not None and name in self.shipped.folder_names():
+            raise UserFacingError(f"{name!r} is the name of a shipped adapter; choose another name")
+
     def delete(self, name: str) -> None:
         folder = self.root / name
         if not NAME.fullmatch(name) or not folder.is_dir():
             raise UserFacingError(f"no adapter named {name!r} in the store")
+        if self.read_only:
+            raise UserFacingError(f"{name!r} is a shipped adapter ({self.root}) and read-only; "
+                                  "only adapters you uploaded or trained can be deleted")
         shutil.rmtree(folder)
 
 

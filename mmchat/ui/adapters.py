@@ -1,13 +1,15 @@
 """The Adapters tab: the LoRA adapters in the store, their cards, upload, export, merge, delete.
 
-The table lists the adapters loaded for this model (name, task, one line, rank, targets,
-held-out metric of the adapter vs the base, created); picking one shows its whole card with
-its held-out examples. Upload takes a zip of a peft folder, validated before anything is
-registered (`mmchat.adapters.bundle`); export gives the adapter as a zip; merge writes a
-standalone model folder from a copy of the base (`mmchat.adapters.merge`, never the serving
-model); delete removes it from the store and unloads it. Adapters in the store that are not
-offered (another base, incomplete, could not load) are listed with the reason. Each action is
-API-callable. Imports no torch: the models live in `Runtime`.
+The table lists the adapters loaded for this model (name, store: shipped or yours, task, one
+line, rank, targets, held-out metric of the adapter vs the base, created); picking one shows
+its whole card with its held-out examples. Upload takes a zip of a peft folder, validated
+before anything is registered (`mmchat.adapters.bundle`), into the user store (never the
+shipped one, and never under a shipped adapter's name); export gives the adapter as a zip;
+merge writes a standalone model folder from a copy of the base (`mmchat.adapters.merge`, never
+the serving model); delete removes one of the user's adapters and unloads it (shipped ones are
+read-only). Adapters in the stores that are not offered (another base, incomplete, could not
+load, named like a shipped one) are listed with the reason. Each action is API-callable.
+Imports no torch: the models live in `Runtime`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
 from mmchat.errors import UserFacingError
-from mmchat.ui.tabs import AppTabs, Tab, upload_path
+from mmchat.ui.tabs import AppTabs, Tab, export_folder, upload_path
 
 log = logging.getLogger(__name__)
 
-ADAPTER_HEADERS = ["name", "task", "description", "rank", "targets", "metric: adapter / base", "created"]
+ADAPTER_HEADERS = ["name", "store", "task", "description", "rank", "targets", "metric: adapter / base", "created"]
 
 
 def headline_metric(metrics: dict[str, Any]) -> str:
@@ -38,20 +40,23 @@ def headline_metric(metrics: dict[str, Any]) -> str:
     return ""
 
 
-def adapter_rows(adapters: list[Any]) -> list[list[Any]]:
+def adapter_rows(adapters: list[Any], store_of: Callable[[Any], str] = lambda a: "yours") -> list[list[Any]]:
+    """One table row per adapter; `store_of(adapter)`: "shipped" or "yours"."""
     return [
-        [a.name, a.card.task, a.card.description, a.card.rank, ", ".join(a.card.target_modules),
+        [a.name, store_of(a), a.card.task, a.card.description, a.card.rank, ", ".join(a.card.target_modules),
          headline_metric(a.card.metrics), time.strftime("%Y-%m-%d", time.localtime(a.card.created))]
         for a in adapters
     ]
 
 
-def card_markdown(stored: Any) -> str:
-    """The whole card of one adapter, with its held-out examples."""
+def card_markdown(stored: Any, store: str = "") -> str:
+    """The whole card of one adapter, with its held-out examples; `store`: shipped or yours."""
     card = stored.card
+    where = {"shipped": " · **store** shipped (read-only)", "yours": " · **store** yours"}.get(store, "")
     lines = [
         f"### {card.name}", card.description, "",
-        f"- **task** {card.task} · **type** {stored.peft_type} · **rank** {card.rank} · **alpha** {card.alpha:g}",
+        f"- **task** {card.task} · **type** {stored.peft_type} · **rank** {card.rank} · **alpha** {card.alpha:g}"
+        + where,
         f"- **targets** `{', '.join(card.target_modules)}`",
         f"- **base** `{card.base_model}` (fingerprint `{card.base_fingerprint[:12]}…`)",
         f"- **created** {time.strftime('%Y-%m-%d %H:%M', time.localtime(card.created))}",
@@ -98,9 +103,12 @@ class AdaptersTab(Tab):
         adapters = registry.adapters()
         names = [a.name for a in adapters]
         notes = "\n".join(f"- {note}" for note in registry.notes)
-        head = (f"{len(adapters)} adapter(s) in `{registry.store.root}` fit the loaded model."
-                if adapters else f"No adapter in `{registry.store.root}` fits the loaded model yet.")
-        return (adapter_rows(adapters), gr.Dropdown(choices=names, value=names[0] if names else None),
+        where = (f"`{registry.store.root}`" if registry.user_store is registry.store else
+                 f"the shipped store `{registry.store.root}` (read-only) and yours `{registry.user_store.root}`")
+        head = (f"{len(adapters)} adapter(s) in {where} fit the loaded model."
+                if adapters else f"No adapter in {where} fits the loaded model yet.")
+        return (adapter_rows(adapters, registry.store_label),
+                gr.Dropdown(choices=names, value=names[0] if names else None),
                 head + (f"\n\nNot offered:\n{notes}" if notes else ""))
 
     def build(self) -> None:
@@ -116,7 +124,8 @@ class AdaptersTab(Tab):
                 with gr.Row():
                     export_btn = gr.Button("Export zip", size="sm", elem_id="mmchat-adapters-export")
                     merge_btn = gr.Button("Merge into a model", size="sm", elem_id="mmchat-adapters-merge")
-                confirm = gr.Checkbox(label="Yes, delete this adapter from the store", value=False)
+                confirm = gr.Checkbox(label="Yes, delete this adapter (yours only; shipped ones are read-only)",
+                                      value=False)
                 delete_btn = gr.Button("Delete", variant="stop", size="sm", elem_id="mmchat-adapters-delete")
                 result = gr.Markdown(elem_id="mmchat-adapters-result")
                 download = gr.File(label="Exported adapter", visible=False, interactive=False)
@@ -130,13 +139,14 @@ class AdaptersTab(Tab):
             if not name:
                 return ""
             try:
-                return card_markdown(self._registry().get(name))
+                registry = self._registry()
+                stored = registry.get(name)
+                return card_markdown(stored, registry.store_label(stored))
             except UserFacingError as err:
                 return str(err)
 
         def export(name: str | None, request: gr.Request):
             from mmchat.adapters.bundle import export_adapter_zip
-            from mmchat.ui.chat import export_folder
 
             try:
                 stored = self._registry().get(name or "")
@@ -176,7 +186,7 @@ class AdaptersTab(Tab):
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return (*self.listing(), str(err), False)
-            return (*self.listing(), f"Deleted **{name}** from the store.", False)
+            return (*self.listing(), f"Deleted **{name}** from your adapters.", False)
 
         def add(upload_item: Any, name: str):
             from mmchat.adapters.bundle import import_adapter_zip, module_shapes
@@ -185,8 +195,8 @@ class AdaptersTab(Tab):
                 return (*self.listing(), "Choose a .zip of a peft adapter folder first.", None)
             try:
                 registry = self._registry()
-                stored = import_adapter_zip(
-                    Path(upload_path(upload_item)), registry.store, registry.fingerprint,
+                stored = import_adapter_zip(  # into the user's store; a shipped name is refused there
+                    Path(upload_path(upload_item)), registry.user_store, registry.fingerprint,
                     module_shapes(registry.host.base_model), limits=self.zip_limits(),
                     name=(name or "").strip() or None, base_model=runtime.backend.info.source,
                 )
@@ -194,7 +204,7 @@ class AdaptersTab(Tab):
                 if stored.name not in [a.name for a in registry.adapters()]:  # peft could not load it
                     why = next((n for n in registry.notes if n.startswith(f"{stored.name}:")),
                                f"{stored.name} did not load")
-                    registry.store.delete(stored.name)  # nothing stays behind
+                    registry.user_store.delete(stored.name)  # nothing stays behind
                     registry.sync()
                     raise UserFacingError(why)
             except UserFacingError as err:

@@ -13,10 +13,7 @@ no torch: the models live in `Runtime`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import logging
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +29,7 @@ from mmchat.adapters.registry import BASE_LABEL
 from mmchat.runtime import Runtime
 from mmchat.ui.knowledge import document_choices
 from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown
-from mmchat.ui.tabs import AppTabs, Tab, upload_path
+from mmchat.ui.tabs import AppTabs, Tab, export_folder, upload_path
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +68,6 @@ def examples() -> list[dict[str, Any]]:
         for name, question in pairs
         if (EXAMPLE_DIR / name).is_file()
     ]
-
-
-# Names each browser session's export folder: unguessable without this process's secret.
-_EXPORT_KEY = secrets.token_bytes(32)
-
-
-def export_folder(runtime: Runtime, session_hash: str) -> Path:
-    """The export folder of one browser session (gradio's session hash)."""
-    token = hmac.new(_EXPORT_KEY, session_hash.encode("utf-8"), hashlib.sha256).hexdigest()[:40]
-    return runtime.export_dir / token
 
 
 def end_session(runtime: Runtime, session_hash: str) -> None:

@@ -5,12 +5,17 @@
 attributes (e.g. the Chat tab refreshes its adapter list after the Adapters tab's `changed`
 events). A tab lists the events after which what it shows elsewhere may be stale in `changed`;
 the app refreshes the status line after them. `upload_path` reads the path of an uploaded
-file for every tab. Nothing here imports torch.
+file and `export_folder` names a browser session's export folder, for every tab. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -24,6 +29,16 @@ def upload_path(item: Any) -> str:
     if isinstance(item, dict):
         return item.get("path") or item.get("name") or ""
     return str(getattr(item, "path", item))
+
+
+# Names each browser session's export folder: unguessable without this process's secret.
+_EXPORT_KEY = secrets.token_bytes(32)
+
+
+def export_folder(runtime: Runtime, session_hash: str) -> Path:
+    """The export folder of one browser session (gradio's session hash)."""
+    token = hmac.new(_EXPORT_KEY, session_hash.encode("utf-8"), hashlib.sha256).hexdigest()[:40]
+    return runtime.export_dir / token
 
 
 class Tab:

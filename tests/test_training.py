@@ -311,3 +311,17 @@ def test_shipped_adapters_load_score_and_answer_the_shipped_photos_in_their_form
                                      ("coffee.png", "What is in the cup?", "espresso")):
             reply = evaluator.ask(question, [photos[name]], adapter=style)
             assert CHECKS[style](reply) and answers(extract(reply), word), (style, name, reply)
+
+
+def test_adapter_names_that_torch_modules_already_use_are_refused_up_front():
+    """peft keys each adapter's layers by its name in torch ModuleDicts: "items" failed to load
+    after a whole training run ("attribute 'items' already exists")."""
+    import torch
+
+    from mmchat.adapters.card import NAME, TORCH_ATTRIBUTES
+
+    taken = {n for n in set(dir(torch.nn.ModuleDict())) | set(dir(torch.nn.ParameterDict())) if NAME.fullmatch(n)}
+    assert TORCH_ATTRIBUTES == taken  # the list in card.py is torch's
+    with pytest.raises(UserFacingError, match="adapter name 'items' is reserved"):
+        TrainingConfig(name="items", description="x")
+    TrainingConfig(name="my-items", description="x")

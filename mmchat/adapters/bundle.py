@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Collection, Mapping
 
-from mmchat.adapters.card import CARD_FILE, NAME, AdapterCard, CardError
+from mmchat.adapters.card import CARD_FILE, NAME, AdapterCard, CardError, name_problem
 from mmchat.adapters.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore, StoredAdapter
 from mmchat.errors import InvalidUpload
 from mmchat.files import human_bytes, sniff
@@ -499,8 +499,8 @@ def _card(
     limits: ZipLimits,
 ) -> AdapterCard:
     names = "a name of a-z, 0-9, '-', '_' (at most 48, starting with a letter or digit)"
-    if name is not None and not NAME.fullmatch(name):
-        raise problem(f"the name {name!r} is not valid", names)
+    if name is not None and (not NAME.fullmatch(name) or name_problem(name)):
+        raise problem(f"the name {name!r} is not valid", names + ", not a reserved name such as 'base' or 'items'")
     loaded = f"{base_model or 'the loaded base'} (fingerprint {fingerprint[:12]}…)"
     if CARD_FILE in members:
         data = _read_member(zf, members[CARD_FILE], limits.max_text_bytes, problem)

@@ -20,6 +20,34 @@ from typing import Any, Mapping
 CARD_FILE = "adapter_card.json"
 CARD_FORMAT = "mmchat.adapter_card/1"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+# peft keeps each adapter's layers in torch ModuleDicts keyed by the adapter's name, so a name
+# that is already an attribute there fails to load ("attribute 'items' already exists"). The
+# names of torch.nn.ModuleDict / ParameterDict attributes that NAME admits (a test keeps this
+# list equal to torch's).
+TORCH_ATTRIBUTES = frozenset({
+    "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear", "compile", "copy", "cpu",
+    "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "fromkeys", "get", "get_buffer",
+    "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "items", "keys", "load_state_dict",
+    "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters", "parameters", "pop",
+    "popitem", "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+    "register_load_state_dict_pre_hook", "register_module", "register_parameter", "register_state_dict_post_hook",
+    "register_state_dict_pre_hook", "requires_grad_", "set_extra_state", "set_submodule", "setdefault",
+    "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "update", "values", "xpu",
+    "zero_grad"
+})
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name an adapter (None when it can)."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        return f"adapter name {name!r} is not valid; accepted: a-z, 0-9, '-', '_' (at most 48)"
+    if name == "base" or name in TORCH_ATTRIBUTES:
+        why = "the bare base" if name == "base" else "peft keys adapters by name in torch modules, which have one"
+        return f"adapter name {name!r} is reserved ({why}); choose another, e.g. 'my-{name}'"
+    return None
+
+
 # Config keys that say nothing about the weights' shapes or meaning.
 _VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
                                    "architectures", "_attn_implementation_autoset"})
@@ -84,8 +112,9 @@ class AdapterCard:
             return value
 
         name = need("name", (str,), "a name of a-z, 0-9, '-', '_' (at most 48)")
-        if not NAME.fullmatch(name):
-            raise CardError(f"name is {name!r}; expected a name of a-z, 0-9, '-', '_' (at most 48)")
+        if name_problem(name):
+            raise CardError(f"name is {name!r}; expected a name of a-z, 0-9, '-', '_' (at most 48, not a reserved "
+                            "name such as 'base' or 'items')")
         fingerprint = need("base_fingerprint", (str,), "a sha256 (64 hex digits)")
         if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
             raise CardError(f"base_fingerprint is {fingerprint[:80]!r}; expected a sha256 (64 hex digits)")

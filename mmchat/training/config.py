@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from mmchat.adapters.card import NAME
+from mmchat.adapters.card import NAME, name_problem
 from mmchat.errors import UserFacingError
 
 MAX_RANK = 64  # LoRA rank accepted here (r 4-16 is the usual range; 64 keeps a SmolLM2 adapter under 30 MB)
@@ -54,6 +54,8 @@ class TrainingConfig:
             raise UserFacingError(
                 f"adapter name {self.name!r} is not valid; accepted: a-z, 0-9, '-', '_' (at most 48, not 'base')"
             )
+        if name_problem(self.name):
+            raise UserFacingError(name_problem(self.name))
         if not isinstance(self.description, str) or not self.description.strip() or "\n" in self.description:
             raise UserFacingError(f"description {self.description!r} is not valid; accepted: one non-empty line")
         if not isinstance(self.task, str) or not NAME.fullmatch(self.task):

@@ -13,6 +13,7 @@ skipping it). Real models, real server; nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -398,3 +399,78 @@ def test_pick_a_shipped_adapter_then_compare_columns_fill(app_url, browser, widt
     assert all(name in table for name in ("one-word", "caption", "json")), table
     page.screenshot(path=str(ARTIFACTS / f"adapters-{width}x{height}.png"), full_page=True)
     page.close()
+
+
+def test_finetune_upload_see_bad_rows_and_preview_train_and_pick_the_adapter_in_chat(app_url, browser, tmp_path):
+    """The Fine-tune tab as a person uses it: upload a JSONL with two broken rows, see them named
+    with their lines and the rows rendered with the answer highlighted, start a short run on
+    the offline model (its own process), watch the chart move, and find the adapter in Chat;
+    a phone-sized page opened afterwards redraws the whole finished run from its log."""
+    rows = [json.dumps({"question": f"What is the code word number {i}?", "answer": "Banana."}) for i in range(20)]
+    rows[2] = '{"question": "", "answer": "x"}'
+    rows.insert(5, "{not json")
+    data = tmp_path / "code words.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    page = open_when_ready(browser, app_url, 1400, 1000, status="\\bready\\b")
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.set_input_files("#mmchat-ft-upload input[type=file]", str(data))
+    page.wait_for_function("(document.querySelector('#mmchat-ft-dataset input')?.value || '').startsWith('your file')",
+                           timeout=20_000)
+    page.click("#mmchat-ft-validate")
+    page.wait_for_function("(document.querySelector('#mmchat-ft-bad')?.innerText || '').includes('line 6')",
+                           timeout=60_000)
+    bad = page.locator("#mmchat-ft-bad").inner_text()
+    assert "line 3" in bad and "question is empty" in bad and "not JSON" in bad, bad
+    assert "19 usable rows" in page.locator("#mmchat-ft-summary").inner_text().replace("*", "")
+    page.wait_for_selector("#mmchat-ft-preview mark.mmchat-supervised", timeout=10_000)
+    assert "Banana." in page.locator("#mmchat-ft-preview mark.mmchat-supervised").first.inner_text()
+
+    page.fill("#mmchat-ft-name textarea, #mmchat-ft-name input", "code-word")
+    page.click("#mmchat-ft-train")  # refused: the bad rows are not accepted yet
+    page.wait_for_function("(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('not usable')",
+                           timeout=20_000)
+    page.locator("#mmchat-ft-accept input").check()
+    page.get_by_text("Advanced", exact=True).click()
+    page.get_by_label("steps (0: epochs decide)").wait_for(state="visible", timeout=10_000)
+    page.wait_for_timeout(300)  # the accordion's content settles
+    for label, value in (("steps (0: epochs decide)", "6"), ("batch size", "2"), ("held-out loss every N steps", "2"),
+                         ("sample answers every N steps", "3")):
+        field = page.get_by_label(label)
+        field.fill(value)
+        field.press("Tab")
+        assert field.input_value() == value, (label, field.input_value())
+    page.click("#mmchat-ft-train")
+    try:
+        page.wait_for_function(
+            "(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('Started run')", timeout=20_000)
+    except Exception:
+        raise AssertionError(page.locator("#mmchat-ft-start-note").inner_text()) from None
+    page.wait_for_function("/step [2-6]\\/6/.test(document.querySelector('#mmchat-ft-progress')?.innerText || '')",
+                           timeout=180_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "finetune-running-1400x1000.png"), full_page=True)
+    page.wait_for_function("(document.querySelector('#mmchat-ft-result')?.innerText || '').includes('Published')",
+                           timeout=300_000)
+    page.wait_for_selector("#mmchat-ft-gallery", state="visible", timeout=10_000)
+    assert "held-out metric" in page.locator("#mmchat-ft-result").inner_text()
+    assert page.locator("#mmchat-ft-plot canvas, #mmchat-ft-plot svg").count() > 0
+    page.screenshot(path=str(ARTIFACTS / "finetune-done-1400x1000.png"), full_page=True)
+
+    page.get_by_role("tab", name="Chat").click()
+    page.click("#mmchat-adapter input")
+    page.wait_for_selector("#mmchat-adapter li[data-testid=dropdown-option]:has-text('code-word')", timeout=20_000)
+    page.keyboard.press("Escape")
+    page.close()
+
+    phone = open_when_ready(browser, app_url, 390, 844, status="\\bready\\b")
+    tab = phone.get_by_role("tab", name="Fine-tune")
+    if not tab.is_visible():  # gradio folds tabs that do not fit into a menu
+        phone.locator("button.overflow-menu, .overflow-dropdown button, [aria-label*='more' i]").first.click()
+    phone.get_by_role("tab", name="Fine-tune").click()
+    phone.wait_for_function("(document.querySelector('#mmchat-ft-progress')?.innerText || '').includes('step 6/6')",
+                            timeout=30_000)  # the finished run, redrawn from its log
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390 + 2, f"the Fine-tune tab is {width} px wide on a 390 px phone"
+    phone.screenshot(path=str(ARTIFACTS / "finetune-390x844.png"), full_page=True)
+    phone.close()

@@ -46,6 +46,21 @@ def dataset_choices() -> list[tuple[str, str]]:
     return [(f"built-in: {name} — {blurb}", name) for name, blurb in BUILTIN.items()] + [(UPLOAD_CHOICE, "")]
 
 
+ADVANCED_KEYS = ("rank", "alpha", "dropout", "target_modules", "learning_rate", "max_steps", "epochs", "batch_size",
+                 "grad_accum", "warmup_steps", "eval_every", "sample_every", "checkpoint_every")
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    """A preset's values for the advanced fields (the fields show concrete numbers, never blanks)."""
+    from mmchat.training.config import TrainingConfig
+    from mmchat.training.service import PRESETS, TARGETS
+
+    values = {**TrainingConfig(name="x", description="x").to_dict(), **PRESETS[name].values}
+    targets = tuple(values["target_modules"])
+    values["target_modules"] = next((label for label, t in TARGETS.items() if t == targets), None)
+    return {key: values[key] for key in ADVANCED_KEYS}
+
+
 def parse_ratio(text: str) -> tuple[int, int] | None:
     """'2:1' -> (2, 1); '' -> None (as is)."""
     text = (text or "").strip()
@@ -93,7 +108,16 @@ def loss_frame(status: dict[str, Any]) -> Any:
 
     rows = [{"step": s, "loss": v, "series": "training loss"} for s, v in status.get("loss", [])]
     rows += [{"step": s, "loss": v, "series": "held-out loss"} for s, v in status.get("eval_loss", [])]
-    return pd.DataFrame(rows or [], columns=["step", "loss", "series"])
+    # Both series are always present (as empty points when there is nothing yet): gradio's
+    # chart fixes its colour channel on the first frame it draws, and one drawn from an empty
+    # frame never shows a line afterwards (measured with gradio 6.31 in Chromium).
+    # (A series with points gets no empty one: it would break its line where it lies.)
+    anchor = min((row["step"] for row in rows), default=1)
+    present = {row["series"] for row in rows}
+    rows += [{"step": anchor, "loss": float("nan"), "series": name} for name in ("training loss", "held-out loss")
+             if name not in present]
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return frame.astype({"step": "int64", "loss": "float64", "series": "object"})
 
 
 def samples_markdown(status: dict[str, Any]) -> str:
@@ -119,7 +143,7 @@ def result_markdown(status: dict[str, Any]) -> str:
             return f"**{state.capitalize()}**: {status.get('error', '')} Nothing was published."
         return ""
     metrics = status.get("metrics") or {}
-    lines = [f"✅ Published **{status.get('adapter')}**: pick it in Chat or Compare (no restart needed)."]
+    lines = [f"Published **{status.get('adapter')}**: pick it in Chat or Compare (no restart needed)."]
     keys = sorted({k for side in ("base", "adapter") for k, v in (metrics.get(side) or {}).items()
                    if isinstance(v, (int, float))})
     if keys:
@@ -237,24 +261,29 @@ class FinetuneTab(Tab):
                                   elem_id="mmchat-ft-name")
                 description = gr.Textbox(label="One line: what it does", max_length=200, elem_id="mmchat-ft-description")
                 with gr.Accordion("Advanced", open=False):
+                    start_values = preset_fields("quick")
                     with gr.Row():
-                        rank = gr.Number(label=f"rank (1..{MAX_RANK})", value=None, precision=0, minimum=1,
-                                         maximum=MAX_RANK)
-                        alpha = gr.Number(label="alpha (often 2 × rank)", value=None)
-                        dropout = gr.Number(label="dropout (0..0.5)", value=None)
-                    targets = gr.Radio(list(TARGETS), value=None, label="LoRA targets")
+                        rank = gr.Number(label=f"rank (1..{MAX_RANK})", value=start_values["rank"], precision=0)
+                        alpha = gr.Number(label="alpha (often 2 × rank)", value=start_values["alpha"])
+                        dropout = gr.Number(label="dropout (0..0.5)", value=start_values["dropout"])
+                    targets = gr.Radio(list(TARGETS), value=start_values["target_modules"], label="LoRA targets")
                     with gr.Row():
-                        learning_rate = gr.Number(label="learning rate", value=None)
-                        max_steps = gr.Number(label="steps (0: epochs decide)", value=None, precision=0)
-                        epochs = gr.Number(label="epochs", value=None, precision=0)
+                        learning_rate = gr.Number(label="learning rate", value=start_values["learning_rate"])
+                        max_steps = gr.Number(label="steps (0: epochs decide)", value=start_values["max_steps"],
+                                              precision=0)
+                        epochs = gr.Number(label="epochs", value=start_values["epochs"], precision=0)
                     with gr.Row():
-                        batch_size = gr.Number(label="batch size", value=None, precision=0)
-                        grad_accum = gr.Number(label="gradient accumulation", value=None, precision=0)
-                        warmup = gr.Number(label="warm-up steps", value=None, precision=0)
+                        batch_size = gr.Number(label="batch size", value=start_values["batch_size"], precision=0)
+                        grad_accum = gr.Number(label="gradient accumulation", value=start_values["grad_accum"],
+                                               precision=0)
+                        warmup = gr.Number(label="warm-up steps", value=start_values["warmup_steps"], precision=0)
                     with gr.Row():
-                        eval_every = gr.Number(label="held-out loss every N steps", value=None, precision=0)
-                        sample_every = gr.Number(label="sample answers every N steps", value=None, precision=0)
-                        checkpoint_every = gr.Number(label="checkpoint every N steps", value=None, precision=0)
+                        eval_every = gr.Number(label="held-out loss every N steps", value=start_values["eval_every"],
+                                               precision=0)
+                        sample_every = gr.Number(label="sample answers every N steps",
+                                                 value=start_values["sample_every"], precision=0)
+                        checkpoint_every = gr.Number(label="checkpoint every N steps",
+                                                     value=start_values["checkpoint_every"], precision=0)
                     with gr.Row():
                         max_length = gr.Number(label="max length (tokens)", value=256, precision=0)
                         eval_fraction = gr.Number(label="held-out fraction", value=0.1)
@@ -269,14 +298,15 @@ class FinetuneTab(Tab):
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
                 plot = gr.LinePlot(loss_frame({}), x="step", y="loss", color="series", height=260,
-                                   label="Loss", elem_id="mmchat-ft-plot")
+                                   label="Loss (blue: training, orange: held-out)", elem_id="mmchat-ft-plot")
             with gr.Column(scale=2, min_width=280):
                 samples = gr.Markdown(samples_markdown({}), elem_id="mmchat-ft-samples")
         with gr.Row(elem_classes="mmchat-actions"):
-            stop_btn = gr.Button("Stop", variant="stop", elem_id="mmchat-ft-stop")
-            keep = gr.Checkbox(label="Keep what was trained so far (publish it)", value=False, elem_id="mmchat-ft-keep")
-            resume_btn = gr.Button("Resume", elem_id="mmchat-ft-resume")
-            compare_btn = gr.Button("Open in Compare", elem_id="mmchat-ft-compare", interactive=False)
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="mmchat-ft-stop", interactive=False, min_width=120)
+            keep = gr.Checkbox(label="Keep what was trained so far (publish it)", value=False, elem_id="mmchat-ft-keep",
+                               min_width=220)
+            resume_btn = gr.Button("Resume", elem_id="mmchat-ft-resume", interactive=False, min_width=120)
+            compare_btn = gr.Button("Open in Compare", elem_id="mmchat-ft-compare", interactive=False, min_width=160)
         result = gr.Markdown(elem_id="mmchat-ft-result")
         gallery = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True, label="Held-out evaluation",
                                visible=False, elem_id="mmchat-ft-gallery")
@@ -296,8 +326,7 @@ class FinetuneTab(Tab):
 
         advanced = [rank, alpha, dropout, targets, learning_rate, max_steps, epochs, batch_size, grad_accum, warmup,
                     eval_every, sample_every, checkpoint_every]
-        keys = ["rank", "alpha", "dropout", "target_modules", "learning_rate", "max_steps", "epochs", "batch_size",
-                "grad_accum", "warmup_steps", "eval_every", "sample_every", "checkpoint_every"]
+        keys = list(ADVANCED_KEYS)
         integers = {"rank", "max_steps", "epochs", "batch_size", "grad_accum", "warmup_steps", "eval_every",
                     "sample_every", "checkpoint_every", "max_length"}
         dataset_inputs = [choice, upload, kept_only, max_length, eval_fraction, ratio, seed]
@@ -320,7 +349,7 @@ class FinetuneTab(Tab):
 
                 config = self.finetuner.settings(preset_name, name="estimate", description="estimate")
                 rows = len(state.train) if state is not None else None
-                estimate = self.finetuner.estimate(config, rows) if rows else "validate a dataset for the time"
+                estimate = self.finetuner.estimate(config, rows) if rows else "Validate a dataset for the time it takes"
                 return f"{presets[preset_name].blurb}. {estimate}."
             except UserFacingError as err:
                 return str(err)
@@ -375,7 +404,7 @@ class FinetuneTab(Tab):
             signature = json.dumps([status.get(k) for k in ("id", "state", "step", "phase", "samples_step",
                                                             "evaluation", "adapter", "error")], default=str)
             if signature == last:
-                return [gr.skip()] * 11
+                return [gr.skip()] * 13
             if status.get("state") == "done":
                 self.runtime.sync_adapters()
             rows = gallery_rows(status)
@@ -385,7 +414,9 @@ class FinetuneTab(Tab):
                     gr.Gallery(value=photos or None, visible=bool(photos)),
                     gr.Button(interactive=status.get("state") == "done"),
                     status.get("adapter", "") if status.get("state") == "done" else "",
-                    status, run_rows(manager.runs()))
+                    status, run_rows(manager.runs()),
+                    gr.Button(interactive=status.get("state") in ("starting", "running", "evaluating")),
+                    gr.Button(interactive=bool(status.get("resumable"))))
 
         def stop(run_id: str | None, keep_it: bool):
             manager = self.finetuner.manager
@@ -431,6 +462,7 @@ class FinetuneTab(Tab):
 
         quiet = {"show_progress": "hidden"}
         preset.change(describe_preset, [preset, prepared], preset_info, **quiet)
+        preset.change(lambda name: list(preset_fields(name).values()), preset, advanced, **quiet)
         upload.change(lambda item: gr.Dropdown(value="") if item else gr.Dropdown(), upload, choice, **quiet)
         validate_event = validate_btn.click(validate, dataset_inputs,
                                             [prepared, summary, bad_table, accept_bad, preview, preview_images],
@@ -440,7 +472,7 @@ class FinetuneTab(Tab):
         train_btn.click(start, [prepared, preset, name, description, accept_bad, *dataset_inputs, *advanced],
                         [prepared, start_note, run_choice], api_name="finetune_start")
         follow_outputs = [seen, progress, plot, samples, result, gallery, gallery_photos, compare_btn, published,
-                          status_json, runs_table]
+                          status_json, runs_table, stop_btn, resume_btn]
         timer.tick(follow, [run_choice, seen], follow_outputs, **quiet)
         run_choice.change(follow, [run_choice, gr.State("")], follow_outputs, **quiet)
         stop_btn.click(stop, [run_choice, keep], start_note, api_name="finetune_stop")

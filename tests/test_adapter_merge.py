@@ -91,7 +91,9 @@ def test_merged_smollm2_equals_base_plus_adapter_and_loads_without_peft(tmp_path
     merged_logits = _logits(merged, inputs)
     expected = _logits(reference, inputs)
     assert (expected - serving_before).abs().max() > 0.1  # the adapter changes the answer
-    torch.testing.assert_close(merged_logits, expected, rtol=1e-4, atol=1e-4)
+    # W + BA in one matrix vs W and BA applied apart: fp32 sums in another order (logits ~10-20;
+    # 1.9e-4 apart on some CPUs, 1e-4 on others)
+    torch.testing.assert_close(merged_logits, expected, rtol=1e-4, atol=5e-4)
     reloaded = AutoTokenizer.from_pretrained(result.folder, local_files_only=True)
     assert reloaded.apply_chat_template([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)["input_ids"].tolist() == \

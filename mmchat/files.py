@@ -36,7 +36,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from mmchat.errors import InvalidUpload
@@ -261,6 +261,38 @@ def remove_stale_staging(parent: Path, max_age_s: float = STAGING_MAX_AGE_S) -> 
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+ZIP_IGNORED_PARTS = ("__MACOSX", ".DS_Store")  # what macOS's archiver adds
+SAFE_NAMES = "plain relative member names (no '..', absolute paths, drive letters or links)"
+
+
+def zip_file_members(
+    infos: list[zipfile.ZipInfo], *, max_total_bytes: int, max_ratio: float, ratio_floor_bytes: int,
+    refuse: Callable[[str, str], Exception],
+) -> Iterator[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+    """The members of a zip that hold files, with their path parts, each checked before use: a
+    safe name (`zip_member_problem`), the running uncompressed total, and the expansion ratio of
+    members over `ratio_floor_bytes` (a zip bomb); folders and macOS's extras are skipped.
+    `refuse(what, accepted)` makes the exception raised for the first problem."""
+    total = 0
+    for info in infos:
+        why = zip_member_problem(info)
+        if why:
+            raise refuse(f"member {info.filename!r} {why}", SAFE_NAMES)
+        parts = PurePosixPath(info.filename).parts
+        if info.is_dir() or not parts or any(p in ZIP_IGNORED_PARTS or p.startswith("._") for p in parts):
+            continue
+        total += info.file_size
+        if total > max_total_bytes:
+            raise refuse(f"its members hold over {human_bytes(max_total_bytes)} uncompressed",
+                         f"at most {human_bytes(max_total_bytes)} uncompressed in all")
+        if info.file_size > ratio_floor_bytes and info.file_size > max_ratio * max(info.compress_size, 1):
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise refuse(f"member {info.filename!r} expands {ratio:,.0f}x ({human_bytes(info.compress_size)} to "
+                         f"{human_bytes(info.file_size)}), over the limit of {max_ratio:g}x (a zip bomb?)",
+                         f"members that expand at most {max_ratio:g}x")
+        yield info, parts
 
 
 def zip_member_problem(info: zipfile.ZipInfo) -> str | None:

@@ -59,8 +59,7 @@ from typing import IO, Any, Collection, Mapping
 from mmchat.adapters.card import CARD_FILE, NAME, AdapterCard, CardError, name_problem
 from mmchat.adapters.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore, StoredAdapter
 from mmchat.errors import InvalidUpload
-from mmchat.files import human_bytes, sniff
-from mmchat.files import zip_member_problem as _unsafe
+from mmchat.files import SAFE_NAMES, human_bytes, sniff, zip_file_members
 
 __all__ = ["ZipLimits", "export_adapter_zip", "import_adapter_zip", "module_shapes", "ACCEPTED"]
 
@@ -71,7 +70,6 @@ ACCEPTED = (
     f"{CONFIG_FILE} and {WEIGHTS_FILE}, optionally {CARD_FILE} and {README_FILE}"
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_IGNORED_PARTS = ("__MACOSX", ".DS_Store")  # what macOS's archiver adds
 _PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(
     r"(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
@@ -243,25 +241,12 @@ def _check_members(zf: zipfile.ZipFile, problem: _Problems, limits: ZipLimits) -
         raise problem(f"it has {len(infos)} members, over the limit of {limits.max_members}")
     files: dict[str, zipfile.ZipInfo] = {}
     folders: set[tuple[str, ...]] = set()
-    total = 0
-    for info in infos:
-        why = _unsafe(info)
-        if why:
-            raise problem(f"member {info.filename!r} {why}",
-                          f"{ACCEPTED}, with plain relative member names (no '..', absolute paths, drive letters "
-                          "or links)")
-        parts = PurePosixPath(info.filename).parts
-        if info.is_dir() or not parts or any(p in _IGNORED_PARTS or p.startswith("._") for p in parts):
-            continue
-        total += info.file_size
-        if total > limits.max_total_bytes:
-            raise problem(f"its members hold over {human_bytes(limits.max_total_bytes)} uncompressed",
-                          f"at most {human_bytes(limits.max_total_bytes)} uncompressed in all")
-        if info.file_size > limits.ratio_floor_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
-            ratio = info.file_size / max(info.compress_size, 1)
-            raise problem(f"member {info.filename!r} expands {ratio:,.0f}x ({human_bytes(info.compress_size)} to "
-                          f"{human_bytes(info.file_size)}), over the limit of {limits.max_ratio:g}x (a zip bomb?)",
-                          f"members that expand at most {limits.max_ratio:g}x")
+
+    def refuse(what: str, accepted: str) -> InvalidUpload:
+        return problem(what, f"{ACCEPTED}, with {accepted}" if accepted == SAFE_NAMES else accepted)
+
+    for info, parts in zip_file_members(infos, max_total_bytes=limits.max_total_bytes, max_ratio=limits.max_ratio,
+                                        ratio_floor_bytes=limits.ratio_floor_bytes, refuse=refuse):
         base = parts[-1]
         if base.lower().endswith(PICKLE_SUFFIXES):
             raise problem(f"{info.filename!r} holds pickled weights, which are refused (loading them can run code)",

@@ -64,7 +64,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from mmchat.config import UploadLimits
 from mmchat.errors import InvalidUpload, UserFacingError
-from mmchat.files import human_bytes, sniff, zip_member_problem
+from mmchat.files import SAFE_NAMES, human_bytes, sniff, zip_file_members
 from mmchat.training.examples import (
     IGNORE,
     IMAGE_MARKER,
@@ -96,7 +96,6 @@ _QA_KEYS = {"question", "answer", "image_label", "image_labels", "image", "image
 _ALPACA_KEYS = {"instruction", "input", "output", "image", "images"} | _COMMON_KEYS
 _MESSAGES_KEYS = {"messages", "images"} | _COMMON_KEYS
 _SHAREGPT_KEYS = {"conversations", "images", "system"} | _COMMON_KEYS
-_IGNORED_PARTS = ("__MACOSX", ".DS_Store")  # what macOS's archiver adds
 # Answers that did not end on their own (GenerationStats.finish_reason): not what the user kept.
 _UNFINISHED = {"cancelled": "it was stopped before it ended", "error": "it failed",
                "length": "it was cut at the token limit"}
@@ -250,25 +249,12 @@ class _Reader:
             if len(infos) > limits.max_members:
                 raise _refuse(name, f"the zip has {len(infos)} members, over the limit of {limits.max_members}")
             members: dict[str, zipfile.ZipInfo] = {}
-            total = 0
-            for info in infos:
-                why = zip_member_problem(info)
-                if why:
-                    raise _refuse(name, f"member {info.filename!r} {why}",
-                                  "a zip with plain relative member names (no '..', absolute paths, drive letters or "
-                                  "links)")
-                parts = PurePosixPath(info.filename).parts
-                if info.is_dir() or not parts or any(p in _IGNORED_PARTS or p.startswith("._") for p in parts):
-                    continue
-                total += info.file_size
-                if total > limits.unpacked_bytes:
-                    raise _refuse(name, f"its members hold over {human_bytes(limits.unpacked_bytes)} uncompressed",
-                                  f"a zip of at most {human_bytes(limits.unpacked_bytes)} uncompressed")
-                if info.file_size > 2**20 and info.file_size > limits.max_ratio * max(info.compress_size, 1):
-                    ratio = info.file_size / max(info.compress_size, 1)
-                    raise _refuse(name, f"member {info.filename!r} expands {ratio:,.0f}x ({human_bytes(info.compress_size)}"
-                                  f" to {human_bytes(info.file_size)}), over the limit of {limits.max_ratio:g}x "
-                                  "(a zip bomb?)", f"members that expand at most {limits.max_ratio:g}x")
+
+            def refuse(what: str, accepted: str) -> UserFacingError:
+                return _refuse(name, what, f"a zip with {accepted}" if accepted == SAFE_NAMES else accepted)
+
+            for info, _ in zip_file_members(infos, max_total_bytes=limits.unpacked_bytes, max_ratio=limits.max_ratio,
+                                            ratio_floor_bytes=2**20, refuse=refuse):
                 members[PurePosixPath(info.filename).as_posix()] = info
             data_files = [m for m in members if m.lower().endswith((".jsonl", ".json"))]
             if not data_files:

@@ -23,7 +23,9 @@ enough here. It imports no torch at import time.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ TARGETS = {"attention": ATTENTION, "attention + MLP": ATTENTION + MLP}
 PREVIEW_ROWS = 3
 BUILTIN_ROWS = 256  # rows generated for a built-in dataset (one quick run's worth)
 BUILTIN_HELD_OUT = 24  # built-in held-out rows: other templates, classes and facts than the training rows
+DATASET_MAX_AGE_S = 24 * 3600  # validated uploads' image copies kept for starting runs
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,14 @@ class Finetuner:
         return Renderer(info.kind, tokenizer, self.config.generation.system_prompt, max_length, describe=describe)
 
     def datasets_dir(self) -> Path:
-        """Where uploaded datasets' images are kept until a run copies them (inside the runs folder)."""
+        """Where uploaded datasets' images are kept until a run copies them (inside the runs folder);
+        those older than `DATASET_MAX_AGE_S` go (a run has its own copies)."""
         path = self.config.runs_dir() / ".datasets"
         path.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - DATASET_MAX_AGE_S
+        for old in path.iterdir():
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
         return path
 
     # --- preparing a dataset ---
@@ -260,8 +268,6 @@ class Finetuner:
         taken = self.reserved_names()
         if config.name in taken:
             raise UserFacingError(f"an adapter named {config.name!r} already exists; choose another name")
-        from mmchat.training.runs import example_to_row  # noqa: F401  (the run files' format)
-
         spec = {
             "training": config.to_dict(),
             "preset": self.base_preset(),

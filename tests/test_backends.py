@@ -104,3 +104,14 @@ def test_stop_event_set_before_start_yields_nothing_new(tiny_backend):
     stream = tiny_backend.stream(text_prompt(tiny_backend), GenerationParams(max_new_tokens=50, temperature=0), stop)
     list(stream)
     assert stream.stats.finish_reason == "cancelled" and stream.stats.output_tokens <= 1
+
+
+def test_the_loaded_preset_keeps_its_overrides_and_names_an_auto_fallback():
+    """What a training run or a merge loads: the base that serves, not the configured name."""
+    from mmchat.backends.registry import loaded_preset
+    from mmchat.config import ModelConfig
+
+    config = ModelConfig(preset="tiny", source="local-dir:/models/tiny")
+    assert loaded_preset(config, "tiny").source == "local-dir:/models/tiny"
+    fallback = loaded_preset(ModelConfig(preset="auto"), "offline")  # auto picked the GPU preset, then fell back
+    assert fallback.name == "offline" and fallback.source == PRESETS["offline"].source

@@ -64,6 +64,13 @@ def resolve_preset(config: ModelConfig) -> ModelPreset:
     return dataclasses.replace(preset, **changes) if changes else preset
 
 
+def loaded_preset(config: ModelConfig, loaded_name: str) -> ModelPreset:
+    """The preset of the model that is actually loaded (`BackendInfo.preset`): the configured one
+    with its overrides, or the offline stand-in an `auto` fallback loaded instead."""
+    preset = resolve_preset(config)
+    return preset if preset.name == loaded_name else PRESETS[loaded_name]
+
+
 def load_backend(config: ModelConfig) -> Backend:
     preset = resolve_preset(config)
     cache_dir = Path(config.cache_dir).expanduser()

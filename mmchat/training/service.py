@@ -118,8 +118,11 @@ class Finetuner:
             self._manager = RunManager(self.config.runs_dir(), threads=self.config.finetune.threads)
         return self._manager
 
-    def base_preset(self) -> str:
-        """The preset of the base that is actually loaded (what a run trains on)."""
+    def base_preset(self) -> dict[str, str]:
+        """The base that is actually loaded, as the trainer loads it: its preset's name and its
+        source and quantization (a `--model-source` override included; after an `auto`
+        fallback, the offline stand-in, not the configured preset)."""
+        from mmchat.backends.registry import loaded_preset
         from mmchat.config import PRESETS as MODEL_PRESETS
 
         self.runtime.wait_ready()
@@ -127,7 +130,8 @@ class Finetuner:
         if name not in MODEL_PRESETS:
             raise UserFacingError(f"the loaded model {name!r} is not one of the presets the trainer can load "
                                   f"({', '.join(MODEL_PRESETS)})")
-        return name
+        preset = loaded_preset(self.config.model, name)
+        return {"name": preset.name, "source": preset.source, "quantization": preset.quantization}
 
     def renderer(self, max_length: int) -> Any:
         from mmchat.training.examples import Renderer, image_describer
@@ -268,9 +272,11 @@ class Finetuner:
         taken = self.reserved_names()
         if config.name in taken:
             raise UserFacingError(f"an adapter named {config.name!r} already exists; choose another name")
+        base = self.base_preset()
         spec = {
             "training": config.to_dict(),
-            "preset": self.base_preset(),
+            "preset": base["name"],
+            "base": base,
             "cache_dir": str(self.config.cache_dir()),
             "store": str(self.user_store()),
             "reserved": sorted(taken),

@@ -16,6 +16,7 @@ disk, any crash: `failed` with the reason, nothing published. It does not valida
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -67,6 +68,9 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
         spec = files.spec()
         config = TrainingConfig.from_mapping(spec["training"])
         preset = PRESETS[spec["preset"]]
+        overrides = {k: v for k, v in (spec.get("base") or {}).items() if k in ("source", "quantization") and v}
+        if overrides:  # the loaded base's own source (e.g. --model-source local-dir:...)
+            preset = dataclasses.replace(preset, **overrides)
         cache_dir = Path(spec["cache_dir"]).expanduser()
         train = read_examples(folder / TRAIN_FILE)
         held_out = read_examples(folder / EVAL_FILE)

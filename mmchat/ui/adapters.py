@@ -160,12 +160,13 @@ class AdaptersTab(Tab):
 
         def merge(name: str | None, progress=gr.Progress()):
             from mmchat.adapters.merge import merge_adapter
-            from mmchat.backends.registry import load_base_copy, resolve_preset
+            from mmchat.backends.registry import load_base_copy, loaded_preset
 
             try:
                 stored = self._registry().get(name or "")
                 progress(0.1, desc="loading a copy of the base")
-                model, processing = load_base_copy(resolve_preset(runtime.config.model), runtime.config.cache_dir())
+                preset = loaded_preset(runtime.config.model, runtime.backend.info.preset)  # not an auto fallback's
+                model, processing = load_base_copy(preset, runtime.config.cache_dir())
                 progress(0.5, desc="merging and writing")
                 out = runtime.data_dir / "merged" / f"{stored.name}-{time.strftime('%Y%m%d-%H%M%S')}"
                 merged = merge_adapter(model, processing, stored, out)

@@ -1,0 +1,280 @@
+"""Frozen image features for the offline model's image pathway: k vectors of width 1280 per image.
+
+`ImageFeatures.encode(images)` turns each image into `FeatureSpec.tokens_per_image` vectors that
+a trainable projector maps into the language model's embedding space, LLaVA-style, in this order:
+
+1. `grid * grid` spatial tokens, row-major from the top-left: EfficientNet-Lite0's last conv
+   feature map (`extract_features`: conv head + BN + ReLU6, before global pooling; 1280
+   channels, 7 x 7 for the 224 px input) adaptive-average-pooled to `grid x grid`. They say
+   *where* things are, which the pooled feature averages away.
+2. One pooled token: the global average of that map, exactly `ImageNetClassifier.features`.
+3. One colour token: low-level colour statistics of the same 224 px centre crop the network
+   sees, zero-padded to 1280. Deep ImageNet features are trained to ignore colour (a red and a
+   blue mug are both "coffee mug"), so colour questions need it from the pixels.
+
+The deep tokens are the network's own activations (non-negative, unscaled), so the pooled
+token stays identical to the classifier's features. The colour token is a concatenation of
+blocks each bounded near unit norm (see `colour_tokens`), then multiplied by `COLOUR_SCALE` so
+its norm is comparable to a deep token's (on the test photos, shapes images and plain fills the
+pooled token's norm is 6-16 and a grid cell's 4-33; the colour token's is 6-12): the projector's
+first layer sees one token at a time, and a token ten times smaller than the others would start
+out nearly invisible.
+
+Each distinct image (content hash) is computed once and kept in an LRU cache, as the label
+pathway does, because every chat turn re-sends the history's images. Measured on this 2-core
+CPU (2 torch threads, shared with other work, so indicative): about 26 images/s for a batch of
+32 (1.23 s, of which `classifier.features` alone takes 1.12 s); a cached image costs ~0.2 ms.
+
+It does not project, splice or train anything, and it does not download: the weights are the
+classifier's (`mmchat.vision.imagenet`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmchat.errors import ConfigError
+from mmchat.vision.imagenet import DEFAULT_CACHE_DIR, FEATURE_DIM, MEAN, STD, ImageNetClassifier, shared_classifier
+
+# EfficientNet-Lite0's last feature map is 7 x 7 for a 224 px input (stride 32); a finer grid
+# would only repeat cells.
+MAX_GRID = 7
+# Chosen so the colour token's norm lands in the deep tokens' range (see the module docstring).
+COLOUR_SCALE = 6.0
+# Pixels at least this saturated and this bright count towards the hue histogram; below them
+# hue is noise (greys, near-black), and the RGB histogram describes those pixels instead.
+MIN_SATURATION = 0.25
+MIN_VALUE = 0.2
+BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What `ImageFeatures` yields per image; frozen so it can key caches and be saved in cards."""
+
+    grid: int = 4
+    colour_bins: int = 4  # per RGB channel: a colour_bins ** 3 joint histogram
+    # Six soft bins centred on red, yellow, green, cyan, blue and magenta: orange or purple
+    # split between two neighbours, and a shade a few degrees off a primary stays near it.
+    hue_bins: int = 6  # 0 leaves the hue histogram out
+
+    def __post_init__(self) -> None:
+        for name, value, low, high in (
+            ("grid", self.grid, 1, MAX_GRID),
+            ("colour_bins", self.colour_bins, 2, 8),
+            ("hue_bins", self.hue_bins, 0, 36),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"image feature {name} must be a whole number from {low} to {high}; got {value!r}")
+
+    @property
+    def tokens_per_image(self) -> int:
+        """k: the grid cells, the pooled token and the colour token."""
+        return self.grid * self.grid + 2
+
+    @property
+    def pooled_index(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def colour_index(self) -> int:
+        return self.grid * self.grid + 1
+
+    @property
+    def colour_layout(self) -> dict[str, slice]:
+        """Where each block of the colour token lies (see `colour_tokens`), in order."""
+        sizes = {"mean": 3, "std": 3, "rgb_histogram": self.colour_bins**3, "hue_histogram": self.hue_bins,
+                 "cells": 3 * self.grid * self.grid}
+        layout, start = {}, 0
+        for name, size in sizes.items():
+            layout[name] = slice(start, start + size)
+            start += size
+        return layout
+
+    @property
+    def colour_width(self) -> int:
+        """How many leading entries of the colour token carry values (the rest are zero)."""
+        return self.colour_layout["cells"].stop
+
+
+def _soft_bins(position: torch.Tensor, bins: int, circular: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lower bin, upper bin, upper weight) splitting each value between its two nearest bin centres.
+
+    `position` is in bin units with bin centres at whole numbers. Hard bins would put two
+    nearly equal shades on either side of an edge as far apart as red from blue; shared weights
+    make the histogram change smoothly with the colour.
+    """
+    if circular:
+        lower = torch.floor(position)
+        return lower.long() % bins, (lower.long() + 1) % bins, position - lower
+    position = position.clamp(0, bins - 1)
+    lower = torch.floor(position).clamp(max=bins - 2)
+    return lower.long(), lower.long() + 1, position - lower
+
+
+def _histograms(index: torch.Tensor, weight: torch.Tensor, bins: int) -> torch.Tensor:
+    """`(n, bins)` per-image sums of `weight` by bin `index` (both `(n, pixels)`), in one bincount."""
+    n = index.shape[0]
+    offset = (torch.arange(n, device=index.device) * bins)[:, None]
+    counts = torch.bincount((index + offset).flatten(), weights=weight.flatten(), minlength=n * bins)
+    return counts.view(n, bins)
+
+
+def _rgb_histogram(pixels: torch.Tensor, bins: int) -> torch.Tensor:
+    """`(n, bins ** 3)` soft joint RGB histogram of `(n, 3, p)` pixels in 0..1, as pixel fractions."""
+    low, high, upper = _soft_bins(pixels * bins - 0.5, bins, circular=False)
+    total = torch.zeros(pixels.shape[0], bins**3, device=pixels.device)
+    for corner in range(8):  # the 2 x 2 x 2 neighbouring bin centres of each pixel's colour
+        index = torch.zeros_like(low[:, 0])
+        weight = torch.ones_like(upper[:, 0])
+        for channel in range(3):
+            take_high = (corner >> channel) & 1
+            index = index * bins + (high if take_high else low)[:, channel]
+            weight = weight * (upper if take_high else 1 - upper)[:, channel]
+        total += _histograms(index, weight, bins**3)
+    return total / pixels.shape[2]
+
+
+def _hue_histogram(pixels: torch.Tensor, bins: int) -> torch.Tensor:
+    """`(n, bins)` soft hue histogram of `(n, 3, p)` pixels in 0..1, chromatic pixels only, as
+    fractions of all pixels; bins are centred on pure red, and on green and blue when bins % 3 == 0."""
+    r, g, b = pixels.unbind(1)
+    value = pixels.max(1).values
+    delta = value - pixels.min(1).values
+    safe = delta.clamp_min(1e-6)
+    hue = torch.where(
+        value == r,
+        ((g - b) / safe) % 6,
+        torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4),
+    ) / 6
+    chromatic = ((delta >= MIN_SATURATION * value) & (value >= MIN_VALUE) & (delta > 0)).float()
+    low, high, upper = _soft_bins(hue * bins, bins, circular=True)
+    counts = _histograms(low, chromatic * (1 - upper), bins) + _histograms(high, chromatic * upper, bins)
+    return counts / pixels.shape[2]
+
+
+def colour_tokens(rgb: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """`(n, FEATURE_DIM)` colour tokens for `(n, 3, h, w)` pixels in 0..1.
+
+    Layout (then times `COLOUR_SCALE`, zero beyond `spec.colour_width`):
+    per-channel mean (3, in 0..1); per-channel std x 2 (3, in 0..1); the square root of the
+    soft joint RGB histogram's pixel fractions (`colour_bins ** 3`, unit norm: the square root
+    keeps a small shape's colour visible beside a large background); the square root of the
+    soft hue histogram's fractions of all pixels, chromatic pixels only (`hue_bins`, norm <= 1:
+    it tells pink from white and orange from red where coarse RGB bins cannot); then each grid
+    cell's mean RGB minus the image's mean, halved (`3 * grid * grid`, row-major, r g b per
+    cell; about 1-2 for a few shapes on a plain background): colour *where*, aligned with the
+    spatial tokens, relative to the mean so a bright background does not outweigh the blocks
+    that say *which* colours. `spec.colour_layout` names the slices. Histograms are taken at
+    half resolution (2 x 2 averages): a quarter of the work, and a shape's colour does not
+    depend on single pixels.
+    """
+    pixels = rgb.flatten(2)
+    mean = pixels.mean(2)
+    cells = F.adaptive_avg_pool2d(rgb, spec.grid).flatten(2) - mean[:, :, None]
+    parts = [mean, 2 * pixels.std(2, unbiased=False)]
+    small = F.avg_pool2d(rgb, 2).flatten(2) if min(rgb.shape[2:]) >= 2 else pixels
+    parts.append(_rgb_histogram(small, spec.colour_bins).sqrt())
+    if spec.hue_bins:
+        parts.append(_hue_histogram(small, spec.hue_bins).sqrt())
+    parts.append(0.5 * cells.transpose(1, 2).flatten(1))
+    token = torch.cat(parts, dim=1) * COLOUR_SCALE
+    return F.pad(token, (0, FEATURE_DIM - token.shape[1]))
+
+
+class ImageFeatures:
+    """Images -> `(n, k, 1280)` frozen feature tokens, each distinct image computed once; thread-safe."""
+
+    def __init__(
+        self, classifier: ImageNetClassifier, spec: FeatureSpec = FeatureSpec(), cache_size: int = 256
+    ) -> None:
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.classifier = classifier
+        self.spec = spec
+        self.cache_size = cache_size  # 256 images x 18 tokens x 1280 x 4 bytes = 23 MiB
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # Held while computing, so two requests for one new image compute it once, not twice.
+        self._lock = threading.Lock()
+        self._mean = torch.tensor(MEAN, device=classifier.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD, device=classifier.device).view(1, 3, 1, 1)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.spec.tokens_per_image
+
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIM
+
+    @staticmethod
+    def _key(image: Image.Image) -> str:
+        return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """`(len(images), tokens_per_image, feature_dim)` float32 on the classifier's device, no grad.
+
+        The result is a fresh tensor: writing into it does not touch the cache.
+        """
+        if isinstance(images, Image.Image):
+            raise TypeError("pass a list of images, not a single image")
+        for image in images:
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"expected PIL.Image.Image items, got {type(image).__name__}")
+        if len(images) == 0:
+            return torch.zeros(0, self.tokens_per_image, FEATURE_DIM, device=self.classifier.device)
+        keys = [self._key(image) for image in images]
+        with self._lock:
+            missing = {key: image for key, image in zip(keys, images) if key not in self._cache}
+            computed = dict(zip(missing, self._compute(list(missing.values())))) if missing else {}
+            result = torch.stack([computed[k] if k in computed else self._cache[k] for k in keys])
+            for key in keys:
+                if key in computed:
+                    self._cache[key] = computed[key]
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _compute(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        model = self.classifier._model  # the classifier's frozen network; this module only taps it
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), BATCH_SIZE):
+                pixels = self.classifier._pixels(images[start : start + BATCH_SIZE])
+                feature_map = model.extract_features(pixels)  # (n, 1280, 7, 7)
+                grid = F.adaptive_avg_pool2d(feature_map, self.spec.grid).flatten(2).transpose(1, 2)
+                # The classifier's own pooling, so this token equals `classifier.features`.
+                pooled = model._avg_pooling(feature_map).flatten(1)
+                colour = colour_tokens((pixels * self._std + self._mean).clamp(0, 1), self.spec)
+                tokens = torch.cat([grid, pooled[:, None], colour[:, None]], dim=1).float()
+                out.extend(tokens.contiguous().unbind(0))
+        # Each cached entry owns its storage (not a view into the batch), so evicting one frees it.
+        return [token.clone() for token in out]
+
+    def __repr__(self) -> str:
+        return f"ImageFeatures({self.spec}, k={self.tokens_per_image}, dim={FEATURE_DIM})"
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(cache_dir: Path, spec: FeatureSpec, device: str) -> ImageFeatures:
+    return ImageFeatures(shared_classifier(cache_dir, device=device), spec)
+
+
+def shared_features(
+    cache_dir: str | Path | None = None, spec: FeatureSpec = FeatureSpec(), device: str = "cpu"
+) -> ImageFeatures:
+    """One `ImageFeatures` (and its cache) per (cache, spec, device) per process, on the shared
+    classifier: serving and evaluation in one process then compute each image once."""
+    return _shared(Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser(), spec, device)

@@ -1,0 +1,245 @@
+"""Frozen image feature tokens (`mmchat.vision.features`) on EfficientNet-Lite0's real weights.
+
+Real photos (the cat, the coffee) and drawn shapes images: the shapes check what the tokens
+are for — colour the deep features pool away, and where a shape is, which the pooled feature
+averages away.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mmchat.errors import ConfigError, UserFacingError
+from mmchat.vision.features import COLOUR_SCALE, FeatureSpec, ImageFeatures, colour_tokens, shared_features
+from mmchat.vision.imagenet import FEATURE_DIM, shared_classifier
+
+pytestmark = pytest.mark.slow
+
+BACKGROUND = (225, 222, 215)
+
+
+@pytest.fixture(scope="module")
+def classifier(model_cache_dir):
+    return shared_classifier(model_cache_dir)
+
+
+@pytest.fixture
+def features(classifier):
+    """A fresh instance (own, empty cache) on the shared frozen classifier."""
+    return ImageFeatures(classifier, FeatureSpec())
+
+
+@pytest.fixture
+def counted(classifier, monkeypatch):
+    """How many images have gone through the network since the fixture was made."""
+    seen = []
+    original = classifier._pixels
+
+    def counting(images):
+        seen.extend(images)
+        return original(images)
+
+    monkeypatch.setattr(classifier, "_pixels", counting)
+    return seen
+
+
+def shape_image(fill, box=(80, 80, 150, 150), kind="ellipse") -> Image.Image:
+    image = Image.new("RGB", (224, 224), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    getattr(draw, kind)(box, fill=fill)
+    return image
+
+
+def test_spec_counts_tokens_and_refuses_bad_values():
+    assert FeatureSpec().tokens_per_image == 18
+    assert (FeatureSpec().pooled_index, FeatureSpec().colour_index) == (16, 17)
+    assert FeatureSpec(grid=2).tokens_per_image == 6
+    assert FeatureSpec().colour_width == 6 + 64 + 6 + 48
+    layout = FeatureSpec(grid=2, colour_bins=3, hue_bins=0).colour_layout
+    assert [(s.start, s.stop) for s in layout.values()] == [(0, 3), (3, 6), (6, 33), (33, 33), (33, 45)]
+    for bad in ({"grid": 0}, {"grid": 8}, {"grid": 2.5}, {"colour_bins": 1}, {"hue_bins": -1}, {"grid": True}):
+        with pytest.raises(ConfigError) as err:
+            FeatureSpec(**bad)
+        name, value = next(iter(bad.items()))
+        assert name in str(err.value) and repr(value) in str(err.value)
+        assert isinstance(err.value, UserFacingError)
+
+
+def test_encode_gives_k_tokens_of_1280_per_image(features, cat_image, coffee_image):
+    assert (features.tokens_per_image, features.feature_dim) == (18, FEATURE_DIM)
+    tokens = features.encode([cat_image, coffee_image, cat_image.convert("RGBA")])
+    assert tokens.shape == (3, 18, FEATURE_DIM) and tokens.dtype == torch.float32
+    assert not tokens.requires_grad and torch.isfinite(tokens).all()
+    torch.testing.assert_close(tokens[0], tokens[2], atol=1e-4, rtol=1e-4)  # alpha dropped
+    assert not torch.allclose(tokens[0], tokens[1])
+    assert features.encode([]).shape == (0, 18, FEATURE_DIM)
+    # Colour token: values only in its leading entries, and a norm of the deep tokens' order.
+    colour = tokens[:, 17]
+    width = features.spec.colour_width
+    assert (colour[:, width:] == 0).all() and (colour[:, :width] != 0).any(dim=1).all()
+    ratio = colour.norm(dim=1) / tokens[:, 16].norm(dim=1)
+    assert ((ratio > 0.3) & (ratio < 3)).all(), ratio
+
+
+def test_a_coarser_grid_gives_fewer_tokens(classifier, cat_image):
+    tokens = ImageFeatures(classifier, FeatureSpec(grid=2)).encode([cat_image])
+    assert tokens.shape == (1, 6, FEATURE_DIM)
+    fine = ImageFeatures(classifier, FeatureSpec(grid=7)).encode([cat_image])
+    assert fine.shape == (1, 51, FEATURE_DIM)
+    # The 7 x 7 grid is the feature map itself: its mean is the pooled token.
+    torch.testing.assert_close(fine[0, :49].mean(0), fine[0, 49], atol=1e-5, rtol=1e-5)
+
+
+def test_encode_refuses_what_is_not_a_list_of_images(features, cat_image):
+    with pytest.raises(TypeError, match="list of images"):
+        features.encode(cat_image)
+    with pytest.raises(TypeError, match="str"):
+        features.encode([cat_image, "cat.jpg"])
+
+
+def test_pooled_token_is_the_classifiers_features(features, classifier, cat_image, coffee_image):
+    tokens = features.encode([cat_image, coffee_image])
+    torch.testing.assert_close(tokens[:, 16], classifier.features([cat_image, coffee_image]), atol=1e-5, rtol=1e-5)
+
+
+def test_encoding_is_deterministic(classifier, features, cat_image, coffee_image):
+    first = features.encode([cat_image, coffee_image])
+    again = ImageFeatures(classifier, FeatureSpec()).encode([coffee_image, cat_image])
+    torch.testing.assert_close(first, again.flip(0), atol=1e-5, rtol=1e-5)
+
+
+def test_each_distinct_image_is_computed_once(features, counted, cat_image, coffee_image):
+    first = features.encode([cat_image, coffee_image, cat_image])
+    assert len(counted) == 2  # the repeated cat within one call too
+    copy_of_cat = cat_image.copy()  # another object, same content: same key
+    second = features.encode([coffee_image, copy_of_cat])
+    assert len(counted) == 2
+    assert torch.equal(second[0], first[1]) and torch.equal(second[1], first[0])
+    second.zero_()  # the caller's tensor is its own
+    assert torch.equal(features.encode([cat_image])[0], first[0]) and len(counted) == 2
+    features.encode([cat_image.rotate(90)])
+    assert len(counted) == 3
+
+
+def test_the_cache_forgets_the_least_recently_used(classifier, counted, cat_image, coffee_image):
+    features = ImageFeatures(classifier, FeatureSpec(), cache_size=2)
+    red = shape_image((220, 30, 30))
+    features.encode([cat_image, coffee_image])
+    features.encode([cat_image])  # the cat is now the most recent
+    features.encode([red])  # evicts the coffee
+    assert len(counted) == 3
+    features.encode([cat_image, red])
+    assert len(counted) == 3
+    features.encode([coffee_image])
+    assert len(counted) == 4
+
+
+def test_concurrent_requests_compute_an_image_once(features, counted, cat_image, coffee_image):
+    results, barrier = [], threading.Barrier(4)
+
+    def ask():
+        barrier.wait()
+        results.append(features.encode([cat_image, coffee_image]))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(counted) == 2 and len(results) == 4
+    assert all(torch.equal(result, results[0]) for result in results)
+
+
+def test_colour_token_layout_on_plain_colours():
+    spec = FeatureSpec()
+    layout = spec.colour_layout
+
+    def token(*rgb):
+        return colour_tokens(torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, 32, 32), spec)[0] / COLOUR_SCALE
+
+    red = token(1.0, 0.0, 0.0)
+    torch.testing.assert_close(red[layout["mean"]], torch.tensor([1.0, 0.0, 0.0]))
+    assert red[layout["std"]].abs().max() < 1e-6 and red[layout["cells"]].abs().max() < 1e-6
+    rgb_histogram = torch.zeros(64)
+    rgb_histogram[3 * 16] = 1.0  # the top red bin, the bottom green and blue ones
+    torch.testing.assert_close(red[layout["rgb_histogram"]], rgb_histogram)
+    torch.testing.assert_close(red[layout["hue_histogram"]], torch.tensor([1.0, 0, 0, 0, 0, 0]))
+    torch.testing.assert_close(token(0.1, 0.2, 0.9)[layout["hue_histogram"]].argmax(), torch.tensor(4))  # blue
+    # Orange lies half-way between the red and yellow centres; grey has no hue at all.
+    half = 0.5**0.5
+    torch.testing.assert_close(token(1.0, 0.5, 0.0)[layout["hue_histogram"]], torch.tensor([half, half, 0, 0, 0, 0]))
+    assert token(0.5, 0.5, 0.5)[layout["hue_histogram"]].abs().max() == 0
+    # A shade between two RGB bin centres shares its weight between them (square roots of 1/2).
+    torch.testing.assert_close(token(0.5, 0.0, 0.0)[layout["rgb_histogram"]][[16, 32]], torch.tensor([half, half]))
+    assert (red[spec.colour_width :] == 0).all()
+
+
+def test_colour_token_separates_colours_and_keeps_two_reds_close(features):
+    red, other_red = shape_image((220, 30, 30)), shape_image((190, 20, 45), box=(75, 85, 155, 150))
+    blue, green = shape_image((30, 40, 210)), shape_image((30, 170, 50))
+    colour = features.encode([red, other_red, blue, green])[:, 17]
+    distance = torch.cdist(colour, colour)
+    reds, red_blue, red_green, blue_green = distance[0, 1], distance[0, 2], distance[0, 3], distance[2, 3]
+    assert reds < 0.4 * min(red_blue, red_green, blue_green), distance
+
+
+def test_colour_token_groups_by_colour_across_shapes_shades_and_places(features):
+    shades = {"red": [(220, 30, 30), (185, 20, 45)], "blue": [(30, 40, 210), (60, 90, 230)],
+              "green": [(30, 170, 50), (80, 200, 60)]}
+    places = [("ellipse", (40, 50, 120, 130)), ("rectangle", (110, 90, 190, 170))]
+    images, names = [], []
+    for name, pair in shades.items():
+        for fill, (kind, box) in zip(pair, places):
+            images.append(shape_image(fill, box=box, kind=kind))
+            names.append(name)
+    tokens = features.encode(images)
+    same = torch.tensor([[a == b for b in names] for a in names])
+    others = ~torch.eye(len(names), dtype=torch.bool)
+
+    # Which colours an image holds: the token without its per-cell block (that one says where).
+    which = tokens[:, 17, : features.spec.colour_layout["cells"].start]
+    colour = torch.cdist(which, which)
+    assert colour[same & others].max() < 0.75 * colour[~same].min(), colour
+
+    # Why the token exists: ImageNet's pooled feature groups these by shape, not by colour.
+    pooled = torch.cdist(tokens[:, 16], tokens[:, 16]).masked_fill(~others, float("inf"))
+    right = sum(names[i] == names[j] for i, j in enumerate(pooled.argmin(1).tolist()))
+    assert right < len(names) / 2, pooled
+
+
+def test_colour_token_says_where_each_colour_is(features):
+    def pair(left_fill, right_fill):
+        image = shape_image(left_fill, box=(30, 80, 90, 140))
+        ImageDraw.Draw(image).ellipse((134, 80, 194, 140), fill=right_fill)
+        return image
+
+    # Same pixels, colours swapped: only the per-cell colour means can tell these apart.
+    red_blue, blue_red = pair((220, 30, 30), (30, 40, 210)), pair((30, 40, 210), (220, 30, 30))
+    shaded = pair((205, 40, 35), (40, 50, 200))
+    colour = features.encode([red_blue, blue_red, shaded])[:, 17]
+    assert (colour[0] - colour[1]).norm() > 2 * (colour[0] - colour[2]).norm(), colour
+
+
+def test_spatial_tokens_tell_left_from_right(features):
+    # The same square in the top-left cells in one image, in the top-right cells in the other.
+    left = shape_image((40, 40, 40), box=(8, 8, 64, 64), kind="rectangle")
+    right = shape_image((40, 40, 40), box=(160, 8, 216, 64), kind="rectangle")
+    tokens = features.encode([left, right])
+    cells = (tokens[0, :16] - tokens[1, :16]).norm(dim=1).view(4, 4)
+    near = torch.stack([cells[0, 0], cells[0, 3]])  # where either square is
+    far = cells[3, 1:3]  # bottom middle, away from both
+    assert near.min() > 2 * far.max(), cells
+    # The pooled token (one average over the whole map) barely tells them apart.
+    assert (tokens[0, 16] - tokens[1, 16]).norm() < near.min()
+
+
+def test_shared_features_are_one_per_spec_on_the_shared_classifier(model_cache_dir):
+    shared = shared_features(model_cache_dir)
+    assert shared is shared_features(model_cache_dir, FeatureSpec())
+    assert shared.classifier is shared_classifier(model_cache_dir)
+    coarse = shared_features(model_cache_dir, FeatureSpec(grid=2))
+    assert coarse is not shared and coarse.tokens_per_image == 6

@@ -1,6 +1,8 @@
 """Batches of encoded examples: right-padded ids, attention mask, labels padded with -100.
 
-`collate(batch, pad_id)` stacks `Encoded` examples into the tensors a causal LM takes.
+`collate(batch, pad_id)` stacks `Encoded` examples into the tensors a causal LM takes (and,
+for examples that carry image feature tokens, `image_features`: all of the batch's images in
+row order, as `mmchat.backends.splice` places them).
 `answer_positions(labels)` names the sequence positions whose next token is an answer token,
 so the engine computes the vocabulary projection only there (most of each example is the
 shared prompt). It does not tokenize, shuffle or move tensors to a device.
@@ -25,7 +27,11 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    tensors = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    features = [e.features for e in batch if getattr(e, "features", None) is not None]
+    if features:  # image feature tokens, in prompt order (first row's images first), for the splice
+        tensors["image_features"] = torch.cat(features)
+    return tensors
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:

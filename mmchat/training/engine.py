@@ -120,7 +120,9 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
 
     labels = batch["labels"]
     keep = answer_positions(labels)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep.to(labels.device))
+    extra = {"image_features": batch["image_features"]} if "image_features" in batch else {}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep.to(labels.device),
+                **extra)
     targets = labels[:, keep + 1]
     return F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
@@ -181,6 +183,7 @@ def run_loop(
     eval_encoded: Sequence[Encoded] = (),
     sample: Sample | None = None,
     stop_at: int = 0,
+    groups: list[dict[str, Any]] | None = None,
 ) -> list[float]:
     """Train `model` (a PeftModel) in place; the loss of every step, from step 1 (resumed runs too).
 
@@ -190,7 +193,8 @@ def run_loop(
     goes. With `checkpoints`, the newest checkpoint there is resumed from, one is written every
     `checkpoint_every` steps and when `stop` is set (then `TrainingStopped` is raised), so a
     resumed run ends with the weights an uninterrupted one would have. `stop_at`: end after
-    that step (to publish what a stopped run had learnt).
+    that step (to publish what a stopped run had learnt). `groups`: AdamW parameter groups
+    with their own learning rates (default: every trainable parameter at `learning_rate`).
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -201,7 +205,7 @@ def run_loop(
     plan = step_plan(len(encoded), config)
     total = len(plan)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(groups or params, lr=config.learning_rate, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total), total)
     losses: list[float] = []
     done = 0

@@ -241,3 +241,33 @@ def test_stop_in_the_middle_of_a_step_ends_it_at_once_and_resume_still_matches(t
     assert len(losses) == 6
     resumed = trainable(model)
     assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+
+
+def test_a_run_ended_early_by_stop_at_checkpoints_there_and_continues_to_the_same_weights(tmp_path, model_cache_dir):
+    """What `python -m bench finetune --visual` does to evaluate along the way: train to step 3,
+    evaluate, continue to 6 — the same weights as six steps in one go."""
+    import torch
+
+    from mmchat.backends.registry import load_base_copy
+    from mmchat.training.engine import prepare_model, run_loop
+    from mmchat.training.examples import Renderer
+
+    cfg = config(max_steps=6, checkpoint_every=3)
+
+    def fresh():
+        model, processor = load_base_copy(TINY, model_cache_dir)
+        renderer = Renderer(TINY.kind, processor, "Be brief.", cfg.max_length)
+        return prepare_model(model, TINY.kind, cfg), [renderer.encode(e) for e in EXAMPLES], renderer.eos_id
+
+    def trained(model, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return run_loop(model, encoded, cfg, pad, **kwargs)
+
+    model, encoded, pad = fresh()
+    trained(model)
+    whole = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model, encoded, pad = fresh()
+    assert len(trained(model, checkpoints=tmp_path / "c", stop_at=3)) == 3
+    assert len(trained(model, checkpoints=tmp_path / "c")) == 6
+    assert all(torch.allclose(whole[n], p, atol=1e-6) for n, p in model.named_parameters() if p.requires_grad)

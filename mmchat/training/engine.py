@@ -285,8 +285,8 @@ def run_loop(
                 raise
             model.train()
             raise stopped(step) from None  # the step itself is complete (no randomness after it)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and not end:
-            checkpoint(step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+            checkpoint(step)  # also at a stop_at: the run continues from there later
 
     hooks = _abort_hooks(model, stop) if stop is not None else []
     try:

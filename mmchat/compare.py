@@ -26,7 +26,8 @@ before the comparison is done, and the columns share one time to first token.
 
 Setting `stop` (or abandoning the iterator) ends the generation at the next token (the prompt,
 one turn, is prefilled in one go); columns still running are then "cancelled". Backends that
-take no adapters are refused (only "base" would exist there). It renders nothing (that is
+take no adapters are refused (only "base" would exist there), and so are visual adapters (a
+projector: their prompt is embeddings, not ids). It renders nothing (that is
 `mmchat.ui.compare`) and keeps no history.
 """
 
@@ -78,6 +79,10 @@ def column_names(backend: Backend, adapters: Sequence[str]) -> list[str]:
         if name in names[:index]:
             raise UserFacingError(f"column {name!r} is chosen twice; choose distinct columns among: {choices}")
         backend.adapters.check(name)  # names the loaded ones if it is not among them
+        if getattr(backend.adapters, "projector", lambda _: None)(name) is not None:
+            # Its rows would need their own embeddings (image vectors), which the one batch does not carry.
+            raise UserFacingError(f"{name!r} reads images as vectors; Compare does not batch it yet — "
+                                  "ask it in Chat, or compare the other columns")
     return names
 
 

@@ -5,7 +5,10 @@ a folder without a valid card is incomplete. `AdapterCard.from_json` checks ever
 names the bad one with what is accepted; `base_fingerprint` identifies a base model by its
 architecture config and vocabulary, so an adapter is never applied to a base it was not
 trained on (two checkpoints with the same shapes and vocabulary share a fingerprint: shapes
-are what LoRA weights depend on). Pure data: no torch, no files.
+are what LoRA weights depend on). A visual adapter's card also names its projector
+(`projector`: the safetensors file beside peft's, the image features it reads and how many
+vectors an image becomes); cards without one say nothing about it, in the dataclass or the
+JSON. Pure data: no torch, no files.
 """
 
 from __future__ import annotations
@@ -74,6 +77,28 @@ class CardError(ValueError):
     """A card field is missing or wrong; the message names it and what is accepted."""
 
 
+def check_projector(value: Any) -> dict[str, Any]:
+    """The card's `projector` entry, checked: {"file": "<name>.safetensors", "feature_spec": {...},
+    "tokens_per_image": k, "feature_dim": d} (whether the spec gives k is the host's check)."""
+    if not isinstance(value, dict):
+        raise CardError(f"projector is {value!r}; expected an object naming file, feature_spec, tokens_per_image "
+                        "and feature_dim")
+    file = value.get("file")
+    if (not isinstance(file, str) or not file.endswith(".safetensors") or "/" in file or "\\" in file
+            or file.startswith(".")):
+        raise CardError(f"projector.file is {file!r}; expected a file name ending in .safetensors in the "
+                        "adapter's folder (e.g. 'projector.safetensors')")
+    spec = value.get("feature_spec", {})
+    if not isinstance(spec, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                             for k, v in spec.items()):
+        raise CardError(f"projector.feature_spec is {spec!r}; expected an object of whole numbers, e.g. {{\"grid\": 4}}")
+    for key in ("tokens_per_image", "feature_dim"):
+        number = value.get(key)
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65536:
+            raise CardError(f"projector.{key} is {number!r}; expected a whole number 1..65536")
+    return {**value, "feature_spec": dict(spec)}
+
+
 @dataclass(frozen=True)
 class AdapterCard:
     name: str
@@ -90,10 +115,13 @@ class AdapterCard:
     examples: list[dict[str, str]] = field(default_factory=list)  # held-out prompt/base/adapter
     created: float = field(default_factory=time.time)
     format: str = CARD_FORMAT
+    projector: dict[str, Any] = field(default_factory=dict)  # a visual adapter's (see check_projector); {}: none
 
     def to_json(self) -> str:
         data = asdict(self)
         data["target_modules"] = list(self.target_modules)
+        if not self.projector:  # a card without a projector reads as it did before there were any
+            del data["projector"]
         return json.dumps(data, ensure_ascii=False, indent=2)
 
     @classmethod
@@ -134,6 +162,7 @@ class AdapterCard:
         examples = data.get("examples", [])
         if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
             raise CardError("examples must be a list of objects")
+        projector = check_projector(data["projector"]) if data.get("projector") not in (None, {}) else {}
         return cls(
             name=name,
             description=need("description", (str,), "one line of text"),
@@ -148,4 +177,5 @@ class AdapterCard:
             metrics=dict(data.get("metrics", {})),
             examples=list(examples),
             created=float(need("created", (int, float), "a unix time")),
+            projector=projector,
         )

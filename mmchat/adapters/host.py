@@ -10,8 +10,18 @@ the lock matters: peft's adapter switch (and its per-row `adapter_names`) works 
 on shared modules, so two generations running at once on one model would mix adapters; with
 the lock, an answer in flight keeps its adapter and a second user waits for it.
 
+A visual adapter's folder also holds a projector (`mmchat.vision.projector`) beside peft's
+files: `load` reads it too — the file and the image features it expects from the card's
+`projector` entry, or `projector.safetensors` with the default `FeatureSpec` for a folder
+without a card — checked against the base's hidden size and the features' width before peft
+touches the model, so a projector that does not fit fails the load and leaves the host as it
+was. `projector(name)` and `feature_spec(name)` give them to the backend, which splices the
+projected image vectors into the prompt's embeddings; the projector is plain torch, outside
+the model, so it switches with the adapter at no cost and needs no lock.
+
 It reads adapter folders in standard peft format (safetensors only); it does not validate
-cards, scan a store or train (those belong to the registry and the training engine).
+cards beyond the projector entry, scan a store or train (those belong to the registry and the
+training engine).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ class AdapterHost:
         self._lock = threading.Lock()
         self._names: list[str] = []
         self._layers: list[Any] | None = None  # the LoRA layers, for fast switching (see _switch)
+        self._visual: dict[str, tuple[Any, Any]] = {}  # name -> (Projector, FeatureSpec), visual adapters only
 
     @property
     def names(self) -> list[str]:
@@ -55,6 +66,7 @@ class AdapterHost:
                 f"adapter {name!r}: {folder.name} must hold adapter_model.safetensors (pickled .bin weights are refused)"
             )
         _check_safetensors(folder / "adapter_model.safetensors", name)
+        visual = self._read_projector(name, folder)  # before peft: a misfit leaves the host as it was
         with self._lock:  # never while a generation runs on the model
             if self.model is self.base_model:
                 from peft import PeftModel
@@ -74,7 +86,59 @@ class AdapterHost:
             self.model.eval()
             self.model.base_model.disable_adapter_layers()  # the bare base between generations
             self._names.append(name)
+            if visual is not None:
+                self._visual[name] = visual
             self._layers = None
+
+    def _read_projector(self, name: str, folder: Path) -> tuple[Any, Any] | None:
+        """`(projector, feature spec)` when `folder` holds a visual adapter, else None; checked."""
+        import json
+
+        from mmchat.adapters.card import CARD_FILE, CardError, check_projector
+        from mmchat.vision.projector import PROJECTOR_FILE
+
+        entry: dict[str, Any] = {}
+        if (folder / CARD_FILE).is_file():
+            try:
+                raw = json.loads((folder / CARD_FILE).read_text(encoding="utf-8")).get("projector")
+                entry = check_projector(raw) if raw not in (None, {}) else {}
+            except (CardError, ValueError, AttributeError, UnicodeDecodeError) as err:
+                raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: {err}") from None
+        path = folder / entry.get("file", PROJECTOR_FILE)
+        if not entry and not path.is_file():
+            return None
+        if not path.is_file():
+            raise UserFacingError(f"adapter {name!r}: its card names a projector, {path.name}, which {folder.name} "
+                                  "does not hold")
+        from mmchat.errors import ConfigError
+        from mmchat.vision.features import FeatureSpec
+        from mmchat.vision.imagenet import FEATURE_DIM
+        from mmchat.vision.projector import load_projector
+
+        try:
+            spec = FeatureSpec(**entry.get("feature_spec", {}))
+        except (TypeError, ConfigError) as err:
+            raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.feature_spec: {err}") from None
+        for key, needed, why in (("tokens_per_image", spec.tokens_per_image, "its feature_spec gives"),
+                                 ("feature_dim", FEATURE_DIM, "the offline image features have")):
+            if entry.get(key, needed) != needed:
+                raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.{key} is {entry[key]}; {why} {needed}")
+        embeddings = self.base_model.get_input_embeddings().weight
+        try:
+            projector = load_projector(path, FEATURE_DIM, int(embeddings.shape[-1]))
+        except UserFacingError as err:
+            raise UserFacingError(f"adapter {name!r}: {err}") from None
+        return projector.to(device=embeddings.device, dtype=embeddings.dtype).requires_grad_(False), spec
+
+    def projector(self, name: str | None) -> Any:
+        """The loaded adapter's `Projector` (None for the base and for adapters without one)."""
+        visual = self._visual.get(adapter_name(name) or "")
+        return visual[0] if visual is not None else None
+
+    def feature_spec(self, name: str | None) -> Any:
+        """The `FeatureSpec` the adapter's projector reads (None without a projector)."""
+        visual = self._visual.get(adapter_name(name) or "")
+        return visual[1] if visual is not None else None
 
     def unload(self, name: str) -> None:
         """Remove a loaded adapter (waits for a generation using the model to end)."""
@@ -87,6 +151,7 @@ class AdapterHost:
             else:
                 self.model.delete_adapter(name)
             self._names.remove(name)
+            self._visual.pop(name, None)
             self._layers = None
 
     def fingerprint(self, vocabulary: dict[str, int]) -> str:

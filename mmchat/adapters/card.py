@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
@@ -26,8 +25,8 @@ CARD_FORMAT = "mmchat.adapter_card/1"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 # peft keeps each adapter's layers in torch ModuleDicts keyed by the adapter's name, so a name
 # that is already an attribute there fails to load ("attribute 'items' already exists"). The
-# names of torch.nn.ModuleDict / ParameterDict attributes that NAME admits, without importing
-# torch here; once torch is loaded, `name_problem` also asks it.
+# names of torch.nn.ModuleDict / ParameterDict attributes that NAME admits, with transformers
+# loaded (a test keeps the list equal to them); no torch import here.
 TORCH_ATTRIBUTES = frozenset({
     "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear", "compile", "copy", "cpu",
     "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "fromkeys", "get", "get_buffer",
@@ -38,7 +37,8 @@ TORCH_ATTRIBUTES = frozenset({
     "register_load_state_dict_pre_hook", "register_module", "register_parameter", "register_state_dict_post_hook",
     "register_state_dict_pre_hook", "requires_grad_", "set_extra_state", "set_submodule", "setdefault",
     "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "update", "values", "xpu",
-    "zero_grad"
+    "zero_grad",
+    "smart_apply",  # added to torch.nn.Module by transformers when it loads
 })
 
 
@@ -46,8 +46,7 @@ def name_problem(name: object) -> str | None:
     """Why `name` cannot name an adapter (None when it can)."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         return f"adapter name {name!r} is not valid; accepted: a-z, 0-9, '-', '_' (at most 48)"
-    torch = sys.modules.get("torch")  # other libraries add methods to torch modules (transformers: smart_apply)
-    if name == "base" or name in TORCH_ATTRIBUTES or (torch is not None and hasattr(torch.nn.ModuleDict, name)):
+    if name == "base" or name in TORCH_ATTRIBUTES:
         why = "the bare base" if name == "base" else "peft keys adapters by name in torch modules, which have one"
         return f"adapter name {name!r} is reserved ({why}); choose another, e.g. 'my-{name}'"
     return None

@@ -175,7 +175,8 @@ class Finetuner:
             report = datasets.builtin_dataset(builtin, BUILTIN_ROWS, seed)
             style, source = builtin, f"builtin:{builtin}"
         elif path is not None:
-            digest = hashlib.sha256(Path(path).read_bytes()[: 2**20] + str(Path(path).stat().st_size).encode())
+            with open(path, "rb") as head:  # the first MB and the size name the upload's image folder
+                digest = hashlib.sha256(head.read(2**20) + str(Path(path).stat().st_size).encode())
             work = self.datasets_dir() / digest.hexdigest()[:16]
             report = datasets.read_dataset(Path(path), work, datasets.DatasetLimits.from_config(self.config),
                                            kept_only=kept_only, name=display)

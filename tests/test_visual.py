@@ -113,3 +113,28 @@ def test_a_short_real_run_on_the_offline_composite_learns_colour_the_label_pathw
     assert sum(losses[-4:]) / 4 < losses[0] / 3, losses
     assert tuned["colour"] >= 0.9 > base["colour"], (tuned, base, replies, base_replies)
     assert replies != base_replies
+
+    # Published as a visual adapter, it answers in chat: the offline backend loads its projector
+    # and sends each photo as the projected vectors, as in training (greedy: the same replies).
+    from PIL import Image
+
+    from mmchat.adapters.store import AdapterStore
+    from mmchat.backends.base import GenerationParams
+    from mmchat.backends.offline import OfflineBackend
+    from mmchat.prompt import Turn, render_messages
+    from mmchat.training.visual import publish_visual
+
+    stored = publish_visual(visual, AdapterStore(tmp_path / "store"), config, base_model=PRESETS["offline"].source,
+                            tokenizer=tokenizer, features=features, metrics={"adapter": tuned, "base": base})
+    assert {p.name for p in stored.folder.iterdir()} >= {"adapter_model.safetensors", "projector.safetensors"}
+    assert stored.card.projector["tokens_per_image"] == 18
+    chat = OfflineBackend.from_preset(PRESETS["offline"], model_cache_dir)
+    assert stored.card.base_fingerprint == chat.base_fingerprint()
+    chat.adapters.load("colours", stored.folder)
+    greedy = GenerationParams(max_new_tokens=12, temperature=0.0)
+    served = []
+    for example in held_out[:4]:
+        messages, _ = render_messages("Answer briefly.", [Turn("user", example.question, ("photo",))])
+        prompt = chat.prepare(messages, [Image.open(example.images[0]).convert("RGB")], adapter="colours")
+        served.append("".join(chat.stream(prompt, greedy)).strip())
+    assert served == replies[:4], (served, replies[:4])

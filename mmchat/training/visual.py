@@ -13,9 +13,9 @@ stop, per-step events) with two learning rates (the projector's higher: colour i
 with it), then `evaluate_visual` asks held-out questions greedily — the adapter through the
 composite, the base through today's label pathway — and scores exact match per skill.
 
-What it does not do yet (issue 13, left for the next steps): serve the projector in chat
-(`OfflineBackend` and `GenerateStream` take token ids), publish it in an adapter folder and
-switch it per message, prompt tuning, LLaVA targets, the Fine-tune tab's visual preset.
+`publish_visual` writes the result as a visual adapter (LoRA files, `projector.safetensors`,
+a card naming it), which the offline backend serves per message. What it does not do yet
+(issue 13, next steps): prompt tuning, LLaVA targets, the Fine-tune tab's visual preset.
 """
 
 from __future__ import annotations
@@ -157,6 +157,49 @@ def train_visual(
                         groups=model.optimizer_groups(config.learning_rate, projector_learning_rate))
 
 
+def publish_visual(
+    model: VisualLM, store: Any, config: TrainingConfig, *, base_model: str, tokenizer: Any, features: Any,
+    metrics: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None,
+    examples: list[dict[str, str]] | None = None,
+) -> Any:
+    """Publish the trained composite as a visual adapter: peft's LoRA files, `projector.safetensors`
+    and a card whose `projector` entry names it (what `AdapterHost` and the offline backend load).
+    `base_model`: the base's source for the card. Returns the `StoredAdapter`."""
+    import shutil
+    import tempfile
+
+    from mmchat.adapters.card import AdapterCard, base_fingerprint
+    from mmchat.adapters.store import CONFIG_FILE, WEIGHTS_FILE
+    from mmchat.vision.projector import PROJECTOR_FILE, save_projector
+
+    lm = model.lm
+    if not hasattr(lm, "peft_config"):
+        raise UserFacingError("only a composite with LoRA layers publishes as an adapter (a projector alone does not yet)")
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    lora = lm.peft_config["default"]
+    targets = lora.target_modules
+    card = AdapterCard(
+        name=config.name, description=config.description, task=config.task, base_model=base_model,
+        base_fingerprint=base_fingerprint(lm.get_base_model().config.to_dict(), text_tokenizer.get_vocab()),
+        rank=config.rank, alpha=float(config.alpha),
+        target_modules=tuple([targets] if isinstance(targets, str) else sorted(targets)),
+        chat_template=text_tokenizer.chat_template or "", dataset=dataset or {}, metrics=metrics or {},
+        examples=examples or [],
+        projector={"file": PROJECTOR_FILE, "feature_spec": dataclasses.asdict(features.spec),
+                   "tokens_per_image": features.tokens_per_image, "feature_dim": features.feature_dim},
+    )
+    with tempfile.TemporaryDirectory(prefix=".mmchat-visual-") as tmp:
+        folder = Path(tmp) / config.name
+        lm.save_pretrained(str(folder), safe_serialization=True)
+
+        def write_weights(staging: Path) -> None:
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(folder / name, staging / name)
+            save_projector(model.projector, staging / PROJECTOR_FILE)
+
+        return store.publish(card, write_weights)
+
+
 def evaluate_visual(
     model: VisualLM, renderer: VisualRenderer, examples: Sequence[Example], *, base: bool = False,
     describe: Callable[[list[str]], list[str]] | None = None, max_new_tokens: int = 12,
@@ -190,4 +233,5 @@ def evaluate_visual(
     return table, replies
 
 
-__all__ = ["VisualEncoded", "VisualLM", "VisualRenderer", "build_visual_model", "evaluate_visual", "train_visual"]
+__all__ = ["VisualEncoded", "VisualLM", "VisualRenderer", "build_visual_model", "evaluate_visual", "publish_visual",
+           "train_visual"]

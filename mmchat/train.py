@@ -36,8 +36,9 @@ training and publishes nothing.
     python -m mmchat.train --run FOLDER [--threads N] [--stop-at STEP]
 
 trains a run folder the app's Fine-tune tab prepared (`mmchat.training.runs`), with
-checkpoints, resume, `log.jsonl` and `status.json` (`mmchat.training.trainer`). It does not evaluate adapters (see `mmchat.training.shipped`
-for the built-in ones) or start the app.
+checkpoints, resume, `log.jsonl` and `status.json` (`mmchat.training.trainer`), and
+evaluates base vs adapter on the run's held-out rows. The TOML path does not evaluate
+adapters (see `mmchat.training.shipped` for the built-in ones); neither starts the app.
 """
 
 from __future__ import annotations

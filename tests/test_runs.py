@@ -25,7 +25,7 @@ from mmchat.config import PRESETS  # noqa: E402
 from mmchat.errors import UserFacingError  # noqa: E402
 from mmchat.training.config import TrainingConfig  # noqa: E402
 from mmchat.training.examples import Example  # noqa: E402
-from mmchat.training.runs import RunFiles, RunManager, example_from_row, example_to_row  # noqa: E402
+from mmchat.training.runs import RunFiles, RunManager, read_examples, write_examples  # noqa: E402
 
 TINY = PRESETS["tiny"]
 EXAMPLES = [Example(f"Question number {i}?", f"Answer {i}.") for i in range(12)]
@@ -77,9 +77,11 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_with_the_uninterrupted_w
     assert resumed.card.metrics["training"]["final_loss"] == whole.card.metrics["training"]["final_loss"]
 
 
-def test_examples_survive_the_run_files_unchanged():
-    example = Example("q?", "a.", (("tabby cat", 0.5),), kind="photo", expected="cat")
-    assert example_from_row(json.loads(json.dumps(example_to_row(example)))) == example
+def test_examples_survive_the_run_files_unchanged(tmp_path):
+    example = Example("q?", "a.", (("tabby cat", 0.5),), kind="photo", expected="cat",
+                      turns=(("user", "q?"), ("assistant", "a.")), images=("/x/1.png",))
+    write_examples(tmp_path / "train.jsonl", [example])
+    assert read_examples(tmp_path / "train.jsonl") == [example]
 
 
 def _manager(tmp_path: Path) -> RunManager:

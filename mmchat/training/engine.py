@@ -382,8 +382,7 @@ def train_adapter(
     model, tokenizer = load_base_copy(preset, cache_dir)  # never the serving model
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     fingerprint = AdapterHost(model).fingerprint(text_tokenizer.get_vocab())
-    options = {"describe": describe} if describe is not None else {}
-    renderer = Renderer(preset.kind, tokenizer, system_prompt, config.max_length, **options)
+    renderer = Renderer(preset.kind, tokenizer, system_prompt, config.max_length, describe=describe)
     encoded = [renderer.encode(example) for example in examples]
     held_out = [renderer.encode(example) for example in eval_examples]
     pad_id = text_tokenizer.pad_token_id if text_tokenizer.pad_token_id is not None else renderer.eos_id
@@ -400,7 +399,7 @@ def train_adapter(
         peft_model.save_pretrained(str(folder), safe_serialization=True)
         metrics: dict[str, Any] = {}
         gallery: list[dict[str, str]] = []
-        target_modules = tuple(_as_list(peft_model.peft_config["default"].target_modules))
+        target_modules = lora_targets(peft_model)
         if evaluate is not None:
             metrics, gallery = evaluate(folder)
         elif evaluate_on_copy is not None:
@@ -430,12 +429,7 @@ def train_adapter(
             examples=gallery,
         )
 
-        def write_weights(staging: Path) -> None:
-            # peft's two files (its README.md template is left out: the card says what it is)
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
-                shutil.copyfile(folder / name, staging / name)
-
-        return store.publish(card, write_weights)
+        return store.publish(card, lambda staging: copy_peft_files(folder, staging))
 
 
 def _sampler(renderer: Renderer, examples: list[Example], max_new_tokens: int = 32) -> Sample:
@@ -460,11 +454,18 @@ def _sampler(renderer: Renderer, examples: list[Example], max_new_tokens: int = 
     return sample
 
 
-def _as_list(targets: Any) -> list[str]:
-    if isinstance(targets, str):
-        return [targets]
-    return sorted(targets)
+def lora_targets(peft_model: Any) -> tuple[str, ...]:
+    """The card's `target_modules`: the LoRA config's list (sorted) or its one regex."""
+    targets = peft_model.peft_config["default"].target_modules
+    return (targets,) if isinstance(targets, str) else tuple(sorted(targets))
+
+
+def copy_peft_files(folder: Path, staging: Path) -> None:
+    """peft's two files from `save_pretrained`'s folder into a staged adapter folder (its
+    README.md template is left out: the card says what the adapter is)."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copyfile(folder / name, staging / name)
 
 
 __all__ = ["TrainingStopped", "answer_loss", "eval_loss", "prepare_model", "run_loop", "step_plan", "step_plan_length",
-           "train_adapter"]
+           "train_adapter", "copy_peft_files", "lora_targets"]

@@ -35,11 +35,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mmchat.errors import UserFacingError
+from mmchat.files import process_alive
 from mmchat.training.examples import Example
 
 RUN_FILE, LOG_FILE, STATUS_FILE, OUTPUT_FILE = "run.json", "log.jsonl", "status.json", "trainer.log"
@@ -50,49 +50,27 @@ STOP_GRACE_S = 4.5  # SIGTERM, then SIGKILL: the goal is "stopped within 5 s"
 RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[a-z0-9_-]{1,48}")
 
 
-def example_to_row(example: Example) -> dict[str, Any]:
-    row = asdict(example)
-    row.pop("extra", None)
-    return row
-
-
-def example_from_row(row: dict[str, Any]) -> Example:
-    """The inverse of `example_to_row` (lists back to tuples)."""
-    def tuples(value: Any) -> Any:
-        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-    known = {k: tuples(v) for k, v in row.items() if k in Example.__dataclass_fields__ and k != "extra"}
-    return Example(**known)
-
-
 def write_examples(path: Path, examples: Iterable[Example]) -> None:
     with path.open("w", encoding="utf-8") as out:
         for example in examples:
-            out.write(json.dumps(example_to_row(example), ensure_ascii=False) + "\n")
+            out.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
 
 
 def read_examples(path: Path) -> list[Example]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as lines:
-        return [example_from_row(json.loads(line)) for line in lines if line.strip()]
+        return [Example.from_json(json.loads(line)) for line in lines if line.strip()]
 
 
 def _pid_alive(pid: int, folder: Path) -> bool:
     """The trainer of `folder` still runs (a reused pid running something else does not count)."""
-    if pid <= 0:
+    if not process_alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    stat = Path(f"/proc/{pid}/stat").read_text(errors="replace") if Path(f"/proc/{pid}/stat").exists() else ""
-    if ") Z" in stat:  # a zombie has finished
-        return False
+        return True  # no /proc here: the pid is alive, trust it
     return "mmchat.train" in cmdline and str(folder) in cmdline
 
 
@@ -403,4 +381,4 @@ class RunManager:
                 process.terminate()
 
 
-__all__ = ["RunFiles", "RunManager", "example_from_row", "example_to_row", "read_examples", "write_examples"]
+__all__ = ["RunFiles", "RunManager", "read_examples", "write_examples"]

@@ -246,18 +246,13 @@ class Finetuner:
 
     # --- starting ---
     def reserved_names(self) -> set[str]:
+        """Every adapter name taken in the shipped and the user store."""
         registry = self.runtime.adapters
-        if registry is None:
-            return set()
-        names = getattr(registry, "reserved_names", None)
-        if callable(names):
-            return set(names())
-        return {a.name for a in registry.store.scan()[0]}
+        return registry.reserved_names() if registry is not None else set()
 
     def user_store(self) -> Path:
         registry = self.runtime.adapters
-        store = getattr(registry, "user_store", None) if registry is not None else None
-        return Path(store.root) if store is not None else self.config.user_adapters_dir()
+        return Path(registry.user_store.root) if registry is not None else self.config.user_adapters_dir()
 
     def start(self, prepared: Prepared, config: TrainingConfig, accept_bad: bool = False) -> str:
         if not self.config.finetune.enabled:

@@ -49,7 +49,7 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
     from mmchat.adapters.store import AdapterStore
     from mmchat.config import PRESETS
     from mmchat.training.config import TrainingConfig
-    from mmchat.training.engine import TrainingStopped, train_adapter
+    from mmchat.training.engine import TrainingStopped, step_plan_length, train_adapter
 
     files = RunFiles(folder)
     stop = threading.Event()
@@ -75,11 +75,9 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
         train = read_examples(folder / TRAIN_FILE)
         held_out = read_examples(folder / EVAL_FILE)
         store = AdapterStore(Path(spec["store"]))
-        if config.name in set(spec.get("reserved", ())) - {config.name} or (store.root / config.name).exists():
+        if config.name in spec.get("reserved", ()):  # the store's own check follows in train_adapter
             raise UserFacingError(f"an adapter named {config.name!r} already exists; choose another name")
-        from mmchat.training.engine import step_plan
-
-        total = len(step_plan(len(train), config))
+        total = step_plan_length(len(train), config)
         files.write_status(total_steps=min(total, stop_at) if stop_at else total, phase="rendering the examples")
 
         def on_event(event: dict[str, Any]) -> None:

@@ -165,24 +165,21 @@ def publish_visual(
     """Publish the trained composite as a visual adapter: peft's LoRA files, `projector.safetensors`
     and a card whose `projector` entry names it (what `AdapterHost` and the offline backend load).
     `base_model`: the base's source for the card. Returns the `StoredAdapter`."""
-    import shutil
     import tempfile
 
     from mmchat.adapters.card import AdapterCard, base_fingerprint
-    from mmchat.adapters.store import CONFIG_FILE, WEIGHTS_FILE
+    from mmchat.training.engine import copy_peft_files, lora_targets
     from mmchat.vision.projector import PROJECTOR_FILE, save_projector
 
     lm = model.lm
     if not hasattr(lm, "peft_config"):
         raise UserFacingError("only a composite with LoRA layers publishes as an adapter (a projector alone does not yet)")
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    lora = lm.peft_config["default"]
-    targets = lora.target_modules
     card = AdapterCard(
         name=config.name, description=config.description, task=config.task, base_model=base_model,
         base_fingerprint=base_fingerprint(lm.get_base_model().config.to_dict(), text_tokenizer.get_vocab()),
         rank=config.rank, alpha=float(config.alpha),
-        target_modules=tuple([targets] if isinstance(targets, str) else sorted(targets)),
+        target_modules=lora_targets(lm),
         chat_template=text_tokenizer.chat_template or "", dataset=dataset or {}, metrics=metrics or {},
         examples=examples or [],
         projector={"file": PROJECTOR_FILE, "feature_spec": dataclasses.asdict(features.spec),
@@ -193,8 +190,7 @@ def publish_visual(
         lm.save_pretrained(str(folder), safe_serialization=True)
 
         def write_weights(staging: Path) -> None:
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
-                shutil.copyfile(folder / name, staging / name)
+            copy_peft_files(folder, staging)
             save_projector(model.projector, staging / PROJECTOR_FILE)
 
         return store.publish(card, write_weights)

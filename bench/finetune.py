@@ -198,6 +198,17 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
+# --targets: the seeds' rows (LoRA alone reads the images through a frozen, seeded projector).
+TARGET_CHOICES = {
+    "projector+lora": {},
+    "lora": {"projector": False},
+    "projector": {"lora": False},
+    "prompt+lora": {"projector": False, "prompt_tokens": 16},
+    "prompt+projector+lora": {"prompt_tokens": 16},
+    "two-stage": {"projector_first": 50},
+}
+
+
 def visual(argv: list[str] | None = None) -> int:
     """`python -m bench finetune --visual`: the offline model learns to see (issue 13's headline).
 
@@ -214,20 +225,18 @@ def visual(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=80)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--projector-only", action="store_true", help="no LoRA: the projector alone learns")
+    parser.add_argument("--targets", default="projector+lora", choices=sorted(TARGET_CHOICES),
+                        help="what learns (the seeds' target table)")
     parser.add_argument("--cache-dir", default="~/.cache/mmchat")
     args = parser.parse_args(argv)
-
-    import torch
 
     from mmchat.backends.offline import ClassifierLabelPathway
     from mmchat.backends.registry import load_base_copy
     from mmchat.config import PRESETS, GenerationDefaults
     from mmchat.training import shapes
     from mmchat.training.config import TrainingConfig
-    from mmchat.training.engine import prepare_model
     from mmchat.training.examples import image_describer
-    from mmchat.training.visual import VisualRenderer, build_visual_model, evaluate_visual
+    from mmchat.training.visual import VisualRenderer, VisualTargets, evaluate_visual, prepare_visual, train_visual
     from mmchat.vision.features import shared_features
     from mmchat.vision.imagenet import shared_classifier
 
@@ -242,12 +251,9 @@ def visual(argv: list[str] | None = None) -> int:
     config = TrainingConfig(name="shapes", description="sees shapes", rank=16, alpha=32,
                             target_modules=("q_proj", "v_proj"), learning_rate=1e-3, max_steps=args.steps,
                             batch_size=8, seed=0)
+    targets = VisualTargets(**TARGET_CHOICES[args.targets])
     features = shared_features(cache_dir)
-    lm = model if args.projector_only else prepare_model(model, "offline", config)
-    if args.projector_only:
-        for p in lm.parameters():
-            p.requires_grad_(False)
-    composite = build_visual_model(lm, tokenizer, features, seed=0)
+    composite = prepare_visual(model, tokenizer, features, config, targets)
     renderer = VisualRenderer(tokenizer, GenerationDefaults().system_prompt, features)
     t0 = time.perf_counter()
     for example in train:  # features once per picture, before the clock starts
@@ -269,30 +275,23 @@ def visual(argv: list[str] | None = None) -> int:
             tokens += event["tokens"]
             losses.append((event["step"], event["loss"]))
 
-    # One run; evaluate at the checkpoints the loop writes (resume equals an uninterrupted run).
+    # One run through `train_visual` (the tab's path), evaluated at the checkpoints the loop
+    # writes: a resumed run ends with the weights an uninterrupted one would have.
     checkpoints = work / "checkpoints"
     step_config = TrainingConfig.from_mapping({**config.to_dict(), "checkpoint_every": args.eval_every})
-    from mmchat.training.engine import run_loop
-
-    encoded = [renderer.encode(example) for example in train]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.renderer.eos_id
-    groups = composite.optimizer_groups(config.learning_rate, 3e-3)
     stop_at = args.eval_every
     while True:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            run_loop(composite, encoded, step_config, pad, on_event=on_event, checkpoints=checkpoints,
-                     stop_at=stop_at, groups=groups)
+        train_visual(composite, renderer, train, step_config, targets, on_event=on_event, checkpoints=checkpoints,
+                     stop_at=stop_at)
         table, replies = evaluate_visual(composite, renderer, held_out)
         curve.append({"step": stop_at, "train_s": round(train_s, 1), **table})
         print(f"step {stop_at}: {train_s / 60:.1f} min of training, held-out exact match {table}", flush=True)
         if stop_at >= args.steps:
             break
         stop_at = min(args.steps, stop_at + args.eval_every)
-        groups = composite.optimizer_groups(config.learning_rate, 3e-3)
     final = curve[-1]
     reached = next((c for c in curve if c["all"] >= 0.85), None)
-    result = {"targets": "projector" if args.projector_only else "projector + LoRA r=16 q,v",
+    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""),
               "train_rows": len(train), "held_out_rows": len(held_out), "steps": args.steps, "batch": 8,
               "features_s": round(features_s, 1), "train_s": round(train_s, 1),
               "tokens_per_s": round(tokens / train_s, 1) if train_s else None, "base": base, "curve": curve,
@@ -300,7 +299,7 @@ def visual(argv: list[str] | None = None) -> int:
                                                    for e, r in list(zip(held_out, replies))[:8]]}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    name = "finetune-visual" + ("-projector" if args.projector_only else "")
+    name = "finetune-visual" + ("" if args.targets == "projector+lora" else "-" + args.targets.replace("+", "-"))
     (out / f"{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     _plot(losses, curve, out / f"{name}-loss.png")
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=1))

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmchat.errors import ConfigError, UserFacingError
-from mmchat.vision.features import COLOUR_SCALE, FeatureSpec, ImageFeatures, colour_tokens, shared_features
+from mmchat.vision.features import (COLOUR_SCALE, FeatureSpec, ImageFeatures, cell_colours, colour_tokens,
+                                    shared_features)
 from mmchat.vision.imagenet import FEATURE_DIM, shared_classifier
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,10 @@ def test_spec_counts_tokens_and_refuses_bad_values():
     assert FeatureSpec().colour_width == 6 + 64 + 6 + 48
     layout = FeatureSpec(grid=2, colour_bins=3, hue_bins=0).colour_layout
     assert [(s.start, s.stop) for s in layout.values()] == [(0, 3), (3, 6), (6, 33), (33, 33), (33, 45)]
-    for bad in ({"grid": 0}, {"grid": 8}, {"grid": 2.5}, {"colour_bins": 1}, {"hue_bins": -1}, {"grid": True}):
+    assert (FeatureSpec().cell_colour_width, FeatureSpec().token_dim) == (9, FEATURE_DIM + 9)
+    assert (FeatureSpec(cell_hue_bins=0).cell_colour_width, FeatureSpec(cell_hue_bins=0).token_dim) == (0, FEATURE_DIM)
+    for bad in ({"grid": 0}, {"grid": 8}, {"grid": 2.5}, {"colour_bins": 1}, {"hue_bins": -1}, {"grid": True},
+                {"cell_hue_bins": 37}):
         with pytest.raises(ConfigError) as err:
             FeatureSpec(**bad)
         name, value = next(iter(bad.items()))
@@ -69,14 +73,18 @@ def test_spec_counts_tokens_and_refuses_bad_values():
         assert isinstance(err.value, UserFacingError)
 
 
-def test_encode_gives_k_tokens_of_1280_per_image(features, cat_image, coffee_image):
-    assert (features.tokens_per_image, features.feature_dim) == (18, FEATURE_DIM)
+def test_encode_gives_k_tokens_of_1280_deep_features_and_cell_colour(features, cat_image, coffee_image):
+    width = FEATURE_DIM + 9
+    assert (features.tokens_per_image, features.feature_dim) == (18, width)
     tokens = features.encode([cat_image, coffee_image, cat_image.convert("RGBA")])
-    assert tokens.shape == (3, 18, FEATURE_DIM) and tokens.dtype == torch.float32
+    assert tokens.shape == (3, 18, width) and tokens.dtype == torch.float32
     assert not tokens.requires_grad and torch.isfinite(tokens).all()
     torch.testing.assert_close(tokens[0], tokens[2], atol=1e-4, rtol=1e-4)  # alpha dropped
     assert not torch.allclose(tokens[0], tokens[1])
-    assert features.encode([]).shape == (0, 18, FEATURE_DIM)
+    assert features.encode([]).shape == (0, 18, width)
+    # Cell colour only in the grid tokens' trailing entries; the pooled and colour tokens have none.
+    assert (tokens[:, 16:, FEATURE_DIM:] == 0).all() and (tokens[:, :16, FEATURE_DIM:] != 0).any()
+    tokens = tokens[..., :FEATURE_DIM]
     # Colour token: values only in its leading entries, and a norm of the deep tokens' order.
     colour = tokens[:, 17]
     width = features.spec.colour_width
@@ -87,8 +95,8 @@ def test_encode_gives_k_tokens_of_1280_per_image(features, cat_image, coffee_ima
 
 def test_a_coarser_grid_gives_fewer_tokens(classifier, cat_image):
     tokens = ImageFeatures(classifier, FeatureSpec(grid=2)).encode([cat_image])
-    assert tokens.shape == (1, 6, FEATURE_DIM)
-    fine = ImageFeatures(classifier, FeatureSpec(grid=7)).encode([cat_image])
+    assert tokens.shape == (1, 6, FEATURE_DIM + 9)
+    fine = ImageFeatures(classifier, FeatureSpec(grid=7, cell_hue_bins=0)).encode([cat_image])
     assert fine.shape == (1, 51, FEATURE_DIM)
     # The 7 x 7 grid is the feature map itself: its mean is the pooled token.
     torch.testing.assert_close(fine[0, :49].mean(0), fine[0, 49], atol=1e-5, rtol=1e-5)
@@ -103,7 +111,8 @@ def test_encode_refuses_what_is_not_a_list_of_images(features, cat_image):
 
 def test_pooled_token_is_the_classifiers_features(features, classifier, cat_image, coffee_image):
     tokens = features.encode([cat_image, coffee_image])
-    torch.testing.assert_close(tokens[:, 16], classifier.features([cat_image, coffee_image]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens[:, 16, :FEATURE_DIM], classifier.features([cat_image, coffee_image]),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_encoding_is_deterministic(classifier, features, cat_image, coffee_image):
@@ -176,6 +185,25 @@ def test_colour_token_layout_on_plain_colours():
     # A shade between two RGB bin centres shares its weight between them (square roots of 1/2).
     torch.testing.assert_close(token(0.5, 0.0, 0.0)[layout["rgb_histogram"]][[16, 32]], torch.tensor([half, half]))
     assert (red[spec.colour_width :] == 0).all()
+
+
+def test_cell_colour_says_which_colour_stands_in_which_cell():
+    """A red disc in the top-left cell and a blue one in the bottom-right, on grey: each cell's
+    hue histogram names its own disc's colour; cells with only background have no hue."""
+    spec = FeatureSpec()
+    image = Image.new("RGB", (224, 224), (200, 200, 200))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((8, 8, 48, 48), fill=(230, 20, 20))
+    draw.ellipse((176, 176, 216, 216), fill=(20, 40, 230))
+    rgb = torch.tensor(list(image.getdata()), dtype=torch.float32).T.reshape(1, 3, 224, 224) / 255
+    cells = cell_colours(rgb, spec) / COLOUR_SCALE
+    assert cells.shape == (1, 16, 9)
+    hue = cells[0, :, 3:]
+    assert hue[0].argmax() == 0 and hue[15].argmax() == 4  # bins: red, yellow, green, cyan, blue, magenta
+    assert hue[0, 0] > 0.5 and hue[15, 4] > 0.5
+    assert hue[[i for i in range(16) if i not in (0, 15)]].abs().max() == 0
+    # Mean RGB relative to the image's: red above in r, blue above in b.
+    assert cells[0, 0, 0] > 0 > cells[0, 0, 2] and cells[0, 15, 2] > 0 > cells[0, 15, 0]
 
 
 def test_colour_token_separates_colours_and_keeps_two_reds_close(features):

@@ -112,7 +112,6 @@ class AdapterHost:
                                   "does not hold")
         from mmchat.errors import ConfigError
         from mmchat.vision.features import FeatureSpec
-        from mmchat.vision.imagenet import FEATURE_DIM
         from mmchat.vision.projector import load_projector
 
         try:
@@ -120,12 +119,12 @@ class AdapterHost:
         except (TypeError, ConfigError) as err:
             raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.feature_spec: {err}") from None
         for key, needed, why in (("tokens_per_image", spec.tokens_per_image, "its feature_spec gives"),
-                                 ("feature_dim", FEATURE_DIM, "the offline image features have")):
+                                 ("feature_dim", spec.token_dim, "the offline image features of that spec have")):
             if entry.get(key, needed) != needed:
                 raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.{key} is {entry[key]}; {why} {needed}")
         embeddings = self.base_model.get_input_embeddings().weight
         try:
-            projector = load_projector(path, FEATURE_DIM, int(embeddings.shape[-1]))
+            projector = load_projector(path, spec.token_dim, int(embeddings.shape[-1]))
         except UserFacingError as err:
             raise UserFacingError(f"adapter {name!r}: {err}") from None
         return projector.to(device=embeddings.device, dtype=embeddings.dtype).requires_grad_(False), spec

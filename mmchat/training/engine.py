@@ -40,6 +40,7 @@ choose datasets, evaluate by itself, or serve the adapter (that is `mmchat.adapt
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import tempfile
@@ -96,20 +97,43 @@ def _is_4bit(model: Any) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False))
 
 
-def _batches(count: int, batch_size: int, epochs: int, max_steps: int, seed: int) -> list[list[int]]:
-    """Example indices per step: a seeded shuffle per epoch, cut to `max_steps` (0: all epochs)."""
+def _batches(count: int, batch_size: int, epochs: int, max_steps: int, seed: int,
+             strata: Sequence[str] | None = None) -> list[list[int]]:
+    """Example indices per step: a seeded shuffle per epoch, cut to `max_steps` (0: all epochs).
+
+    `strata` (one label per example, e.g. its skill): each epoch takes the strata in turn, each
+    shuffled, so every batch holds them in equal shares while they last (task-balanced batches:
+    a batch of 8 over four skills is 2 + 2 + 2 + 2, not whatever a shuffle deals)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     steps: list[list[int]] = []
     epoch = 0
+    groups: dict[str, list[int]] = {}
+    for index, label in enumerate(strata or ()):
+        groups.setdefault(label, []).append(index)
     while True:
-        order = torch.randperm(count, generator=generator).tolist()
+        if strata:
+            shuffled = [[members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+                        for members in groups.values()]
+            order = [index for turn in itertools.zip_longest(*shuffled) for index in turn if index is not None]
+        else:
+            order = torch.randperm(count, generator=generator).tolist()
         steps.extend(order[i: i + batch_size] for i in range(0, count, batch_size))
         epoch += 1
         if (max_steps and len(steps) >= max_steps) or (not max_steps and epoch >= epochs):
             break
     return steps[:max_steps] if max_steps else steps
+
+
+def _from_step(schedule: Callable[[int], float], start: int) -> Callable[[int], float]:
+    """An LR multiplier that is 0 before `start` steps have been taken and `schedule` from then on.
+    A plain function on purpose: `LambdaLR` keeps no state of one in its checkpoints."""
+
+    def multiplier(step: int) -> float:
+        return schedule(step) if step >= start else 0.0
+
+    return multiplier
 
 
 def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
@@ -127,10 +151,13 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     return F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
-def step_plan(count: int, config: TrainingConfig) -> list[list[list[int]]]:
-    """Example indices per optimizer step: `grad_accum` batches each, from the seeded shuffle."""
+def step_plan(count: int, config: TrainingConfig, strata: Sequence[str] | None = None) -> list[list[list[int]]]:
+    """Example indices per optimizer step: `grad_accum` batches each, from the seeded shuffle
+    (balanced over `strata`, one label per example, when given)."""
+    if strata is not None and len(strata) != count:
+        raise ValueError(f"strata has {len(strata)} labels for {count} examples")
     accum = config.grad_accum
-    batches = _batches(count, config.batch_size, config.epochs, config.max_steps * accum, config.seed)
+    batches = _batches(count, config.batch_size, config.epochs, config.max_steps * accum, config.seed, strata)
     return [batches[i: i + accum] for i in range(0, len(batches), accum)]
 
 
@@ -184,6 +211,7 @@ def run_loop(
     sample: Sample | None = None,
     stop_at: int = 0,
     groups: list[dict[str, Any]] | None = None,
+    strata: Sequence[str] | None = None,
 ) -> list[float]:
     """Train `model` (a PeftModel) in place; the loss of every step, from step 1 (resumed runs too).
 
@@ -194,7 +222,9 @@ def run_loop(
     `checkpoint_every` steps and when `stop` is set (then `TrainingStopped` is raised), so a
     resumed run ends with the weights an uninterrupted one would have. `stop_at`: end after
     that step (to publish what a stopped run had learnt). `groups`: AdamW parameter groups
-    with their own learning rates (default: every trainable parameter at `learning_rate`).
+    with their own learning rates (default: every trainable parameter at `learning_rate`); a
+    group's "start_step": N holds it still for the first N steps (two-stage training).
+    `strata`: one label per example for task-balanced batches (see `_batches`).
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -202,11 +232,16 @@ def run_loop(
     from mmchat.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from mmchat.training.collate import collate
 
-    plan = step_plan(len(encoded), config)
+    plan = step_plan(len(encoded), config, strata)
     total = len(plan)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(groups or params, lr=config.learning_rate, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total), total)
+    if groups and any(group.get("start_step") for group in groups):
+        # Staged training (LLaVA's two stages): a group with "start_step" N learns from step N + 1.
+        linear = scheduler.lr_lambdas[0]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [_from_step(linear, int(g.get("start_step", 0))) for g in optimizer.param_groups])
     losses: list[float] = []
     done = 0
     latest = latest_checkpoint(checkpoints) if checkpoints is not None else None

@@ -36,6 +36,65 @@ from mmchat.training.examples import Encoded, Example, Renderer
 from mmchat.vision.projector import Projector
 
 
+MAX_PROMPT_TOKENS = 64  # soft prompt vectors accepted (10-20 is the usual range)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualTargets:
+    """What a visual run trains on the offline composite (the seeds' target table).
+
+    `lora`: LoRA on the language model (the run's `TrainingConfig` gives rank, alpha and target
+    modules). `projector`: the projector learns (at `projector_learning_rate`); when False it
+    stays as built — a seeded random one, or the one continued from an adapter. `prompt_tokens`:
+    that many learned soft-prompt vectors (prompt tuning, at `prompt_learning_rate`), 0 for
+    none. `projector_first`: two-stage training as LLaVA does it: for the first that many
+    steps only the projector learns, then everything chosen does.
+    """
+
+    lora: bool = True
+    projector: bool = True
+    prompt_tokens: int = 0
+    projector_learning_rate: float = 3e-3
+    prompt_learning_rate: float = 3e-3
+    projector_first: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("lora", "projector"):
+            if not isinstance(getattr(self, key), bool):
+                raise UserFacingError(f"{key} {getattr(self, key)!r} is not valid; accepted: true or false")
+        for key, low, high, accepted in (("prompt_tokens", 0, MAX_PROMPT_TOKENS, f"a whole number 0..{MAX_PROMPT_TOKENS}"),
+                                         ("projector_first", 0, 100_000, "a whole number of steps 0..100000")):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UserFacingError(f"{key} {value!r} is out of range; accepted: {accepted}")
+        for key in ("projector_learning_rate", "prompt_learning_rate"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1e-6 <= value <= 0.1:
+                raise UserFacingError(f"{key} {value!r} is out of range; accepted: 1e-6..0.1")
+        if not (self.lora or self.projector or self.prompt_tokens):
+            raise UserFacingError("a visual run must train something: LoRA, the projector or prompt vectors")
+        if self.projector_first and not (self.projector and (self.lora or self.prompt_tokens)):
+            raise UserFacingError("projector_first (two-stage) needs the projector and LoRA or prompt vectors to train")
+
+    @property
+    def label(self) -> str:
+        """'projector + LoRA', 'prompt (16) + LoRA', ... for cards, tables and the tab."""
+        parts = (["projector"] if self.projector else []) + ([f"prompt ({self.prompt_tokens})"] if self.prompt_tokens
+                                                              else []) + (["LoRA"] if self.lora else [])
+        return " + ".join(parts) + (f", projector alone for {self.projector_first} steps" if self.projector_first else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "VisualTargets":
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UserFacingError(f"unknown visual target settings {unknown}; accepted: "
+                                  f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**values)
+
+
 @dataclasses.dataclass(frozen=True)
 class VisualEncoded(Encoded):
     features: Any = None  # (images, k, feature_dim): this example's images, in prompt order
@@ -60,13 +119,15 @@ class VisualLM(nn.Module):
         return self.lm(inputs_embeds=self.embed(input_ids, image_features), attention_mask=attention_mask,
                        logits_to_keep=logits_to_keep)
 
-    def optimizer_groups(self, learning_rate: float, projector_learning_rate: float) -> list[dict[str, Any]]:
-        """AdamW parameter groups: the LoRA weights at `learning_rate`, the projector at its own."""
+    def optimizer_groups(self, learning_rate: float, projector_learning_rate: float,
+                         projector_first: int = 0) -> list[dict[str, Any]]:
+        """AdamW parameter groups: the LoRA weights at `learning_rate` (held for the first
+        `projector_first` steps: two-stage), the projector at its own rate."""
         projector = [p for p in self.projector.parameters() if p.requires_grad]
         ids = {id(p) for p in projector}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": projector, "lr": projector_learning_rate}]
-        return ([{"params": rest, "lr": learning_rate}] if rest else []) + groups
+        groups = [{"params": projector, "lr": projector_learning_rate}] if projector else []
+        return ([{"params": rest, "lr": learning_rate, "start_step": projector_first}] if rest else []) + groups
 
     @torch.no_grad()
     def answer(self, input_ids: list[int], image_features: torch.Tensor | None, tokenizer: Any, eos_id: int,
@@ -125,13 +186,35 @@ class VisualRenderer:
         return self.renderer.prompt_ids(example), self.image_features(list(example.images))
 
 
-def build_visual_model(lm: nn.Module, tokenizer: Any, features: Any, seed: int) -> VisualLM:
-    """The composite with a fresh projector (seeded) from the features' width to the LM's."""
+def build_visual_model(lm: nn.Module, tokenizer: Any, features: Any, seed: int,
+                       projector: Projector | None = None) -> VisualLM:
+    """The composite with `projector` (default: a fresh one, seeded) from the features' width to the LM's."""
     hidden = lm.get_input_embeddings().weight.shape[-1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        projector = Projector(features.feature_dim, hidden)
+    if projector is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            projector = Projector(features.feature_dim, hidden)
     return VisualLM(lm, projector, placeholder_id(tokenizer))
+
+
+def prepare_visual(base: nn.Module, tokenizer: Any, features: Any, config: TrainingConfig, targets: VisualTargets,
+                   projector: Projector | None = None) -> VisualLM:
+    """The composite on a fresh base copy, set up to train `targets`: LoRA layers (seeded, the
+    engine's `prepare_model`) or a frozen language model, the projector (`projector` to continue
+    one) trainable or frozen."""
+    from mmchat.training.engine import prepare_model
+
+    if targets.lora:
+        lm = prepare_model(base, "offline", config)
+    else:
+        lm = base
+        for parameter in lm.parameters():
+            parameter.requires_grad_(False)
+    model = build_visual_model(lm, tokenizer, features, config.seed, projector)
+    model.projector.requires_grad_(targets.projector)
+    if targets.prompt_tokens:
+        raise UserFacingError("prompt tuning is not built yet")  # issue 13: soft prompt vectors
+    return model
 
 
 def train_visual(
@@ -139,14 +222,17 @@ def train_visual(
     renderer: VisualRenderer,
     examples: Sequence[Example],
     config: TrainingConfig,
-    projector_learning_rate: float = 3e-3,
+    targets: VisualTargets = VisualTargets(),
     *,
     progress: Callable[[int, int, float], None] | None = None,
     stop: threading.Event | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     checkpoints: Path | None = None,
+    stop_at: int = 0,
 ) -> list[float]:
-    """Train the composite in place through the engine's loop; the loss of every step."""
+    """Train the composite in place through the engine's loop; the loss of every step.
+
+    Batches are balanced over the examples' kinds (each skill in equal shares per batch)."""
     from mmchat.training.engine import run_loop
 
     encoded = [renderer.encode(example) for example in examples]
@@ -154,7 +240,9 @@ def train_visual(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return run_loop(model, encoded, config, pad, progress, stop, checkpoints=checkpoints, on_event=on_event,
-                        groups=model.optimizer_groups(config.learning_rate, projector_learning_rate))
+                        groups=model.optimizer_groups(config.learning_rate, targets.projector_learning_rate,
+                                                      targets.projector_first),
+                        strata=[example.kind or "other" for example in examples], stop_at=stop_at)
 
 
 def publish_visual(
@@ -229,5 +317,5 @@ def evaluate_visual(
     return table, replies
 
 
-__all__ = ["VisualEncoded", "VisualLM", "VisualRenderer", "build_visual_model", "evaluate_visual", "publish_visual",
-           "train_visual"]
+__all__ = ["MAX_PROMPT_TOKENS", "VisualEncoded", "VisualLM", "VisualRenderer", "VisualTargets", "build_visual_model",
+           "evaluate_visual", "prepare_visual", "publish_visual", "train_visual"]

@@ -200,14 +200,13 @@ def build_visual_model(lm: nn.Module, tokenizer: Any, features: Any, seed: int,
 def prepare_visual(base: nn.Module, tokenizer: Any, features: Any, config: TrainingConfig, targets: VisualTargets,
                    projector: Projector | None = None) -> VisualLM:
     """The composite on a fresh base copy, set up to train `targets`: LoRA layers (seeded, the
-    engine's `prepare_model`) or a frozen language model, the projector (`projector` to continue
-    one) trainable or frozen."""
+    engine's `prepare_model`), frozen when `targets.lora` is False — peft starts LoRA's B at
+    zero, so frozen layers leave the base exactly as it was and every visual run publishes the
+    same way — and the projector (`projector` to continue one) trainable or frozen."""
     from mmchat.training.engine import prepare_model
 
-    if targets.lora:
-        lm = prepare_model(base, "offline", config)
-    else:
-        lm = base
+    lm = prepare_model(base, "offline", config)
+    if not targets.lora:
         for parameter in lm.parameters():
             parameter.requires_grad_(False)
     model = build_visual_model(lm, tokenizer, features, config.seed, projector)

@@ -1,4 +1,4 @@
-"""Command line: train a LoRA adapter and publish it into the adapter store.
+"""Command line: train a LoRA adapter (with [visual]: a visual adapter) and publish it into the adapter store.
 
     python -m mmchat.train CONFIG.toml [--store DIR] [--cache-dir DIR]
 
@@ -14,8 +14,9 @@ CONFIG.toml::
     [dataset]
     source = "data.jsonl"      # a dataset file relative to this one (JSONL, JSON list, zip with images,
                                # chat export; see mmchat.training.datasets), or "builtin:one-word" /
-                               # "builtin:caption" / "builtin:json"
+                               # "builtin:caption" / "builtin:json" / "builtin:shapes" (pictures: needs [visual])
     examples = 320             # built-in datasets only: how many to generate
+    caption_to_vqa = [1, 2]    # builtin:shapes only: captions : questions (default [0, 1], questions only)
     seed = 0                   # seeds the image descriptions (and the built-in generator; 0: its own)
     kept_only = true           # chat exports: only answers that ended on their own
     skip_bad = false           # true: train on the usable rows of a file with bad rows
@@ -28,6 +29,17 @@ CONFIG.toml::
 
     [generation]
     system_prompt = "..."      # default: the app's default system prompt (what chat sends)
+
+    [visual]                   # train the offline model's image pathway (mmchat.training.visual.VisualTargets)
+    lora = true                # LoRA on the language model ([training] rank, alpha, target_modules)
+    projector = true           # the projector, at its own learning rate
+    projector_learning_rate = 3e-3
+    projector_first = 0        # two-stage: the projector alone for this many steps first
+    prompt_tokens = 0          # prompt tuning: learned soft-prompt vectors (1..64), at prompt_learning_rate
+
+With a `[visual]` table the run trains the offline model's image pathway on the dataset's
+pictures (`mmchat.training.visual_run`): LoRA and/or the projector, two-stage or prompt
+tuning, published with `projector.safetensors`.
 
 It prints one line per step (step, total, loss) and the published adapter's folder; a bad
 value is reported as one line naming it and what is accepted (exit status 2). Ctrl-C stops
@@ -57,7 +69,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from mmchat.config import PRESETS, AdaptersConfig, GenerationDefaults, read_toml  # noqa: E402
 from mmchat.errors import UserFacingError  # noqa: E402
 
-SECTIONS = ("training", "dataset", "model", "adapters", "generation")
+SECTIONS = ("training", "dataset", "model", "adapters", "generation", "visual")
 
 
 def read_config(path: Path) -> dict[str, dict[str, Any]]:
@@ -78,19 +90,20 @@ def load_dataset(table: dict[str, Any], base_dir: Path, work_dir: Path | None = 
     datasets; `seed` also seeds the invented photo labels of `image_label` rows), `kept_only`
     (chat exports: only answers that ended on their own; default true) and `skip_bad` (train on
     the usable rows of a file with bad rows; default false: bad rows are refused, the first
-    ones named). Image copies go to `work_dir` (default: `base_dir/.mmchat-dataset`).
+    ones named), and `caption_to_vqa` (builtin:shapes: captions : questions). Image copies and
+    the shapes pictures go to `work_dir` (default: `base_dir/.mmchat-dataset`).
     """
     from mmchat.training import builtin_data
-    from mmchat.training.datasets import DatasetLimits, builtin_dataset, read_dataset
+    from mmchat.training.datasets import VISUAL_BUILTIN, DatasetLimits, builtin_dataset, read_dataset, shapes_dataset
 
-    accepted = ("source", "examples", "seed", "kept_only", "skip_bad")
+    accepted = ("source", "examples", "seed", "kept_only", "skip_bad", "caption_to_vqa")
     unknown = sorted(set(table) - set(accepted))
     if unknown:
         raise UserFacingError(f"unknown [dataset] key(s) {unknown}; accepted: {', '.join(accepted)}")
     source = table.get("source")
     if not isinstance(source, str) or not source:
         raise UserFacingError("[dataset] source is missing; accepted: a dataset file (JSONL, JSON or zip) or "
-                              f"builtin:NAME ({', '.join(builtin_data.STYLES)})")
+                              f"builtin:NAME ({', '.join([*builtin_data.STYLES, *VISUAL_BUILTIN])})")
     seed = table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserFacingError(f"[dataset] seed {seed!r} is not valid; accepted: an integer >= 0")
@@ -101,10 +114,18 @@ def load_dataset(table: dict[str, Any], base_dir: Path, work_dir: Path | None = 
         count = table.get("examples", builtin_data_default())
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
             raise UserFacingError(f"[dataset] examples {count!r} is out of range; accepted: 1..100000")
+        if source.removeprefix("builtin:") in VISUAL_BUILTIN:
+            ratio = table.get("caption_to_vqa")
+            report = shapes_dataset(count, work_dir or base_dir / ".mmchat-dataset", seed,
+                                    tuple(ratio) if isinstance(ratio, list) else ratio)
+            return report.examples, {"source": source, "seed": seed, "caption_to_vqa": ratio or [0, 1]}
+        if "caption_to_vqa" in table:
+            raise UserFacingError("[dataset] caption_to_vqa applies to builtin:shapes only")
         report = builtin_dataset(source.removeprefix("builtin:"), count, seed=seed)
         return report.examples, {"source": source, "seed": seed}
-    if "examples" in table:
-        raise UserFacingError("[dataset] examples applies to builtin: datasets only; a dataset file uses all its rows")
+    for key in ("examples", "caption_to_vqa"):
+        if key in table:
+            raise UserFacingError(f"[dataset] {key} applies to builtin: datasets only; a dataset file uses all its rows")
     path = (base_dir / source).resolve()
     if not path.is_file():
         raise UserFacingError(f"[dataset] source {source!r} is not a file here ({path}); accepted: a dataset file "
@@ -120,6 +141,20 @@ def load_dataset(table: dict[str, Any], base_dir: Path, work_dir: Path | None = 
         raise UserFacingError(f"{path.name} has no usable rows; accepted: {{\"question\", \"answer\"}}, "
                               "{\"instruction\", \"output\"} or {\"messages\": [...]} rows")
     return report.examples, {"source": path.name, "seed": seed, "formats": report.formats}
+
+
+def visual_targets(data: dict[str, Any], source: str) -> Any:
+    """The [visual] table as `VisualTargets` (None without one); builtin:shapes needs it."""
+    from mmchat.training.datasets import VISUAL_BUILTIN
+
+    if "visual" not in data:
+        if source.removeprefix("builtin:") in VISUAL_BUILTIN:
+            raise UserFacingError(f"[dataset] source {source!r} trains the image pathway; add a [visual] table "
+                                  "(e.g. lora = true, projector = true)")
+        return None
+    from mmchat.training.visual import VisualTargets
+
+    return VisualTargets.from_mapping(data["visual"])
 
 
 def builtin_data_default() -> int:
@@ -165,16 +200,25 @@ def main(argv: list[str] | None = None) -> int:
             store_path = adapters.resolved_path()
         store = AdapterStore(store_path)
         system_prompt = data.get("generation", {}).get("system_prompt", GenerationDefaults().system_prompt)
-        print(f"training {config.name!r} on {preset_name} with {len(examples)} examples", flush=True)
+        visual = visual_targets(data, dataset["source"])
+        print(f"training {config.name!r} on {preset_name} with {len(examples)} examples"
+              + (f", visual: {visual.label}" if visual else ""), flush=True)
 
         def progress(step: int, total: int, loss: float) -> None:
             print(f"step {step}/{total} loss {loss:.4f}", flush=True)
 
-        from mmchat.training.trainer import image_describer_for
+        if visual is not None:
+            from mmchat.training.visual_run import train_visual_adapter
 
-        stored = train_adapter(config, examples, store, preset=PRESETS[preset_name], cache_dir=cache_dir,
-                               system_prompt=system_prompt, progress=progress, stop=stop, dataset=dataset,
-                               describe=image_describer_for(examples, PRESETS[preset_name], cache_dir))
+            stored, _ = train_visual_adapter(config, visual, examples, store, preset=PRESETS[preset_name],
+                                             cache_dir=cache_dir, system_prompt=system_prompt, dataset=dataset,
+                                             stop=stop, progress=progress)
+        else:
+            from mmchat.training.trainer import image_describer_for
+
+            stored = train_adapter(config, examples, store, preset=PRESETS[preset_name], cache_dir=cache_dir,
+                                   system_prompt=system_prompt, progress=progress, stop=stop, dataset=dataset,
+                                   describe=image_describer_for(examples, PRESETS[preset_name], cache_dir))
     except UserFacingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

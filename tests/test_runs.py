@@ -273,3 +273,52 @@ def test_a_run_ended_early_by_stop_at_checkpoints_there_and_continues_to_the_sam
     assert len(trained(model, checkpoints=tmp_path / "c", stop_at=3)) == 3
     assert len(trained(model, checkpoints=tmp_path / "c")) == 6
     assert all(torch.allclose(whole[n], p, atol=1e-6) for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_a_visual_run_stopped_and_resumed_ends_done_with_per_skill_metrics_and_a_projector(tmp_path, model_cache_dir):
+    """The offline model learns to see in the trainer process: a shapes run (projector + LoRA)
+    stopped after its checkpoint, resumed to the end, evaluated per skill (base through the
+    label pathway, adapter through the projector) and published as a visual adapter."""
+    from mmchat.training import shapes
+
+    pictures = tmp_path / "pictures"
+    train = shapes.generate(24, seed=0, caption_ratio=(0, 1), out_dir=pictures)
+    held_out = shapes.generate(8, seed=0, caption_ratio=(0, 1), held_out=True, out_dir=pictures)
+    manager = _manager(tmp_path)
+    spec = {**_spec(tmp_path, model_cache_dir, name="sees-shapes", max_steps=6, batch_size=4, checkpoint_every=2,
+                    learning_rate=1e-3, rank=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.0,
+                    warmup_steps=0),
+            "preset": "offline", "visual": {"lora": True, "projector": True, "projector_learning_rate": 3e-3}}
+    run_id = manager.start(spec, train, held_out)
+    deadline = time.monotonic() + 180
+    while manager.status(run_id)["checkpoint_step"] < 2:
+        assert manager.status(run_id)["state"] in ("starting", "running"), manager.status(run_id)
+        assert time.monotonic() < deadline, manager.status(run_id)
+        time.sleep(0.2)
+    status = manager.stop(run_id)
+    assert status["state"] == "stopped" and status["resumable"] and status["checkpoint_step"] >= 2, status
+    assert AdapterStore(tmp_path / "user-adapters").scan() == ([], [])
+
+    manager.resume(run_id)
+    status = _wait(manager, run_id, ("done", "failed", "stopped"))
+    assert status["state"] == "done", status
+    assert [s for s, _ in status["loss"]] == [1, 2, 3, 4, 5, 6] and status["visual"]["projector"] is True
+    (stored,), _ = AdapterStore(tmp_path / "user-adapters").scan()
+    assert stored.name == "sees-shapes" and (stored.folder / "projector.safetensors").is_file()
+    assert stored.card.projector["tokens_per_image"] == 18
+    metrics = stored.card.metrics
+    kinds = {e.kind for e in held_out}
+    for side in ("base", "adapter"):
+        assert set(metrics[side]) == {"exact_match"} | {f"exact_match_{k}" for k in kinds}, metrics[side]
+        assert all(0.0 <= v <= 1.0 for v in metrics[side].values())
+    assert metrics["training"]["steps"] == 6 and metrics["training"]["targets_label"] == "projector + LoRA"
+    assert metrics["held_out"]["count"] == 8 and status["metrics"] == metrics
+    gallery = status["gallery"]
+    assert [row["prompt"] for row in gallery] == [e.question for e in held_out]
+    assert all(Path(row["image"]).is_file() and row["image"].startswith(str(manager.root / run_id))
+               for row in gallery)
+    assert [row["expected"] for row in gallery] == [e.expected for e in held_out]
+    assert all(isinstance(row["base"], str) and isinstance(row["adapter"], str) for row in gallery)
+    events = RunFiles(manager.root / run_id).events()
+    assert [e["done"] for e in events if e["type"] == "evaluation"][-1] == 16  # both sides, every question

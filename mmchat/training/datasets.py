@@ -39,6 +39,10 @@ before any row is parsed where possible: not JSON/JSONL/zip, empty, over `max_by
 rows than `max_rows`, a zip bomb, unsafe member names (`..`, absolute paths, links), several
 data files in one zip.
 
+`builtin_dataset` generates a built-in text style (`builtin_data`); `shapes_dataset` draws the
+built-in pictures of coloured shapes (`VISUAL_BUILTIN`, for the offline model's image pathway)
+into a folder the caller gives, in the caption : VQA ratio asked.
+
 `check_lengths` renders every usable row with the real tokenizer and template (`Renderer`) and
 refuses those over the cutoff with their token count; `preview_html` shows one rendered row
 with the supervised tokens marked, read from the labels the collator gets. It does not train,
@@ -77,8 +81,9 @@ from mmchat.training.examples import (
 )
 
 __all__ = [
-    "BUILTIN", "BadRow", "DatasetLimits", "DatasetReport", "LengthReport", "bad_rows_table", "builtin_dataset",
-    "check_lengths", "is_caption", "mix", "preview_html", "read_dataset", "report_markdown", "split",
+    "BUILTIN", "VISUAL_BUILTIN", "BadRow", "DatasetLimits", "DatasetReport", "LengthReport", "bad_rows_table",
+    "builtin_dataset", "check_lengths", "is_caption", "mix", "preview_html", "read_dataset", "report_markdown",
+    "shapes_dataset", "split",
 ]
 
 ACCEPTED = ("JSONL (one row per line), a JSON list of rows, a zip of one .jsonl/.json file with the images it "
@@ -757,6 +762,14 @@ BUILTIN = {
 }
 
 
+# Pictures for the offline model's image pathway (visual runs; `mmchat.training.shapes` draws them).
+VISUAL_BUILTIN = {
+    "shapes": "Shapes (visual): drawn pictures of coloured shapes; colour / shape / count / position questions "
+              "and captions, held-out colour-shape pairs never trained on",
+}
+SHAPES_DEFAULT_RATIO = (0, 1)  # caption : VQA when none is set: questions only (the skills the evaluation scores)
+
+
 def builtin_dataset(name: str, count: int, seed: int = 0) -> DatasetReport:
     """`count` examples of the built-in dataset `name` (`builtin_data.STYLES`); seed 0: the style's own."""
     from mmchat.training import builtin_data
@@ -765,6 +778,22 @@ def builtin_dataset(name: str, count: int, seed: int = 0) -> DatasetReport:
     return DatasetReport(source=f"builtin:{name}", formats={"built-in": len(examples)}, examples=examples,
                          lines=[f"example {n}" for n in range(1, len(examples) + 1)],
                          kinds=dict(Counter(kind_of(e) for e in examples)))
+
+
+def shapes_dataset(count: int, out_dir: Path, seed: int = 0, caption_to_vqa: tuple[int, int] | None = None,
+                   held_out: bool = False) -> DatasetReport:
+    """`count` examples of the built-in shapes dataset, each picture a PNG in `out_dir`, captions
+    and questions in the `caption_to_vqa` ratio (default: questions only); `held_out=True` is the
+    evaluation split (colour-shape pairs and question wordings never trained on)."""
+    from mmchat.training import shapes
+
+    ratio = caption_to_vqa or SHAPES_DEFAULT_RATIO
+    examples = shapes.generate(count, seed=seed, caption_ratio=ratio, held_out=held_out, out_dir=out_dir)
+    notes = [f"{'held-out' if held_out else 'training'} pictures drawn with seed {seed}, caption : VQA "
+             f"{ratio[0]} : {ratio[1]}"]
+    return DatasetReport(source="builtin:shapes", formats={"built-in": len(examples)}, examples=examples,
+                         lines=[f"picture {n}" for n in range(1, len(examples) + 1)],
+                         kinds=dict(Counter(kind_of(e) for e in examples)), notes=notes)
 
 
 # ------------------------------------------------------------------------------ lengths, split, mix

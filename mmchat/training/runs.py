@@ -3,8 +3,8 @@
 A run is `runs/<id>/` under the data dir:
 
 - `run.json`: what to train (the training config, the base preset, the system prompt chat
-  sends, the store to publish into, the names already taken) — what `python -m mmchat.train
-  --run FOLDER` reads;
+  sends, the store to publish into, the names already taken; a visual run's targets under
+  "visual") — what `python -m mmchat.train --run FOLDER` reads;
 - `train.jsonl`, `eval.jsonl`: the examples, already validated and split by the server;
 - `log.jsonl`: one JSON object per event the trainer reports (step, eval, sample,
   checkpoint, evaluation progress, end), appended and flushed as they happen, so a page
@@ -181,6 +181,7 @@ class RunFiles:
             "resumable": state in ("stopped", "interrupted", "failed") and not status.get("adapter"),
             "created": spec.get("created", 0),
             "dataset": spec.get("dataset", {}),
+            "visual": spec.get("visual"),  # a visual run's targets (None: a text run)
         }
 
 

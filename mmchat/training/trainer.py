@@ -12,6 +12,11 @@ publishes the adapter with its card into the run's store, and writes `done` with
 metrics and the gallery; the checkpoints are then removed. A bad setting or data, a full
 disk, any crash: `failed` with the reason, nothing published. It does not validate datasets
 (the server did) and never touches the serving model.
+
+A visual run (`run.json` has "visual": the `VisualTargets`) goes through
+`mmchat.training.visual_run.train_visual_adapter` instead, with the same checkpoints, stop,
+`stop_at`, step and evaluation events and status fields; its phases (features, training,
+publishing) and per-skill held-out metrics land in the same files.
 """
 
 from __future__ import annotations
@@ -105,15 +110,19 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
             files.write_status(gallery=result.gallery)
             return result.metrics, result.gallery[:GALLERY_ROWS]
 
-        describe = image_describer_for(train + held_out, preset, cache_dir)
         started = time.time()
-        stored = train_adapter(
-            config, train, store, preset=preset, cache_dir=cache_dir, system_prompt=spec.get("system_prompt"),
-            stop=stop, evaluate_on_copy=evaluate_on_copy, dataset=spec.get("dataset") or {},
-            eval_examples=held_out,
-            sample_examples=held_out[: int(spec.get("samples", SAMPLE_PROMPTS))] if config.sample_every else (),
-            checkpoints=folder / CHECKPOINTS, on_event=on_event, stop_at=stop_at, describe=describe,
-        )
+        if spec.get("visual"):
+            stored = _train_visual(files, spec, config, train, held_out, store, preset, cache_dir, stop, on_event,
+                                   stop_at)
+        else:
+            describe = image_describer_for(train + held_out, preset, cache_dir)
+            stored = train_adapter(
+                config, train, store, preset=preset, cache_dir=cache_dir, system_prompt=spec.get("system_prompt"),
+                stop=stop, evaluate_on_copy=evaluate_on_copy, dataset=spec.get("dataset") or {},
+                eval_examples=held_out,
+                sample_examples=held_out[: int(spec.get("samples", SAMPLE_PROMPTS))] if config.sample_every else (),
+                checkpoints=folder / CHECKPOINTS, on_event=on_event, stop_at=stop_at, describe=describe,
+            )
     except TrainingStopped as err:
         files.log({"type": "end", "state": "stopped", "message": str(err)})
         files.write_status(state="stopped", phase="", error="")
@@ -132,6 +141,30 @@ def train_run(folder: Path, *, threads: int = 0, stop_at: int = 0) -> int:
                        store=str(stored.folder.parent))
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the adapter is published: they are not needed
     return 0
+
+
+def _train_visual(files: RunFiles, spec: dict[str, Any], config: Any, train: list[Any], held_out: list[Any],
+                  store: Any, preset: Any, cache_dir: Path, stop: threading.Event, on_step: Any, stop_at: int) -> Any:
+    """A visual run through `train_visual_adapter`, its events turned into the run's log and status."""
+    from mmchat.training.visual import VisualTargets
+    from mmchat.training.visual_run import train_visual_adapter
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "phase":  # not logged: the status says what the trainer does now
+            files.write_status(phase=event["phase"])
+        elif event["type"] == "evaluation":
+            files.log(event)
+            files.write_status(state="evaluating", phase="evaluating base vs adapter on the held-out pictures",
+                               evaluation={"done": event["done"], "total": event["total"]})
+        else:
+            on_step(event)
+
+    stored, gallery = train_visual_adapter(
+        config, VisualTargets.from_mapping(spec["visual"]), train, store, preset=preset, cache_dir=cache_dir,
+        system_prompt=spec.get("system_prompt") or "", held_out=held_out, dataset=spec.get("dataset") or {},
+        stop=stop, on_event=on_event, checkpoints=files.folder / CHECKPOINTS, stop_at=stop_at)
+    files.write_status(gallery=gallery)
+    return stored
 
 
 __all__ = ["image_describer_for", "train_run"]

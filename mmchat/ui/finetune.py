@@ -7,6 +7,10 @@
    Bad rows block Train until "train on the N usable rows" is ticked.
 2. **Settings**: a preset (quick / balanced / thorough, with its steps and a time measured on
    this machine) or the advanced fields; a bad value is refused naming the field and range.
+   The visual presets (quick visual, two-stage) train the offline model's image pathway on the
+   built-in shapes pictures, with a targets choice (LoRA, projector, both, two-stage, prompt
+   tuning + LoRA) and its learning rates and counts; picking the shapes dataset picks the
+   quick visual preset, and a text dataset a text preset.
 3. **Run**: Train starts a trainer process (`mmchat.training.runs`); a timer redraws the
    progress (step, ETA, tokens/s, memory), the loss and held-out loss chart from step 1, and
    the latest sample answers, from the run's files — so a reload, another browser or a
@@ -41,13 +45,42 @@ BAD_HEADERS = ["row", "problem"]
 
 
 def dataset_choices() -> list[tuple[str, str]]:
-    from mmchat.training.datasets import BUILTIN
+    from mmchat.training.datasets import BUILTIN, VISUAL_BUILTIN
 
-    return [(f"built-in: {name} — {blurb}", name) for name, blurb in BUILTIN.items()] + [(UPLOAD_CHOICE, "")]
+    return [(f"built-in: {name} — {blurb}", name) for name, blurb in {**BUILTIN, **VISUAL_BUILTIN}.items()] + [
+        (UPLOAD_CHOICE, "")]
 
 
 ADVANCED_KEYS = ("rank", "alpha", "dropout", "target_modules", "learning_rate", "max_steps", "epochs", "batch_size",
                  "grad_accum", "warmup_steps", "eval_every", "sample_every", "checkpoint_every")
+VISUAL_KEYS = ("projector_learning_rate", "prompt_tokens", "prompt_learning_rate", "projector_first")
+INTEGER_KEYS = {"rank", "max_steps", "epochs", "batch_size", "grad_accum", "warmup_steps", "eval_every",
+                "sample_every", "checkpoint_every", "max_length", "prompt_tokens", "projector_first"}
+
+
+def field_values(keys: tuple[str, ...], values: list[Any]) -> dict[str, Any]:
+    """The fields that were filled in, whole-number fields as ints (a fraction refused, naming the field)."""
+    out = {}
+    for key, value in zip(keys, values):
+        if value is None or value == "":
+            continue
+        if key in INTEGER_KEYS and isinstance(value, float):
+            if not value.is_integer():
+                raise UserFacingError(f"{key} {value!r} is not valid; accepted: a whole number")
+            value = int(value)
+        out[key] = value
+    return out
+
+
+def visual_fields(name: str) -> dict[str, Any]:
+    """A visual preset's targets choice and fields (what the tab shows; defaults for a text preset)."""
+    from mmchat.training.service import (
+        DEFAULT_PROJECTOR_FIRST, DEFAULT_PROMPT_TOKENS, PRESETS, VISUAL_PRESETS, visual_choice)
+
+    targets = PRESETS[name].visual or PRESETS[VISUAL_PRESETS[0]].visual
+    values = {"prompt_tokens": DEFAULT_PROMPT_TOKENS, "projector_first": DEFAULT_PROJECTOR_FIRST,
+              **{k: v for k, v in targets.items() if v}}
+    return {"choice": visual_choice(targets), **{key: values[key] for key in VISUAL_KEYS}}
 
 
 def preset_fields(name: str) -> dict[str, Any]:
@@ -156,7 +189,8 @@ def result_markdown(status: dict[str, Any]) -> str:
     training = metrics.get("training") or {}
     if training:
         lines.append(f"\n{training.get('steps')} steps, loss {training.get('first_loss')} → {training.get('final_loss')}, "
-                     f"{training.get('seconds')} s")
+                     f"{training.get('seconds')} s" + (f"; trained: {training['targets_label']}"
+                                                        if training.get("targets_label") else ""))
     return "\n".join(lines)
 
 
@@ -229,9 +263,14 @@ class FinetuneTab(Tab):
         description = (description or "").strip() or f"fine-tuned in the app ({preset} preset)"
         return self.finetuner.settings(preset, name=name, description=description, **advanced)
 
+    def visual(self, preset: str, choice: str, values: dict[str, Any]) -> Any:
+        """A visual preset's targets from the tab's choice and fields (None for a text preset)."""
+        return self.finetuner.visual_targets(preset, choice or None, **values)
+
     def build(self) -> None:
         from mmchat.training.config import MAX_RANK
-        from mmchat.training.service import PRESETS, TARGETS
+        from mmchat.training.datasets import VISUAL_BUILTIN
+        from mmchat.training.service import PRESETS, TARGETS, VISUAL_PRESETS, VISUAL_TARGETS
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
@@ -257,6 +296,23 @@ class FinetuneTab(Tab):
                 gr.Markdown("#### 2 · Settings")
                 preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="mmchat-ft-preset")
                 preset_info = gr.Markdown(elem_id="mmchat-ft-preset-info")
+                start_visual = visual_fields("quick")
+                with gr.Group(visible=False, elem_id="mmchat-ft-visual") as visual_group:
+                    gr.Markdown("Visual presets train the offline model's image pathway (a projector over frozen "
+                                "image features, LoRA on the language model) on the built-in shapes pictures; "
+                                "the offline model must be the one loaded.")
+                    visual_choice = gr.Radio(list(VISUAL_TARGETS), value=start_visual["choice"],
+                                             label="What learns (visual targets)", elem_id="mmchat-ft-visual-targets")
+                    with gr.Row():
+                        projector_lr = gr.Number(label="projector learning rate",
+                                                 value=start_visual["projector_learning_rate"])
+                        projector_first = gr.Number(label="two-stage: projector-alone steps",
+                                                    value=start_visual["projector_first"], precision=0)
+                    with gr.Row():
+                        prompt_tokens = gr.Number(label="prompt tuning: prompt vectors (1..64)",
+                                                  value=start_visual["prompt_tokens"], precision=0)
+                        prompt_lr = gr.Number(label="prompt tuning: learning rate",
+                                              value=start_visual["prompt_learning_rate"])
                 name = gr.Textbox(label="Adapter name (a-z, 0-9, - and _)", max_length=48, value="my-adapter",
                                   elem_id="mmchat-ft-name")
                 description = gr.Textbox(label="One line: what it does", max_length=200, elem_id="mmchat-ft-description")
@@ -288,8 +344,8 @@ class FinetuneTab(Tab):
                         max_length = gr.Number(label="max length (tokens)", value=256, precision=0)
                         eval_fraction = gr.Number(label="held-out fraction", value=0.1)
                         seed = gr.Number(label="seed", value=0, precision=0)
-                    ratio = gr.Textbox(label="caption : VQA ratio when both are present (e.g. 2:1; empty: as is)",
-                                       value="")
+                    ratio = gr.Textbox(label="caption : VQA ratio when both are present (e.g. 2:1; empty: as is — "
+                                             "for the shapes pictures, questions only)", value="")
                     gr.Markdown("A 4-bit base on CUDA trains as QLoRA automatically.")
                 train_btn = gr.Button("Train", variant="primary", elem_id="mmchat-ft-train")
                 start_note = gr.Markdown(elem_id="mmchat-ft-start-note")
@@ -326,22 +382,8 @@ class FinetuneTab(Tab):
 
         advanced = [rank, alpha, dropout, targets, learning_rate, max_steps, epochs, batch_size, grad_accum, warmup,
                     eval_every, sample_every, checkpoint_every]
-        keys = list(ADVANCED_KEYS)
-        integers = {"rank", "max_steps", "epochs", "batch_size", "grad_accum", "warmup_steps", "eval_every",
-                    "sample_every", "checkpoint_every", "max_length"}
+        visual_inputs = [visual_choice, projector_lr, prompt_tokens, prompt_lr, projector_first]
         dataset_inputs = [choice, upload, kept_only, max_length, eval_fraction, ratio, seed]
-
-        def advanced_values(values: list[Any]) -> dict[str, Any]:
-            out = {}
-            for key, value in zip(keys, values):
-                if value is None or value == "":
-                    continue
-                if key in integers and isinstance(value, float):
-                    if not value.is_integer():
-                        raise UserFacingError(f"{key} {value!r} is not valid; accepted: a whole number")
-                    value = int(value)
-                out[key] = value
-            return out
 
         def describe_preset(preset_name: str, state: Any) -> str:
             try:
@@ -349,7 +391,8 @@ class FinetuneTab(Tab):
 
                 config = self.finetuner.settings(preset_name, name="estimate", description="estimate")
                 rows = len(state.train) if state is not None else None
-                estimate = self.finetuner.estimate(config, rows) if rows else "Validate a dataset for the time it takes"
+                estimate = self.finetuner.estimate(config, rows, visual=preset_name in VISUAL_PRESETS) if rows \
+                    else "Validate a dataset for the time it takes"
                 return f"{presets[preset_name].blurb}. {estimate}."
             except UserFacingError as err:
                 return str(err)
@@ -377,14 +420,17 @@ class FinetuneTab(Tab):
 
         def start(*values: Any):
             state, preset_name, adapter_name, line, accept, *rest = values
-            dataset_values, advanced_list = rest[: len(dataset_inputs)], rest[len(dataset_inputs):]
+            dataset_values, rest = rest[: len(dataset_inputs)], rest[len(dataset_inputs):]
+            advanced_list, visual_list = rest[: len(advanced)], rest[len(advanced):]
             try:
-                chosen = advanced_values(list(advanced_list))
+                chosen = field_values(ADVANCED_KEYS, list(advanced_list))
                 chosen["max_length"] = int(dataset_values[3] or 256)
                 config = self.settings(preset_name, adapter_name, line, chosen)
+                visual_targets = self.visual(preset_name, visual_list[0] if visual_list else "",
+                                             field_values(VISUAL_KEYS, list(visual_list[1:])))
                 if state is None or state.key != self.preparation_key(*dataset_values):
                     state = self.prepare(*dataset_values)
-                run_id = self.finetuner.start(state, config, accept_bad=bool(accept))
+                run_id = self.finetuner.start(state, config, accept_bad=bool(accept), visual=visual_targets)
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return state, f"❌ {err}", gr.Dropdown()
@@ -463,14 +509,25 @@ class FinetuneTab(Tab):
         quiet = {"show_progress": "hidden"}
         preset.change(describe_preset, [preset, prepared], preset_info, **quiet)
         preset.change(lambda name: list(preset_fields(name).values()), preset, advanced, **quiet)
+        preset.change(lambda name: [gr.Group(visible=name in VISUAL_PRESETS), *visual_fields(name).values()], preset,
+                      [visual_group, *visual_inputs], **quiet)
+
+        def preset_for(dataset: str, current: str) -> Any:
+            """The shapes pictures take a visual preset, the other datasets a text one."""
+            wanted_visual = dataset in VISUAL_BUILTIN
+            if wanted_visual == (current in VISUAL_PRESETS):
+                return gr.Radio()
+            return gr.Radio(value=VISUAL_PRESETS[0] if wanted_visual else next(iter(PRESETS)))
+
+        choice.change(preset_for, [choice, preset], preset, **quiet)
         upload.change(lambda item: gr.Dropdown(value="") if item else gr.Dropdown(), upload, choice, **quiet)
         validate_event = validate_btn.click(validate, dataset_inputs,
                                             [prepared, summary, bad_table, accept_bad, preview, preview_images],
                                             api_name="finetune_validate")
         validate_event.then(describe_preset, [preset, prepared], preset_info, **quiet)
         gr.api(self.api_preview, api_name="finetune_preview")
-        train_btn.click(start, [prepared, preset, name, description, accept_bad, *dataset_inputs, *advanced],
-                        [prepared, start_note, run_choice], api_name="finetune_start")
+        train_btn.click(start, [prepared, preset, name, description, accept_bad, *dataset_inputs, *advanced,
+                                *visual_inputs], [prepared, start_note, run_choice], api_name="finetune_start")
         follow_outputs = [seen, progress, plot, samples, result, gallery, gallery_photos, compare_btn, published,
                           status_json, runs_table, stop_btn, resume_btn]
         timer.tick(follow, [run_choice, seen], follow_outputs, **quiet)

@@ -21,7 +21,13 @@ message naming the problem and what is accepted, when:
   tile the file, a tensor name is not peft's, a tensor belongs to a module the base does not
   have, or a LoRA matrix's shape does not fit that module (rank, in/out features);
 * `adapter_card.json` is invalid, or its base fingerprint is not the loaded base's (the
-  message names both bases), or its rank differs from the config's.
+  message names both bases), or its rank differs from the config's;
+* a visual adapter's parts do not fit: `projector.safetensors` and `soft_prompt.safetensors`
+  come only with a card naming them under those names (and the card's entries only with the
+  files), and once extracted they are checked by the very function the host loads them with
+  (`mmchat.adapters.host.read_visual_parts`): a projector for another feature size or hidden
+  size, soft prompts of another width or length, an unreadable file — each refused naming the
+  file and what the loaded base accepts.
 
 A zip without a card is accepted only when every LoRA tensor's shape was checked against the
 loaded base's modules (pass `module_shapes(model)`, not bare names): a card is then written
@@ -33,9 +39,11 @@ last), so a refused or failed import leaves nothing in the store. Files are writ
 their own fixed names, never under a name taken from the zip.
 
 `export_adapter_zip` writes a stored adapter's files as `<name>/<file>` into a zip
-(deterministic: fixed timestamps and order), through a temporary file renamed into place.
+(deterministic: fixed timestamps and order), the projector and soft prompt its card names
+included, through a temporary file renamed into place.
 
-It imports no torch at import time (peft is imported to parse the extracted config). It does
+It imports no torch at import time (peft is imported to parse the extracted config, torch to
+read a visual adapter's parts). It does
 not load adapters onto a model (`mmchat.adapters.host`) or decide which base is loaded.
 """
 
@@ -64,10 +72,16 @@ from mmchat.files import SAFE_NAMES, human_bytes, sniff, zip_file_members
 __all__ = ["ZipLimits", "export_adapter_zip", "import_adapter_zip", "module_shapes", "ACCEPTED"]
 
 README_FILE = "README.md"
-ALLOWED_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, README_FILE)
+# mmchat.vision.projector.PROJECTOR_FILE and mmchat.vision.soft_prompt.SOFT_PROMPT_FILE (those
+# modules import torch; a test keeps the names equal).
+PROJECTOR_FILE = "projector.safetensors"
+SOFT_PROMPT_FILE = "soft_prompt.safetensors"
+VISUAL_FILES = (PROJECTOR_FILE, SOFT_PROMPT_FILE)
+ALLOWED_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, README_FILE, *VISUAL_FILES)
 ACCEPTED = (
     "a .zip of one peft LoRA folder (at the top level or in one subfolder) holding "
-    f"{CONFIG_FILE} and {WEIGHTS_FILE}, optionally {CARD_FILE} and {README_FILE}"
+    f"{CONFIG_FILE} and {WEIGHTS_FILE}, optionally {CARD_FILE} and {README_FILE} "
+    f"(and, for a visual adapter whose card names them, {PROJECTOR_FILE} and {SOFT_PROMPT_FILE})"
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _PEFT_PREFIX = "base_model.model."
@@ -132,8 +146,10 @@ def module_shapes(model: Any) -> dict[str, tuple[int, int] | None]:
 def export_adapter_zip(stored: StoredAdapter, out_path: str | Path) -> Path:
     """Write `stored`'s files as `<name>/<file>` into the zip `out_path` (replaced if present)."""
     out_path = Path(out_path)
-    files = [stored.folder / f for f in ALLOWED_FILES if (stored.folder / f).is_file()]
-    for required in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE):
+    visual = [entry["file"] for entry in (stored.card.projector, stored.card.soft_prompt) if entry]
+    names = dict.fromkeys([*ALLOWED_FILES, *visual])
+    files = [stored.folder / f for f in names if (stored.folder / f).is_file()]
+    for required in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, *visual):
         if not (stored.folder / required).is_file():
             raise InvalidUpload(f"adapter {stored.name!r} has no {required}; it cannot be exported")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +207,8 @@ def import_adapter_zip(
         _check_targets(config, shapes, problem)
         all_checked = _check_tensors(header, shapes, config, problem, limits)
         card = _card(zf, members, config, fingerprint, base_model, all_checked, name, display, problem, limits)
+        visual = _visual_members(card, members, problem)
+        hidden_size = _hidden_size(shapes, problem) if visual else 0
         readme = (
             _read_member(zf, members[README_FILE], limits.max_text_bytes, problem) if README_FILE in members else None
         )
@@ -198,9 +216,13 @@ def import_adapter_zip(
         def write(folder: Path) -> None:
             (folder / CONFIG_FILE).write_bytes(config_bytes)
             _extract_weights(zf, members[WEIGHTS_FILE], folder / WEIGHTS_FILE, header_bytes, problem, limits)
+            for file in visual:
+                _extract(zf, members[file], folder / file, problem, limits)
             if readme is not None:
                 (folder / README_FILE).write_bytes(readme)
             _check_peft_parses(folder, problem)
+            if visual:
+                _check_visual_parts(folder, hidden_size, card, problem)
 
         return store.publish(card, write)
 
@@ -265,10 +287,11 @@ def _check_members(zf: zipfile.ZipFile, problem: _Problems, limits: ZipLimits) -
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in files:
             raise problem(f"no {required} in it")
-    if files[WEIGHTS_FILE].file_size > limits.max_weights_bytes:
-        raise problem(f"{WEIGHTS_FILE} is {human_bytes(files[WEIGHTS_FILE].file_size)}, over the limit of "
-                      f"{human_bytes(limits.max_weights_bytes)}",
-                      f"weights of at most {human_bytes(limits.max_weights_bytes)}")
+    for weights in (WEIGHTS_FILE, *VISUAL_FILES):
+        if weights in files and files[weights].file_size > limits.max_weights_bytes:
+            raise problem(f"{weights} is {human_bytes(files[weights].file_size)}, over the limit of "
+                          f"{human_bytes(limits.max_weights_bytes)}",
+                          f"weights of at most {human_bytes(limits.max_weights_bytes)}")
     return files
 
 
@@ -517,11 +540,49 @@ def _card(
     )
 
 
-def _extract_weights(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, header_bytes: bytes, problem: _Problems,
-    limits: ZipLimits,
-) -> None:
-    """Copy the weights out of the zip, counting bytes (never trusting the declared size)."""
+def _visual_members(card: AdapterCard, members: dict[str, zipfile.ZipInfo], problem: _Problems) -> list[str]:
+    """The visual files to extract: exactly those the card names, under their fixed names."""
+    accepted = (f"a visual adapter's {PROJECTOR_FILE} (and {SOFT_PROMPT_FILE}) with an {CARD_FILE} naming them "
+                "under those names")
+    named = []
+    for key, entry, fixed in (("projector", card.projector, PROJECTOR_FILE),
+                              ("soft_prompt", card.soft_prompt, SOFT_PROMPT_FILE)):
+        if entry:
+            if entry["file"] != fixed:
+                raise problem(f"{CARD_FILE} names its {key} file {entry['file']!r}", accepted)
+            if fixed not in members:
+                raise problem(f"{CARD_FILE} names a {key}, {fixed}, which the zip does not hold", accepted)
+            named.append(fixed)
+        elif fixed in members:
+            raise problem(f"{fixed} is in the zip but no {CARD_FILE} in it names it ({key})", accepted)
+    return named
+
+
+def _hidden_size(shapes: Mapping[str, Any], problem: _Problems) -> int:
+    """The loaded base's embedding width, from its token embedding's shape in `module_shapes`."""
+    widths = {shape[1] for name, shape in shapes.items() if name.endswith("embed_tokens") and shape is not None}
+    if len(widths) != 1:
+        raise problem("its projector cannot be checked: the loaded base's embedding width is not known",
+                      "a visual adapter uploaded with the loaded base's module_shapes")
+    return int(widths.pop())
+
+
+def _check_visual_parts(folder: Path, hidden_size: int, card: AdapterCard, problem: _Problems) -> None:
+    """The extracted projector and soft prompt, read and checked as the host will load them."""
+    from mmchat.adapters.host import read_visual_parts
+    from mmchat.errors import UserFacingError
+
+    try:
+        read_visual_parts(folder, hidden_size, card.name, card)  # the card is written after this
+    except UserFacingError as err:
+        raise problem(str(err), f"a visual adapter whose {PROJECTOR_FILE} maps the features its card names to "
+                                f"{hidden_size}-d embeddings and whose {SOFT_PROMPT_FILE} holds vectors of width "
+                                f"{hidden_size}") from None
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, problem: _Problems, limits: ZipLimits) -> None:
+    """Copy a member out of the zip, counting bytes (never trusting the declared size)."""
+    base = PurePosixPath(info.filename).name
     limit = min(info.file_size, limits.max_weights_bytes)
     written = 0
     try:
@@ -529,12 +590,20 @@ def _extract_weights(
             while chunk := src.read(_CHUNK):
                 written += len(chunk)
                 if written > limit:
-                    raise problem(f"{WEIGHTS_FILE} expands beyond its declared {human_bytes(info.file_size)}")
+                    raise problem(f"{base} expands beyond its declared {human_bytes(info.file_size)}")
                 dst.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
-        raise problem(f"{WEIGHTS_FILE} is damaged in the zip ({err})") from None
+        raise problem(f"{base} is damaged in the zip ({err})") from None
     if written != info.file_size:
-        raise problem(f"{WEIGHTS_FILE} is damaged in the zip ({written} of {info.file_size} bytes)")
+        raise problem(f"{base} is damaged in the zip ({written} of {info.file_size} bytes)")
+
+
+def _extract_weights(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, header_bytes: bytes, problem: _Problems,
+    limits: ZipLimits,
+) -> None:
+    """Copy the weights out of the zip, then check the header read before is the one written."""
+    _extract(zf, info, target, problem, limits)
     with open(target, "rb") as fh:
         if fh.read(len(header_bytes)) != header_bytes:
             raise problem(f"{WEIGHTS_FILE} changed while it was read")

@@ -7,8 +7,11 @@ architecture config and vocabulary, so an adapter is never applied to a base it 
 trained on (two checkpoints with the same shapes and vocabulary share a fingerprint: shapes
 are what LoRA weights depend on). A visual adapter's card also names its projector
 (`projector`: the safetensors file beside peft's, the image features it reads and how many
-vectors an image becomes); cards without one say nothing about it, in the dataclass or the
-JSON. Pure data: no torch, no files.
+vectors an image becomes), and one trained with prompt tuning its soft prompt too
+(`soft_prompt`: the file, how many vectors and their width; only beside a projector); cards
+without them say nothing about them, in the dataclass or the JSON. Whether the files fit the
+loaded base is the host's check (`mmchat.adapters.host.read_visual_parts`). Pure data: no
+torch, no files.
 """
 
 from __future__ import annotations
@@ -76,26 +79,48 @@ class CardError(ValueError):
     """A card field is missing or wrong; the message names it and what is accepted."""
 
 
+def _check_file(entry: str, value: dict[str, Any], example: str) -> None:
+    file = value.get("file")
+    if (not isinstance(file, str) or not file.endswith(".safetensors") or "/" in file or "\\" in file
+            or file.startswith(".")):
+        raise CardError(f"{entry}.file is {file!r}; expected a file name ending in .safetensors in the "
+                        f"adapter's folder (e.g. {example!r})")
+
+
+def _check_whole(entry: str, value: dict[str, Any], keys: tuple[str, ...], high: int) -> None:
+    for key in keys:
+        number = value.get(key)
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= high:
+            raise CardError(f"{entry}.{key} is {number!r}; expected a whole number 1..{high}")
+
+
 def check_projector(value: Any) -> dict[str, Any]:
     """The card's `projector` entry, checked: {"file": "<name>.safetensors", "feature_spec": {...},
     "tokens_per_image": k, "feature_dim": d} (whether the spec gives k is the host's check)."""
     if not isinstance(value, dict):
         raise CardError(f"projector is {value!r}; expected an object naming file, feature_spec, tokens_per_image "
                         "and feature_dim")
-    file = value.get("file")
-    if (not isinstance(file, str) or not file.endswith(".safetensors") or "/" in file or "\\" in file
-            or file.startswith(".")):
-        raise CardError(f"projector.file is {file!r}; expected a file name ending in .safetensors in the "
-                        "adapter's folder (e.g. 'projector.safetensors')")
+    _check_file("projector", value, "projector.safetensors")
     spec = value.get("feature_spec", {})
     if not isinstance(spec, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                                              for k, v in spec.items()):
         raise CardError(f"projector.feature_spec is {spec!r}; expected an object of whole numbers, e.g. {{\"grid\": 4}}")
-    for key in ("tokens_per_image", "feature_dim"):
-        number = value.get(key)
-        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65536:
-            raise CardError(f"projector.{key} is {number!r}; expected a whole number 1..65536")
+    _check_whole("projector", value, ("tokens_per_image", "feature_dim"), 65536)
     return {**value, "feature_spec": dict(spec)}
+
+
+MAX_SOFT_PROMPT_TOKENS = 64  # mmchat.vision.soft_prompt.MAX_PROMPT_TOKENS (no torch here; a test keeps them equal)
+
+
+def check_soft_prompt(value: Any) -> dict[str, Any]:
+    """The card's `soft_prompt` entry, checked: {"file": "<name>.safetensors", "tokens": n,
+    "hidden_size": h} (whether the file holds n vectors of the base's width is the host's check)."""
+    if not isinstance(value, dict):
+        raise CardError(f"soft_prompt is {value!r}; expected an object naming file, tokens and hidden_size")
+    _check_file("soft_prompt", value, "soft_prompt.safetensors")
+    _check_whole("soft_prompt", value, ("tokens",), MAX_SOFT_PROMPT_TOKENS)
+    _check_whole("soft_prompt", value, ("hidden_size",), 65536)
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -115,12 +140,14 @@ class AdapterCard:
     created: float = field(default_factory=time.time)
     format: str = CARD_FORMAT
     projector: dict[str, Any] = field(default_factory=dict)  # a visual adapter's (see check_projector); {}: none
+    soft_prompt: dict[str, Any] = field(default_factory=dict)  # its learned prompt (check_soft_prompt); {}: none
 
     def to_json(self) -> str:
         data = asdict(self)
         data["target_modules"] = list(self.target_modules)
-        if not self.projector:  # a card without a projector reads as it did before there were any
-            del data["projector"]
+        for key in ("projector", "soft_prompt"):  # a card without them reads as it did before there were any
+            if not data[key]:
+                del data[key]
         return json.dumps(data, ensure_ascii=False, indent=2)
 
     @classmethod
@@ -162,6 +189,10 @@ class AdapterCard:
         if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
             raise CardError("examples must be a list of objects")
         projector = check_projector(data["projector"]) if data.get("projector") not in (None, {}) else {}
+        soft_prompt = check_soft_prompt(data["soft_prompt"]) if data.get("soft_prompt") not in (None, {}) else {}
+        if soft_prompt and not projector:
+            raise CardError("soft_prompt is given without a projector; expected a soft prompt only in a visual "
+                            "adapter's card, beside its projector entry")
         return cls(
             name=name,
             description=need("description", (str,), "one line of text"),
@@ -177,4 +208,5 @@ class AdapterCard:
             examples=list(examples),
             created=float(need("created", (int, float), "a unix time")),
             projector=projector,
+            soft_prompt=soft_prompt,
         )

@@ -11,13 +11,16 @@ on shared modules, so two generations running at once on one model would mix ada
 the lock, an answer in flight keeps its adapter and a second user waits for it.
 
 A visual adapter's folder also holds a projector (`mmchat.vision.projector`) beside peft's
-files: `load` reads it too — the file and the image features it expects from the card's
-`projector` entry, or `projector.safetensors` with the default `FeatureSpec` for a folder
-without a card — checked against the base's hidden size and the features' width before peft
-touches the model, so a projector that does not fit fails the load and leaves the host as it
-was. `projector(name)` and `feature_spec(name)` give them to the backend, which splices the
-projected image vectors into the prompt's embeddings; the projector is plain torch, outside
-the model, so it switches with the adapter at no cost and needs no lock.
+files, and one trained with prompt tuning a soft prompt (`mmchat.vision.soft_prompt`, only
+beside a projector): `read_visual_parts` reads them — the files and the image features the
+projector expects from the card's `projector` and `soft_prompt` entries, or
+`projector.safetensors` with the default `FeatureSpec` for a folder without a card — checked
+against the base's hidden size and the features' width. `load` calls it before peft touches
+the model, so parts that do not fit fail the load and leave the host as it was; the upload
+check (`mmchat.adapters.bundle`) calls the same function. `projector(name)`,
+`feature_spec(name)` and `soft_prompt(name)` give them to the backend, which splices the
+projected image vectors and the prompt vectors into the prompt's embeddings; they are plain
+torch, outside the model, so they switch with the adapter at no cost and need no lock.
 
 It reads adapter folders in standard peft format (safetensors only); it does not validate
 cards beyond the projector entry, scan a store or train (those belong to the registry and the
@@ -27,6 +30,7 @@ training engine).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -41,6 +45,71 @@ def adapter_name(name: str | None) -> str | None:
     return None if name in (None, "", BASE) else str(name)
 
 
+@dataclasses.dataclass(frozen=True)
+class VisualParts:
+    """What a visual adapter adds to its LoRA files: the projector, the image features it reads,
+    and the learned prompt vectors (None without prompt tuning)."""
+
+    projector: Any  # mmchat.vision.projector.Projector
+    spec: Any  # mmchat.vision.features.FeatureSpec
+    soft_prompt: Any = None  # mmchat.vision.soft_prompt.SoftPrompt
+
+
+def read_visual_parts(folder: Path, hidden_size: int, name: str, card: Any = None) -> VisualParts | None:
+    """The visual parts of adapter `name`'s `folder`, checked against a base of `hidden_size`
+    (on the CPU, fp32); None when it holds no projector. The files and features come from
+    `card` (an `AdapterCard`, for a folder whose card is not written yet) or else the folder's
+    card. Raises `UserFacingError` naming the adapter, the file and what is accepted."""
+    import json
+
+    from mmchat.adapters.card import CARD_FILE, CardError, check_projector, check_soft_prompt
+    from mmchat.vision.projector import PROJECTOR_FILE
+
+    entry: dict[str, Any] = dict(card.projector) if card is not None else {}
+    prompt_entry: dict[str, Any] = dict(card.soft_prompt) if card is not None else {}
+    if card is None and (folder / CARD_FILE).is_file():
+        try:
+            card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+            raw, raw_prompt = card.get("projector"), card.get("soft_prompt")
+            entry = check_projector(raw) if raw not in (None, {}) else {}
+            prompt_entry = check_soft_prompt(raw_prompt) if raw_prompt not in (None, {}) else {}
+        except (CardError, ValueError, AttributeError, UnicodeDecodeError) as err:
+            raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: {err}") from None
+        if prompt_entry and not entry:
+            raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: soft_prompt is given without a projector; "
+                                  "accepted: a soft prompt only beside a projector")
+    path = folder / entry.get("file", PROJECTOR_FILE)
+    if not entry and not path.is_file():
+        return None
+    named = [("a projector", path)] + ([("a soft prompt", folder / prompt_entry["file"])] if prompt_entry else [])
+    for part, file in named:
+        if not file.is_file():
+            raise UserFacingError(f"adapter {name!r}: its card names {part}, {file.name}, which {folder.name} "
+                                  "does not hold")
+    from mmchat.errors import ConfigError
+    from mmchat.vision.features import FeatureSpec
+    from mmchat.vision.projector import load_projector
+    from mmchat.vision.soft_prompt import load_soft_prompt
+
+    try:
+        spec = FeatureSpec(**entry.get("feature_spec", {}))
+    except (TypeError, ConfigError) as err:
+        raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.feature_spec: {err}") from None
+    for key, needed, why in (("tokens_per_image", spec.tokens_per_image, "its feature_spec gives"),
+                             ("feature_dim", spec.token_dim, "the offline image features of that spec have")):
+        if entry.get(key, needed) != needed:
+            raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.{key} is {entry[key]}; {why} {needed}")
+    try:
+        projector = load_projector(path, spec.token_dim, hidden_size)
+        soft_prompt = load_soft_prompt(folder / prompt_entry["file"], hidden_size) if prompt_entry else None
+    except UserFacingError as err:
+        raise UserFacingError(f"adapter {name!r}: {err}") from None
+    if soft_prompt is not None and soft_prompt.tokens != prompt_entry["tokens"]:
+        raise UserFacingError(f"adapter {name!r}: {prompt_entry['file']} holds {soft_prompt.tokens} soft prompt "
+                              f"vectors; its card says soft_prompt.tokens {prompt_entry['tokens']}")
+    return VisualParts(projector, spec, soft_prompt)
+
+
 class AdapterHost:
     def __init__(self, model: Any) -> None:
         self.base_model = model
@@ -48,7 +117,7 @@ class AdapterHost:
         self._lock = threading.Lock()
         self._names: list[str] = []
         self._layers: list[Any] | None = None  # the LoRA layers, for fast switching (see _switch)
-        self._visual: dict[str, tuple[Any, Any]] = {}  # name -> (Projector, FeatureSpec), visual adapters only
+        self._visual: dict[str, VisualParts] = {}  # visual adapters only
 
     @property
     def names(self) -> list[str]:
@@ -66,7 +135,7 @@ class AdapterHost:
                 f"adapter {name!r}: {folder.name} must hold adapter_model.safetensors (pickled .bin weights are refused)"
             )
         _check_safetensors(folder / "adapter_model.safetensors", name)
-        visual = self._read_projector(name, folder)  # before peft: a misfit leaves the host as it was
+        visual = self._read_visual(name, folder)  # before peft: a misfit leaves the host as it was
         with self._lock:  # never while a generation runs on the model
             if self.model is self.base_model:
                 from peft import PeftModel
@@ -90,54 +159,33 @@ class AdapterHost:
                 self._visual[name] = visual
             self._layers = None
 
-    def _read_projector(self, name: str, folder: Path) -> tuple[Any, Any] | None:
-        """`(projector, feature spec)` when `folder` holds a visual adapter, else None; checked."""
-        import json
-
-        from mmchat.adapters.card import CARD_FILE, CardError, check_projector
-        from mmchat.vision.projector import PROJECTOR_FILE
-
-        entry: dict[str, Any] = {}
-        if (folder / CARD_FILE).is_file():
-            try:
-                raw = json.loads((folder / CARD_FILE).read_text(encoding="utf-8")).get("projector")
-                entry = check_projector(raw) if raw not in (None, {}) else {}
-            except (CardError, ValueError, AttributeError, UnicodeDecodeError) as err:
-                raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: {err}") from None
-        path = folder / entry.get("file", PROJECTOR_FILE)
-        if not entry and not path.is_file():
-            return None
-        if not path.is_file():
-            raise UserFacingError(f"adapter {name!r}: its card names a projector, {path.name}, which {folder.name} "
-                                  "does not hold")
-        from mmchat.errors import ConfigError
-        from mmchat.vision.features import FeatureSpec
-        from mmchat.vision.projector import load_projector
-
-        try:
-            spec = FeatureSpec(**entry.get("feature_spec", {}))
-        except (TypeError, ConfigError) as err:
-            raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.feature_spec: {err}") from None
-        for key, needed, why in (("tokens_per_image", spec.tokens_per_image, "its feature_spec gives"),
-                                 ("feature_dim", spec.token_dim, "the offline image features of that spec have")):
-            if entry.get(key, needed) != needed:
-                raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.{key} is {entry[key]}; {why} {needed}")
+    def _read_visual(self, name: str, folder: Path) -> VisualParts | None:
+        """The folder's visual parts (see `read_visual_parts`) on the base's device and dtype, frozen."""
         embeddings = self.base_model.get_input_embeddings().weight
-        try:
-            projector = load_projector(path, spec.token_dim, int(embeddings.shape[-1]))
-        except UserFacingError as err:
-            raise UserFacingError(f"adapter {name!r}: {err}") from None
-        return projector.to(device=embeddings.device, dtype=embeddings.dtype).requires_grad_(False), spec
+        parts = read_visual_parts(folder, int(embeddings.shape[-1]), name)
+        if parts is None:
+            return None
+
+        def place(module: Any) -> Any:
+            return module.to(device=embeddings.device, dtype=embeddings.dtype).requires_grad_(False)
+
+        return dataclasses.replace(parts, projector=place(parts.projector),
+                                   soft_prompt=place(parts.soft_prompt) if parts.soft_prompt is not None else None)
 
     def projector(self, name: str | None) -> Any:
         """The loaded adapter's `Projector` (None for the base and for adapters without one)."""
         visual = self._visual.get(adapter_name(name) or "")
-        return visual[0] if visual is not None else None
+        return visual.projector if visual is not None else None
 
     def feature_spec(self, name: str | None) -> Any:
         """The `FeatureSpec` the adapter's projector reads (None without a projector)."""
         visual = self._visual.get(adapter_name(name) or "")
-        return visual[1] if visual is not None else None
+        return visual.spec if visual is not None else None
+
+    def soft_prompt(self, name: str | None) -> Any:
+        """The loaded adapter's `SoftPrompt` (None for the base and for adapters without one)."""
+        visual = self._visual.get(adapter_name(name) or "")
+        return visual.soft_prompt if visual is not None else None
 
     def unload(self, name: str) -> None:
         """Remove a loaded adapter (waits for a generation using the model to end)."""

@@ -8,7 +8,7 @@ listed adapter. The staged folder's name carries the publishing process's pid, a
 store removes only leftovers of processes that are gone (`mmchat.files.remove_stale_staging`),
 so a trainer process and the server can share a store without deleting each other's publish.
 `scan` lists the complete folders and says why each other one is skipped (no card, a bad card,
-missing or pickled weights, a projector its card names but the folder lacks, a config that does
+missing or pickled weights, a projector or soft prompt its card names but the folder lacks, a config that does
 not parse, a folder name that differs from the card's name); `compatible` keeps those trained
 on the loaded base and says for the others which base they need. The adapter's type and
 targets come from its card and config, never from its folder name.
@@ -96,9 +96,11 @@ class AdapterStore:
             raise UserFacingError(f"{name}: pickled weights (.bin/.pt) are refused; accepted: {WEIGHTS_FILE}")
         if not (folder / WEIGHTS_FILE).is_file():
             raise UserFacingError(f"{name}: no {WEIGHTS_FILE}")
-        if card.projector and not (folder / card.projector["file"]).is_file():
-            raise UserFacingError(f"{name}: its card names a projector, {card.projector['file']}, which the folder "
-                                  "does not hold (accepted: the safetensors file save_projector writes)")
+        for part, entry, writer in (("a projector", card.projector, "save_projector"),
+                                    ("a soft prompt", card.soft_prompt, "save_soft_prompt")):
+            if entry and not (folder / entry["file"]).is_file():
+                raise UserFacingError(f"{name}: its card names {part}, {entry['file']}, which the folder "
+                                      f"does not hold (accepted: the safetensors file {writer} writes)")
         try:
             config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

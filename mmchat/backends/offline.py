@@ -11,7 +11,11 @@ also carries `inputs_embeds`: the token embeddings with the image's frozen featu
 the adapter's projector and spliced at the placeholders (`mmchat.backends.splice`), exactly as
 `mmchat.training.visual.VisualLM.embed` does in training. The embeddings are those of the base
 (adapter layers are off between generations): right for LoRA on attention and MLP layers, the
-targets visual adapters train. Without a projector adapter the label pathway is unchanged.
+targets visual adapters train. A visual adapter trained with prompt tuning also has a soft
+prompt (`AdapterHost.soft_prompt`): its slots open the system message (`prefix_soft_prompt`,
+added after user and retrieved text is defused, so typed slots stay inert) and its vectors are
+spliced there, as `VisualLM.embed` does. Without a projector adapter the label pathway is
+unchanged.
 
 It does not manage conversations or adapters; the UI says plainly that this is a stand-in.
 """
@@ -197,24 +201,40 @@ class OfflineBackend(Backend):
 
     def _prepare_visual(self, messages: Sequence[PromptMessage], images: Sequence[Any], adapter: str,
                         projector: Any) -> PreparedPrompt:
-        """The prompt for a visual adapter: placeholders in the ids, projected features in `inputs_embeds`."""
+        """The prompt for a visual adapter: placeholders (and soft-prompt slots) in the ids,
+        projected features (and the prompt vectors) in `inputs_embeds`."""
         import torch
 
-        from mmchat.backends.splice import PLACEHOLDER, image_text, placeholder_id, splice
+        from mmchat.backends.splice import (
+            PLACEHOLDER,
+            SOFT_PROMPT_SLOT,
+            image_text,
+            placeholder_id,
+            prefix_soft_prompt,
+            soft_prompt_id,
+            splice,
+        )
         from mmchat.vision.features import shared_features
 
         spec = self.adapters.feature_spec(adapter)
+        soft_prompt = self.adapters.soft_prompt(adapter)
         k = spec.tokens_per_image
-        # Typed or retrieved text holding the placeholder would take an image's vectors: defuse it too.
-        special = [*self.tokenizer.all_special_tokens, PLACEHOLDER]
+        # Typed or retrieved text holding a placeholder or slot would take learned vectors: defuse them too.
+        special = [*self.tokenizer.all_special_tokens, PLACEHOLDER, SOFT_PROMPT_SLOT]
         texts = [image_text(number, k) for number in range(1, len(images) + 1)]
-        flat = flatten(defuse_special_tokens(messages, special), texts)
+        messages = defuse_special_tokens(messages, special)
+        if soft_prompt is not None:
+            messages = prefix_soft_prompt(messages, soft_prompt.tokens)
+        flat = flatten(messages, texts)
         inputs = dict(self.tokenizer.apply_chat_template(
             flat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ))
         input_ids = inputs["input_ids"]
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(input_ids)
+            if soft_prompt is not None:
+                embeddings = splice(embeddings, input_ids, soft_prompt_id(self.tokenizer), soft_prompt(1),
+                                    what="soft prompt")
             if images:
                 features = shared_features(self.cache_dir, spec).encode(list(images))
                 vectors = projector(features.to(embeddings.device, embeddings.dtype)).reshape(-1, embeddings.shape[-1])

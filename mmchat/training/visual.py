@@ -13,9 +13,16 @@ stop, per-step events) with two learning rates (the projector's higher: colour i
 with it), then `evaluate_visual` asks held-out questions greedily — the adapter through the
 composite, the base through today's label pathway — and scores exact match per skill.
 
+Prompt tuning: with `VisualTargets.prompt_tokens` > 0 the composite also holds a `SoftPrompt`
+(`mmchat.vision.soft_prompt`, seeded from real token embeddings) whose vectors are spliced at
+that many slots opening the system message (`VisualRenderer(prompt_tokens=n)` renders them,
+as the offline backend does in chat), trained at `prompt_learning_rate` from the same step as
+LoRA (after `projector_first`).
+
 `publish_visual` writes the result as a visual adapter (LoRA files, `projector.safetensors`,
-a card naming it), which the offline backend serves per message. What it does not do yet
-(issue 13, next steps): prompt tuning, LLaVA targets, the Fine-tune tab's visual preset.
+`soft_prompt.safetensors` when there is one, a card naming them), which the offline backend
+serves per message. What it does not do yet (issue 13, next steps): LLaVA targets, the
+Fine-tune tab's visual preset.
 """
 
 from __future__ import annotations
@@ -29,14 +36,20 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from mmchat.backends.splice import PLACEHOLDER, image_text, placeholder_id, splice
+from mmchat.backends.splice import (
+    PLACEHOLDER,
+    SOFT_PROMPT_SLOT,
+    image_text,
+    placeholder_id,
+    soft_prompt_id,
+    soft_prompt_text,
+    splice,
+)
 from mmchat.errors import UserFacingError
 from mmchat.training.config import TrainingConfig
 from mmchat.training.examples import Encoded, Example, Renderer
 from mmchat.vision.projector import Projector
-
-
-MAX_PROMPT_TOKENS = 64  # soft prompt vectors accepted (10-20 is the usual range)
+from mmchat.vision.soft_prompt import MAX_PROMPT_TOKENS, SoftPrompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +114,27 @@ class VisualEncoded(Encoded):
 
 
 class VisualLM(nn.Module):
-    """A language model reading projected image features where the placeholders stand."""
+    """A language model reading projected image features where the placeholders stand, and
+    (with `soft_prompt`) learned prompt vectors at the soft-prompt slots (token id `slot`)."""
 
-    def __init__(self, lm: nn.Module, projector: Projector, placeholder: int) -> None:
+    def __init__(self, lm: nn.Module, projector: Projector, placeholder: int, soft_prompt: SoftPrompt | None = None,
+                 slot: int | None = None) -> None:
         super().__init__()
+        if soft_prompt is not None and slot is None:
+            raise ValueError("a soft prompt needs the slot token's id")
         self.lm, self.projector, self.placeholder = lm, projector, placeholder
+        self.soft_prompt, self.slot = soft_prompt, slot
+
+    @property
+    def prompt_tokens(self) -> int:
+        """How many soft-prompt slots each prompt must open with (0 without a soft prompt)."""
+        return self.soft_prompt.tokens if self.soft_prompt is not None else 0
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
         embeddings = self.lm.get_input_embeddings()(input_ids)
+        if self.soft_prompt is not None:
+            embeddings = splice(embeddings, input_ids, self.slot, self.soft_prompt(input_ids.shape[0]),
+                                what="soft prompt")
         if image_features is None or image_features.numel() == 0:
             return embeddings
         vectors = self.projector(image_features.to(embeddings.dtype)).reshape(-1, embeddings.shape[-1])
@@ -120,14 +146,18 @@ class VisualLM(nn.Module):
                        logits_to_keep=logits_to_keep)
 
     def optimizer_groups(self, learning_rate: float, projector_learning_rate: float,
-                         projector_first: int = 0) -> list[dict[str, Any]]:
-        """AdamW parameter groups: the LoRA weights at `learning_rate` (held for the first
-        `projector_first` steps: two-stage), the projector at its own rate."""
+                         projector_first: int = 0, prompt_learning_rate: float | None = None) -> list[dict[str, Any]]:
+        """AdamW parameter groups: the LoRA weights at `learning_rate` and the soft prompt at
+        `prompt_learning_rate` (default `learning_rate`), both held for the first
+        `projector_first` steps (two-stage), the projector at its own rate from the start."""
         projector = [p for p in self.projector.parameters() if p.requires_grad]
-        ids = {id(p) for p in projector}
+        prompt = [p for p in self.soft_prompt.parameters() if p.requires_grad] if self.soft_prompt is not None else []
+        ids = {id(p) for p in projector + prompt}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": projector, "lr": projector_learning_rate}] if projector else []
-        return ([{"params": rest, "lr": learning_rate, "start_step": projector_first}] if rest else []) + groups
+        groups = [{"params": rest, "lr": learning_rate, "start_step": projector_first}] if rest else []
+        if prompt:
+            groups.append({"params": prompt, "lr": prompt_learning_rate or learning_rate, "start_step": projector_first})
+        return groups + ([{"params": projector, "lr": projector_learning_rate}] if projector else [])
 
     @torch.no_grad()
     def answer(self, input_ids: list[int], image_features: torch.Tensor | None, tokenizer: Any, eos_id: int,
@@ -141,13 +171,21 @@ class VisualLM(nn.Module):
 
 
 class VisualRenderer:
-    """Examples with real photos rendered for the composite: placeholders where each photo stands."""
+    """Examples with real photos rendered for the composite: placeholders where each photo
+    stands, and `prompt_tokens` soft-prompt slots opening the system prompt (as chat sends them)."""
 
-    def __init__(self, tokenizer: Any, system_prompt: str, features: Any, max_length: int = 256) -> None:
+    def __init__(self, tokenizer: Any, system_prompt: str, features: Any, max_length: int = 256,
+                 prompt_tokens: int = 0) -> None:
         self.features = features
+        self.system_prompt, self.prompt_tokens = system_prompt, prompt_tokens
+        for token in (PLACEHOLDER, SOFT_PROMPT_SLOT):
+            if token in system_prompt:
+                raise UserFacingError(f"the system prompt holds {token!r}, which stands for learned vectors; "
+                                      "accepted: a system prompt without it")
         k = features.tokens_per_image
-        self.renderer = Renderer("offline", tokenizer, system_prompt, max_length,
-                                 describe=lambda paths: [image_text(i + 1, k) for i in range(len(paths))])
+        # The slots open the system message's text, where the offline backend's prefix_soft_prompt puts them.
+        self.renderer = Renderer("offline", tokenizer, soft_prompt_text(prompt_tokens) + system_prompt.strip(),
+                                 max_length, describe=lambda paths: [image_text(i + 1, k) for i in range(len(paths))])
         self.tokenizer = self.renderer.tokenizer
         self.placeholder = placeholder_id(self.tokenizer)
         self._cache: dict[str, torch.Tensor] = {}
@@ -172,9 +210,10 @@ class VisualRenderer:
 
     def _check(self, example: Example) -> None:
         texts = [example.question, example.answer, *(text for _, text in example.turns)]
-        if any(PLACEHOLDER in text for text in texts):
-            raise UserFacingError(f"an example's text holds {PLACEHOLDER!r}, which stands for image vectors "
-                                  f"(question: {example.question[:60]!r})")
+        for token, what in ((PLACEHOLDER, "image vectors"), (SOFT_PROMPT_SLOT, "soft prompt vectors")):
+            if any(token in text for text in texts):
+                raise UserFacingError(f"an example's text holds {token!r}, which stands for {what} "
+                                      f"(question: {example.question[:60]!r})")
 
     def encode(self, example: Example) -> VisualEncoded:
         self._check(example)
@@ -187,14 +226,18 @@ class VisualRenderer:
 
 
 def build_visual_model(lm: nn.Module, tokenizer: Any, features: Any, seed: int,
-                       projector: Projector | None = None) -> VisualLM:
-    """The composite with `projector` (default: a fresh one, seeded) from the features' width to the LM's."""
+                       projector: Projector | None = None, *, soft_prompt: SoftPrompt | None = None) -> VisualLM:
+    """The composite with `projector` (default: a fresh one, seeded) from the features' width to
+    the LM's, and `soft_prompt` when given."""
     hidden = lm.get_input_embeddings().weight.shape[-1]
     if projector is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             projector = Projector(features.feature_dim, hidden)
-    return VisualLM(lm, projector, placeholder_id(tokenizer))
+    if soft_prompt is not None and soft_prompt.hidden_size != hidden:
+        raise UserFacingError(f"soft prompts of width {soft_prompt.hidden_size}; this base needs {hidden}")
+    slot = soft_prompt_id(tokenizer) if soft_prompt is not None else None
+    return VisualLM(lm, projector, placeholder_id(tokenizer), soft_prompt, slot)
 
 
 def prepare_visual(base: nn.Module, tokenizer: Any, features: Any, config: TrainingConfig, targets: VisualTargets,
@@ -202,18 +245,30 @@ def prepare_visual(base: nn.Module, tokenizer: Any, features: Any, config: Train
     """The composite on a fresh base copy, set up to train `targets`: LoRA layers (seeded, the
     engine's `prepare_model`), frozen when `targets.lora` is False — peft starts LoRA's B at
     zero, so frozen layers leave the base exactly as it was and every visual run publishes the
-    same way — and the projector (`projector` to continue one) trainable or frozen."""
+    same way — the projector (`projector` to continue one) trainable or frozen, and with
+    `targets.prompt_tokens` a trainable soft prompt of that many vectors, drawn from the base's
+    token embeddings with `config.seed` (render with `VisualRenderer(prompt_tokens=...)`)."""
     from mmchat.training.engine import prepare_model
 
     lm = prepare_model(base, "offline", config)
     if not targets.lora:
         for parameter in lm.parameters():
             parameter.requires_grad_(False)
-    model = build_visual_model(lm, tokenizer, features, config.seed, projector)
-    model.projector.requires_grad_(targets.projector)
+    soft_prompt = None
     if targets.prompt_tokens:
-        raise UserFacingError("prompt tuning is not built yet")  # issue 13: soft prompt vectors
+        table = lm.get_input_embeddings().weight.detach()
+        soft_prompt = SoftPrompt.from_vocabulary(table, targets.prompt_tokens, config.seed).to(table.device)
+    model = build_visual_model(lm, tokenizer, features, config.seed, projector, soft_prompt=soft_prompt)
+    model.projector.requires_grad_(targets.projector)
     return model
+
+
+def _check_prompt_tokens(model: VisualLM, renderer: VisualRenderer) -> None:
+    """The renderer must put as many slots in each prompt as the model has soft-prompt vectors."""
+    if renderer.prompt_tokens != model.prompt_tokens:
+        raise UserFacingError(f"the renderer puts {renderer.prompt_tokens} soft prompt slots in each prompt but the "
+                              f"model has {model.prompt_tokens} soft prompt vectors; accepted: "
+                              f"VisualRenderer(prompt_tokens={model.prompt_tokens})")
 
 
 def train_visual(
@@ -234,13 +289,14 @@ def train_visual(
     Batches are balanced over the examples' kinds (each skill in equal shares per batch)."""
     from mmchat.training.engine import run_loop
 
+    _check_prompt_tokens(model, renderer)
     encoded = [renderer.encode(example) for example in examples]
     pad = renderer.tokenizer.pad_token_id if renderer.tokenizer.pad_token_id is not None else renderer.renderer.eos_id
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return run_loop(model, encoded, config, pad, progress, stop, checkpoints=checkpoints, on_event=on_event,
                         groups=model.optimizer_groups(config.learning_rate, targets.projector_learning_rate,
-                                                      targets.projector_first),
+                                                      targets.projector_first, targets.prompt_learning_rate),
                         strata=[example.kind or "other" for example in examples], stop_at=stop_at)
 
 
@@ -250,13 +306,15 @@ def publish_visual(
     examples: list[dict[str, str]] | None = None,
 ) -> Any:
     """Publish the trained composite as a visual adapter: peft's LoRA files, `projector.safetensors`
-    and a card whose `projector` entry names it (what `AdapterHost` and the offline backend load).
-    `base_model`: the base's source for the card. Returns the `StoredAdapter`."""
+    (and `soft_prompt.safetensors` when the composite has a soft prompt) and a card whose
+    `projector` (and `soft_prompt`) entry names them (what `AdapterHost` and the offline backend
+    load). `base_model`: the base's source for the card. Returns the `StoredAdapter`."""
     import tempfile
 
     from mmchat.adapters.card import AdapterCard, base_fingerprint
     from mmchat.training.engine import copy_peft_files, lora_targets
     from mmchat.vision.projector import PROJECTOR_FILE, save_projector
+    from mmchat.vision.soft_prompt import SOFT_PROMPT_FILE, save_soft_prompt
 
     lm = model.lm
     if not hasattr(lm, "peft_config"):
@@ -271,6 +329,8 @@ def publish_visual(
         examples=examples or [],
         projector={"file": PROJECTOR_FILE, "feature_spec": dataclasses.asdict(features.spec),
                    "tokens_per_image": features.tokens_per_image, "feature_dim": features.feature_dim},
+        soft_prompt=({"file": SOFT_PROMPT_FILE, "tokens": model.soft_prompt.tokens,
+                      "hidden_size": model.soft_prompt.hidden_size} if model.soft_prompt is not None else {}),
     )
     with tempfile.TemporaryDirectory(prefix=".mmchat-visual-") as tmp:
         folder = Path(tmp) / config.name
@@ -279,6 +339,8 @@ def publish_visual(
         def write_weights(staging: Path) -> None:
             copy_peft_files(folder, staging)
             save_projector(model.projector, staging / PROJECTOR_FILE)
+            if model.soft_prompt is not None:
+                save_soft_prompt(model.soft_prompt, staging / SOFT_PROMPT_FILE)
 
         return store.publish(card, write_weights)
 
@@ -290,9 +352,12 @@ def evaluate_visual(
     """Held-out exact match per skill (`example.kind`) and the replies, greedy.
 
     `base=True` asks the base as chat does today: LoRA off, each photo as the label line
-    `describe(paths)` writes (the offline pathway), no projector.
+    `describe(paths)` writes (the offline pathway), no projector, no soft prompt.
     """
     from mmchat.training.metrics import exact_match
+
+    if not base:
+        _check_prompt_tokens(model, renderer)
 
     replies = []
     model.eval()
@@ -300,7 +365,7 @@ def evaluate_visual(
     disable = getattr(lm, "disable_adapter", None)
     for example in examples:
         if base:
-            text_renderer = Renderer("offline", renderer.tokenizer, renderer.renderer.system_prompt,
+            text_renderer = Renderer("offline", renderer.tokenizer, renderer.system_prompt,
                                      renderer.renderer.max_length, describe=describe)
             ids = text_renderer.prompt_ids(example)
             with (disable() if disable is not None else contextlib.nullcontext()):

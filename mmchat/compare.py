@@ -1,14 +1,15 @@
-"""The Compare engine: one prompt answered by 2–4 columns (the bare base and LoRA adapters).
+"""The Compare engine: one prompt answered by 2–4 columns (the bare base and adapters).
 
 `compare(backend, text, image, adapters, params)` builds the chat messages for one user turn
 (text plus an optional photo) with `mmchat.prompt`'s helpers, checks the columns (2–4
 distinct names among "base" and the backend's loaded adapters) and yields snapshots of every
 column as they stream: text so far, `GenerationStats` (prompt/output tokens, time to first
 token, tokens/s, finish reason) and whether the column is done. Every column uses the same
-`params` (the caller passes greedy by default) and the same prepared prompt.
+`params` (the caller passes greedy by default) and the same turn.
 
-Batched, not one after another. All columns run as ONE `model.generate` call with peft's mixed-
-adapter batch (`adapter_names=["__base__", "a", "b"]`, one row per column): every row holds the
+Batched, not one after another. The base and plain-LoRA columns run as ONE `model.generate`
+call with peft's mixed-adapter batch (`adapter_names=["__base__", "a", "b"]`, one row per
+column) on one prepared prompt: every row holds the
 same prompt, so no padding is needed; a streamer splits each step's tokens into the columns,
 and a row that ends early (its end-of-sequence token) stops growing while the others go on. The
 AdapterHost lock is held for the whole generation (`AdapterHost.activate_batch`), so no other
@@ -24,11 +25,19 @@ shows every column from the first token on, where one after another the last col
 the others. The price: a column that ends early still waits for the batch's longest answer
 before the comparison is done, and the columns share one time to first token.
 
+Visual adapters (a projector: their prompt is embeddings, with the image's vectors spliced
+in, not the ids every batched row shares) are not batched: each such column is asked on its
+own, through the backend's own `prepare(..., adapter=name)` and `stream`, exactly as chat asks
+it, after the batched columns (the model's lock lets one generation run at a time anyway).
+Until its turn comes, its column shows empty and not done; its prompt tokens and time to first
+token are its own. A comparison of base vs a visual adapter on an image therefore takes about
+as long as asking both in turn.
+
 Setting `stop` (or abandoning the iterator) ends the generation at the next token (the prompt,
-one turn, is prefilled in one go); columns still running are then "cancelled". Backends that
-take no adapters are refused (only "base" would exist there), and so are visual adapters (a
-projector: their prompt is embeddings, not ids). It renders nothing (that is
-`mmchat.ui.compare`) and keeps no history.
+one turn, is prefilled in one go for batched columns; in chunks for a visual one); columns
+still running or not started are then "cancelled". Backends that take no adapters are refused
+(only "base" would exist there). It renders nothing (that is `mmchat.ui.compare`) and keeps
+no history.
 """
 
 from __future__ import annotations
@@ -79,11 +88,12 @@ def column_names(backend: Backend, adapters: Sequence[str]) -> list[str]:
         if name in names[:index]:
             raise UserFacingError(f"column {name!r} is chosen twice; choose distinct columns among: {choices}")
         backend.adapters.check(name)  # names the loaded ones if it is not among them
-        if getattr(backend.adapters, "projector", lambda _: None)(name) is not None:
-            # Its rows would need their own embeddings (image vectors), which the one batch does not carry.
-            raise UserFacingError(f"{name!r} reads images as vectors; Compare does not batch it yet — "
-                                  "ask it in Chat, or compare the other columns")
     return names
+
+
+def is_visual(backend: Backend, name: str) -> bool:
+    """True for a visual adapter (it carries a projector: its prompt is embeddings, not ids)."""
+    return getattr(backend.adapters, "projector", lambda _: None)(name) is not None
 
 
 def compare(
@@ -109,15 +119,44 @@ def compare(
         raise UserFacingError("type a prompt to compare the columns on")
     images = [image] if image is not None else []
     turn = Turn("user", text, (IMAGE_ID,) if images else ())
-    prepared: list[Any] = []
 
-    def count_tokens(messages: list, image_ids: list[str]) -> int:
-        prepared[:] = [backend.prepare(messages, images)]
-        return prepared[0].prompt_tokens
+    def prepared_for(adapter: str | None) -> Any:
+        prepared: list[Any] = []
 
-    # One turn, so nothing can be dropped: this only says by how much a prompt is too long.
-    fit_to_context(system_prompt, [turn], count_tokens, backend.info.context_length, params.max_new_tokens)
-    yield from _BatchedRun(backend, prepared[0].inputs, prepared[0].prompt_tokens, names, params, stop).run()
+        def count_tokens(messages: list, image_ids: list[str]) -> int:
+            prepared[:] = [backend.prepare(messages, images, adapter=adapter)]
+            return prepared[0].prompt_tokens
+
+        # One turn, so nothing can be dropped: this only says by how much a prompt is too long.
+        fit_to_context(system_prompt, [turn], count_tokens, backend.info.context_length, params.max_new_tokens)
+        return prepared[0]
+
+    stop = stop or threading.Event()
+    visual = [name for name in names if is_visual(backend, name)]
+    batched = [name for name in names if name not in visual]
+    runs: list[Any] = []
+    if batched:
+        shared = prepared_for(None)  # the plain columns' rows all read this one prompt of ids
+        runs.append(_BatchedRun(backend, shared.inputs, shared.prompt_tokens, batched, params, stop))
+    runs += [_StreamRun(backend, prepared_for(name), name, params, stop) for name in visual]
+    yield from _in_turn(names, runs)
+
+
+def _in_turn(names: list[str], runs: list[Any]) -> Iterator[list[Column]]:
+    """The runs one after another (they take the model's lock in turn anyway), every snapshot
+    with all the columns in `names` order; a run not started yet shows its columns empty."""
+    latest = {column.adapter: column for run in runs for column in run.waiting()}
+    current: Any = None
+    try:
+        for run in runs:
+            current = run.run()
+            for shot in current:
+                latest.update((column.adapter, column) for column in shot)
+                yield [latest[name] for name in names]
+            current = None
+    finally:
+        if current is not None:  # abandoned mid-run: let that run stop its generation
+            current.close()
 
 
 def _tokenizer(backend: Backend) -> Any:
@@ -140,6 +179,11 @@ class _BatchedRun:
         self.columns = [Column(name, "", GenerationStats(prompt_tokens=prompt_tokens), False) for name in names]
         self.updates: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
+
+    def waiting(self) -> list[Column]:
+        """The columns before the run starts (empty, not done)."""
+        return [Column(c.adapter, "", GenerationStats(prompt_tokens=c.stats.prompt_tokens), False)
+                for c in self.columns]
 
     def snapshot(self) -> list[Column]:
         now = time.perf_counter()
@@ -238,6 +282,42 @@ class _BatchedRun:
             else:
                 stats.finish_reason = "stop"
             column.done = True
+
+
+class _StreamRun:
+    """One visual adapter's column: its own prompt (image vectors spliced into the embeddings by
+    `backend.prepare(..., adapter=name)`) through the backend's own `stream`, as chat asks it."""
+
+    def __init__(self, backend: Backend, prepared: Any, name: str, params: GenerationParams,
+                 stop: threading.Event) -> None:
+        self.backend = backend
+        self.prepared = prepared
+        self.params = params
+        self.stop = stop
+        self.column = Column(name, "", GenerationStats(prompt_tokens=prepared.prompt_tokens), False)
+
+    def waiting(self) -> list[Column]:
+        return [dataclasses.replace(self.column, stats=dataclasses.replace(self.column.stats))]
+
+    def _snapshot(self, stats: GenerationStats, done: bool) -> list[Column]:
+        stats = dataclasses.replace(stats)
+        if not done:
+            stats.total_s = time.perf_counter() - stats.started_at
+        return [Column(self.column.adapter, self.column.text, stats, done)]
+
+    def run(self) -> Iterator[list[Column]]:
+        yield self.waiting()
+        stream = self.backend.stream(self.prepared, self.params, self.stop)
+        pieces = iter(stream)
+        try:
+            for piece in pieces:
+                self.column.text += piece
+                yield self._snapshot(stream.stats, False)
+        finally:
+            pieces.close()  # abandoned: GenerateStream sets stop and waits for generate to return
+        self.column.stats = stream.stats
+        self.column.done = True
+        yield self._snapshot(stream.stats, True)
 
 
 class _ColumnStreamer:

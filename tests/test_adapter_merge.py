@@ -189,3 +189,50 @@ def test_merging_refuses_a_wrong_base_an_adapted_model_and_an_existing_folder(tm
         merge_adapter(serving.adapters.base_model, serving.processor, ours, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapters", "taken"]  # no staging leftovers
+
+
+def test_a_visual_adapters_projector_is_copied_beside_the_merged_weights_and_recorded(tmp_path, model_cache_dir):
+    """The projector is not a weight of the model: it is copied unchanged, and the merged card
+    says so and keeps its entry (feature spec and all) for mmchat's image pathway."""
+    from test_visual_serving import PROJECTOR_ENTRY, TOKEN_DIM
+    from transformers import AutoModelForCausalLM
+
+    from mmchat.vision.projector import PROJECTOR_FILE, Projector, load_projector, save_projector
+
+    preset = PRESETS["offline"]
+    model, tokenizer = load_base_copy(preset, model_cache_dir)
+    fingerprint = _fingerprint(model, tokenizer)
+    targets = ["q_proj", "v_proj"]
+    reference = _adapt(load_base_copy(preset, model_cache_dir)[0], targets, seed=6)
+    torch.manual_seed(6)
+    projector = Projector(TOKEN_DIM, 576)
+
+    def write(folder):
+        reference.save_pretrained(str(folder))
+        save_projector(projector, folder / PROJECTOR_FILE)
+
+    card = AdapterCard(name="eyes", description="a visual adapter", task="vqa", base_model="builtin:smollm2",
+                       base_fingerprint=fingerprint, rank=4, alpha=32, target_modules=tuple(targets),
+                       projector=PROJECTOR_ENTRY)
+    store = AdapterStore(tmp_path / "adapters")
+    stored = store.publish(card, write)
+
+    result = merge_adapter(model, tokenizer, stored, tmp_path / "merged")
+
+    merged_card = _assert_standalone(result.folder)
+    copied = result.folder / PROJECTOR_FILE
+    assert copied.read_bytes() == (stored.folder / PROJECTOR_FILE).read_bytes()
+    assert merged_card["visual"]["projector"] == PROJECTOR_ENTRY and "not merged" in merged_card["visual"]["note"]
+    assert "projector copied beside them, not merged" in merged_card["what"]
+    assert result.visual_files == ("projector",) and "projector is copied beside the weights" in result.summary
+    loaded = load_projector(copied, TOKEN_DIM, 576)  # the host's loader reads it as it reads the adapter's
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in projector.state_dict().items())
+    inputs = tokenizer("Name a colour.", return_tensors="pt")
+    merged = AutoModelForCausalLM.from_pretrained(result.folder, local_files_only=True).eval()
+    torch.testing.assert_close(_logits(merged, inputs), _logits(reference, inputs), rtol=1e-4, atol=5e-4)
+
+    (stored.folder / PROJECTOR_FILE).unlink()  # a folder that lost its projector is refused, nothing written
+    with pytest.raises(UserFacingError, match=rf"adapter 'eyes': its card names a projector, {PROJECTOR_FILE}, "
+                                              "which eyes does not hold; nothing was merged"):
+        merge_adapter(load_base_copy(preset, model_cache_dir)[0], tokenizer, stored, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -150,6 +150,18 @@ def test_a_backend_without_adapters_is_refused(backends):
         next(compare(NoAdapters(), QUESTION, None, ["base", "a"], GREEDY))
 
 
+def _abandon_after_a_token(backend, columns, image=None):
+    """Start a long comparison, abandon its iterator once the first column has a token: the
+    generation stops and the model is free again."""
+    params = GenerationParams(max_new_tokens=200, temperature=0.0)
+    running = compare(backend, "Write a long story about a dragon.", image, columns, params)
+    for shot in running:
+        if shot[0].stats.output_tokens:
+            break
+    running.close()
+    assert not backend.adapters._lock.locked()
+
+
 def test_stop_ends_every_column_and_frees_the_model(backends):
     backend = backends["offline"]
     answer_before = _alone(backend, "a")[0]
@@ -166,11 +178,62 @@ def test_stop_ends_every_column_and_frees_the_model(backends):
     assert "cancelled" in {c.stats.finish_reason for c in final}
     assert max(c.stats.output_tokens for c in final) < 50  # far short of 200, even on a busy machine
     assert not backend.adapters._lock.locked()
-    # Abandoning the iterator stops the generation and releases the model too.
-    running = compare(backend, "Write a long story about a dragon.", None, ["base", "a"], params)
-    for shot in running:
-        if shot[0].stats.output_tokens:
-            break
-    running.close()
-    assert not backend.adapters._lock.locked()
+    _abandon_after_a_token(backend, ["base", "a"])  # abandoning the iterator releases the model too
     assert _alone(backend, "a")[0] == answer_before  # the model still answers, with the adapter asked for
+
+
+@pytest.fixture(scope="module")
+def shapes_image(tmp_path_factory):
+    """A picture from the built-in shapes dataset (coloured shapes on a light background)."""
+    from PIL import Image
+
+    from mmchat.training import shapes
+
+    example = shapes.generate(1, seed=4, out_dir=tmp_path_factory.mktemp("shapes"))[0]
+    with Image.open(example.images[0]) as picture:
+        return picture.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def eyes(backends, tmp_path_factory, model_cache_dir):
+    """The offline backend with a visual adapter "eyes" (LoRA + a random projector, made loud
+    enough to change answers) loaded beside "a" and "b"; test_visual_serving's publisher."""
+    from test_visual_serving import TOKEN_DIM, _publish
+
+    from mmchat.adapters.store import AdapterStore
+    from mmchat.vision.projector import Projector
+
+    backend = backends["offline"]
+    torch.manual_seed(3)
+    projector = Projector(TOKEN_DIM, 576)
+    with torch.no_grad():
+        projector.linear_2.weight.mul_(8)
+    store = AdapterStore(tmp_path_factory.mktemp("visual-adapters"))
+    backend.adapters.load("eyes", _publish(backend, store, "eyes", 2, model_cache_dir, projector))
+    return backend
+
+
+@pytest.mark.slow
+def test_a_visual_adapter_column_answers_as_chat_does_beside_batched_columns(eyes, shapes_image):
+    snapshots = list(compare(eyes, QUESTION, shapes_image, ["base", "eyes", "a"], GREEDY))
+    final = {c.adapter: c for c in snapshots[-1]}
+    assert list(final) == ["base", "eyes", "a"]
+    _check_against_alone(eyes, snapshots, image=shapes_image)  # each column, "eyes" too, equals chat alone
+    assert final["eyes"].text != final["base"].text, final  # the image vectors reach the answer
+    assert final["eyes"].stats.prompt_tokens != final["base"].stats.prompt_tokens  # its own prompt: vectors, not labels
+    # The visual column waits for the batch, then streams on its own.
+    eyes_started = next(i for i, shot in enumerate(snapshots) if shot[1].stats.output_tokens)
+    assert snapshots[eyes_started][0].done and snapshots[eyes_started][2].done
+    assert not snapshots[eyes_started][1].done
+
+
+@pytest.mark.slow
+def test_stop_and_abandon_end_a_visual_column_and_free_the_model(eyes, shapes_image):
+    params = GenerationParams(max_new_tokens=200, temperature=0.0)
+    stop = threading.Event()
+    stop.set()  # pressed before anything ran: every column, the visual one too, is cancelled
+    final = list(compare(eyes, QUESTION, shapes_image, ["base", "eyes"], params, stop=stop))[-1]
+    assert [(c.done, c.stats.finish_reason, c.stats.output_tokens) for c in final] == [(True, "cancelled", 0)] * 2
+    _abandon_after_a_token(eyes, ["eyes", "base"], shapes_image)
+    assert _alone(eyes, "eyes", shapes_image)[0] == list(compare(eyes, QUESTION, shapes_image, ["eyes", "base"],
+                                                                 GREEDY))[-1][0].text

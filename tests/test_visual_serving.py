@@ -1,7 +1,7 @@
 """A visual adapter (peft LoRA + a projector) served in chat on the offline model.
 
 Real parts: the offline SmolLM2-135M (its own instance: loading adapters changes the model),
-real peft LoRA adapters with non-zero random weights and a `Projector(1280, 576)` with random
+real peft LoRA adapters with non-zero random weights and a `Projector(TOKEN_DIM, 576)` with random
 weights, saved as safetensors and published with cards into a real store, the real image
 features (EfficientNet-Lite0) of real photos, the real streaming path. Greedy in fp32, so
 "equal" means the same tokens. The card and store checks need no model.
@@ -22,12 +22,14 @@ from mmchat.adapters.store import AdapterStore
 from mmchat.backends.base import GenerationParams
 from mmchat.backends.splice import PLACEHOLDER, placeholder_id
 from mmchat.errors import UserFacingError
+from mmchat.vision.features import FeatureSpec
 from mmchat.vision.projector import PROJECTOR_FILE, Projector, save_projector
 
 GREEDY = GenerationParams(max_new_tokens=8, temperature=0.0)
 K = 18  # FeatureSpec(grid=4).tokens_per_image
+TOKEN_DIM = FeatureSpec(grid=4, colour_bins=4, hue_bins=6).token_dim  # 1280 deep + the grid cell's colour
 PROJECTOR_ENTRY = {"file": PROJECTOR_FILE, "feature_spec": {"grid": 4, "colour_bins": 4, "hue_bins": 6},
-                   "tokens_per_image": K, "feature_dim": 1280}
+                   "tokens_per_image": K, "feature_dim": TOKEN_DIM}
 
 
 def _card(name: str, fingerprint: str = "0" * 64, projector: dict | None = None) -> AdapterCard:
@@ -66,7 +68,7 @@ def test_the_store_skips_a_visual_adapter_without_its_projector_file_naming_it(t
         (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
         (folder / "adapter_model.safetensors").write_bytes(b"stand-in: the store reads no weights")
         if projector:
-            save_projector(Projector(1280, 576, inner=8), folder / PROJECTOR_FILE)
+            save_projector(Projector(TOKEN_DIM, 576, inner=8), folder / PROJECTOR_FILE)
 
     store.publish(_card("eyes", projector=PROJECTOR_ENTRY), weights)
     store.publish(_card("plain"), lambda folder: weights(folder, projector=False))
@@ -111,7 +113,7 @@ def served(tmp_path_factory, model_cache_dir):
     backend = OfflineBackend.from_preset(PRESETS["offline"], model_cache_dir)
     store = AdapterStore(tmp_path_factory.mktemp("visual-adapters"))
     torch.manual_seed(3)
-    projector = Projector(1280, 576)
+    projector = Projector(TOKEN_DIM, 576)
     with torch.no_grad():  # louder than token embeddings (norm ~3), so the image vectors change answers
         projector.linear_2.weight.mul_(8)
     folders = {"plain": _publish(backend, store, "plain", 1, model_cache_dir),
@@ -194,7 +196,7 @@ def test_generation_reads_the_embeddings_token_for_token_and_chunked_prefill_agr
 
     backend, _, _ = served
     prompt = backend.prepare(_question("What colour is it?"), [cat_image], adapter="eyes")
-    params = GenerationParams(max_new_tokens=6, temperature=0.0)
+    params = GenerationParams(max_new_tokens=12, temperature=0.0)
     streamed = "".join(backend.stream(prompt, params))
     ids, embeds = prompt.inputs["input_ids"], prompt.inputs["inputs_embeds"]
     generated: list[int] = []
@@ -203,7 +205,7 @@ def test_generation_reads_the_embeddings_token_for_token_and_chunked_prefill_agr
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
         table = model.get_input_embeddings()
         from_ids = model(input_ids=ids).logits[0, -1]
-        for _ in range(6):
+        for _ in range(params.max_new_tokens):
             current = torch.cat([embeds, table(torch.tensor([generated], dtype=torch.long))], dim=1)
             logits = model(inputs_embeds=current).logits[0, -1]
             if not generated:
@@ -249,7 +251,7 @@ def test_a_projector_of_the_wrong_shape_refuses_to_load_naming_the_file_and_the_
     shutil.copytree(folders["eyes"], wrong)
     card = json.loads((wrong / CARD_FILE).read_text())
     (wrong / CARD_FILE).write_text(json.dumps({**card, "name": "wrong"}))
-    save_projector(Projector(1280, 320), wrong / PROJECTOR_FILE)
+    save_projector(Projector(TOKEN_DIM, 320), wrong / PROJECTOR_FILE)
     with pytest.raises(UserFacingError, match=rf"adapter 'wrong': {PROJECTOR_FILE}: .*576-d embeddings"):
         host.load("wrong", wrong)
     (wrong / PROJECTOR_FILE).write_bytes(b"\x80\x04 a pickle, not safetensors")
@@ -284,13 +286,3 @@ def test_stop_during_a_long_embeddings_prefill_ends_after_the_chunk_in_progress(
     assert "".join(stream) == ""
     assert calls == [(None, 64)]
     assert stream.stats.finish_reason == "cancelled" and stream.stats.output_tokens == 0
-
-
-@pytest.mark.slow
-def test_compare_refuses_a_visual_adapter_and_still_compares_the_others(served):
-    from mmchat.compare import column_names
-
-    backend, _, _ = served
-    with pytest.raises(UserFacingError, match=r"'eyes' reads images as vectors; Compare does not batch it yet"):
-        column_names(backend, ["base", "eyes"])
-    assert column_names(backend, ["base", "plain"]) == ["base", "plain"]

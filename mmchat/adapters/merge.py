@@ -12,8 +12,15 @@ nothing):
   else, and any pickle-format file found is an error), loadable with plain transformers
   `AutoModelForCausalLM` / `AutoModelForImageTextToText`, no peft;
 * the tokenizer or processor (`save_pretrained`);
+* a visual adapter's own files (its card's `projector`, and `soft_prompt` when it has one),
+  copied unchanged beside the merged weights, not merged: a projector maps mmchat's offline
+  image features (`mmchat.vision.features`) into the model's embeddings, outside the model's
+  layers, and soft prompt vectors are spliced into the prompt, so neither is a weight of the
+  model. Plain transformers loads the merged model without them (text only, and the label
+  pathway for images in mmchat); mmchat's image pathway reads them from the entries recorded
+  in the merged card's `visual` (file, feature spec, what each is for);
 * `merged_card.json`, last: the adapter's card, the base it was merged into, the dtype, how to
-  load it, and each file's size.
+  load it, what happened to a visual adapter's files, and each file's size.
 
 A quantized base (bitsandbytes 4-bit or 8-bit, the GPU preset's NF4) is not merged in 4-bit
 (re-quantizing the merged weights would add a second rounding error and the folder would
@@ -31,6 +38,7 @@ merged model anywhere. torch and peft are imported inside the functions.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +55,10 @@ MERGED_CARD_FILE = "merged_card.json"
 MERGED_CARD_FORMAT = "mmchat.merged_model/1"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 DEQUANTIZED_DTYPE = "bfloat16"
+VISUAL_PARTS = ("projector", "soft_prompt")  # card entries naming a visual adapter's own files
+VISUAL_NOTE = ("copied unchanged, not merged: the projector maps mmchat's offline image features into this "
+               "model's embeddings and soft prompt vectors are spliced into the prompt, outside the model's "
+               "layers; plain transformers loads the model without them, mmchat's image pathway reads them")
 
 
 @dataclass(frozen=True)
@@ -58,12 +70,17 @@ class MergedModel:
     model_class: str  # the transformers Auto class that loads it, e.g. "AutoModelForCausalLM"
     processing_class: str  # "AutoTokenizer" or "AutoProcessor"
     size_bytes: int
+    visual_files: tuple[str, ...] = ()  # a visual adapter's projector / soft prompt, copied beside the weights
 
     @property
     def summary(self) -> str:
         """One line for the UI."""
         text = (f"merged {self.adapter!r} into {self.folder} ({human_bytes(self.size_bytes)}, {self.dtype}); "
                 f"load it with transformers {self.model_class}.from_pretrained and {self.processing_class}")
+        if self.visual_files:
+            text += (f". Its {' and '.join(self.visual_files)} {'is' if len(self.visual_files) == 1 else 'are'} "
+                     f"copied beside the weights, not merged: mmchat's image pathway reads them (see "
+                     f"{MERGED_CARD_FILE}); plain transformers does not")
         if self.dequantized_from:
             text += (f". The base was {self.dequantized_from}: the adapter was merged into a dequantized "
                      f"{self.dtype} copy, so the folder is {self.dtype}, not 4-bit")
@@ -92,6 +109,7 @@ def merge_adapter(base_model: Any, processing: Any, stored: StoredAdapter, out_d
         )
     if not (stored.folder / WEIGHTS_FILE).is_file():
         raise UserFacingError(f"adapter {stored.name!r} has no {WEIGHTS_FILE}; only safetensors adapters are merged")
+    visual = _visual_parts(stored)
     base_model, dequantized_from = _dequantized(base_model)
 
     from peft import PeftModel
@@ -110,6 +128,8 @@ def merge_adapter(base_model: Any, processing: Any, stored: StoredAdapter, out_d
     with staged_folder(out_dir) as staging:
         merged.save_pretrained(str(staging))
         processing.save_pretrained(str(staging))
+        for entry in visual.values():
+            shutil.copyfile(stored.folder / entry["file"], staging / entry["file"])
         pickled = sorted(p.name for p in staging.rglob("*") if p.name.lower().endswith(_PICKLE_SUFFIXES))
         if pickled:
             raise UserFacingError(f"the merged model was written with pickle-format files ({', '.join(pickled)}); "
@@ -117,20 +137,33 @@ def merge_adapter(base_model: Any, processing: Any, stored: StoredAdapter, out_d
         files = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
         merged_card = {
             "format": MERGED_CARD_FORMAT,
-            "what": f"{card.base_model} with the LoRA adapter {card.name!r} merged into its weights",
+            "what": f"{card.base_model} with the LoRA adapter {card.name!r} merged into its weights"
+                    + (f"; its {' and '.join(visual)} copied beside them, not merged" if visual else ""),
             "base_model": card.base_model,
             "base_fingerprint": card.base_fingerprint,
             "dtype": dtype,
             "dequantized_from": dequantized_from,
             "load_with": {"model": model_class, "processing": processing_class},
             "merged_from": json.loads(card.to_json()),
+            **({"visual": {**visual, "note": VISUAL_NOTE}} if visual else {}),
             "created": time.time(),
             "files": files,
         }
         # Written last: its presence says the folder is complete.
         (staging / MERGED_CARD_FILE).write_text(json.dumps(merged_card, ensure_ascii=False, indent=2), encoding="utf-8")
     size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-    return MergedModel(out_dir, stored.name, dtype, dequantized_from, model_class, processing_class, size)
+    return MergedModel(out_dir, stored.name, dtype, dequantized_from, model_class, processing_class, size,
+                       tuple(visual))
+
+
+def _visual_parts(stored: StoredAdapter) -> dict[str, dict[str, Any]]:
+    """The card's visual entries ("projector", "soft_prompt"), each naming a file the folder holds."""
+    entries = {key: value for key, value in json.loads(stored.card.to_json()).items() if key in VISUAL_PARTS and value}
+    for key, entry in entries.items():
+        if not (stored.folder / entry["file"]).is_file():
+            raise UserFacingError(f"adapter {stored.name!r}: its card names a {key}, {entry['file']}, which "
+                                  f"{stored.folder.name} does not hold; nothing was merged")
+    return entries
 
 
 def _refuse_adapted(model: Any) -> None:

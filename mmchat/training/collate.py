@@ -2,7 +2,8 @@
 
 `collate(batch, pad_id)` stacks `Encoded` examples into the tensors a causal LM takes (and,
 for examples that carry image feature tokens, `image_features`: all of the batch's images in
-row order, as `mmchat.backends.splice` places them).
+row order, as `mmchat.backends.splice` places them; for LLaVA examples with images, their
+`pixel_values` in the same order).
 `answer_positions(labels)` names the sequence positions whose next token is an answer token,
 so the engine computes the vocabulary projection only there (most of each example is the
 shared prompt). It does not tokenize, shuffle or move tensors to a device.
@@ -31,6 +32,9 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     features = [e.features for e in batch if getattr(e, "features", None) is not None]
     if features:  # image feature tokens, in prompt order (first row's images first), for the splice
         tensors["image_features"] = torch.cat(features)
+    pixels = [e.pixel_values for e in batch if getattr(e, "pixel_values", None) is not None]
+    if pixels:  # a LLaVA example's images (mmchat.training.pixels), in prompt order like the features
+        tensors["pixel_values"] = torch.cat(pixels)
     return tensors
 
 

@@ -1,7 +1,9 @@
 """The training configuration: one frozen dataclass, checked when it is made.
 
 `TrainingConfig` holds what a LoRA training run needs (the adapter's name, one-line
-description and task; rank, alpha, dropout, target modules; learning rate, epochs or steps,
+description and task; rank, alpha, dropout, target modules; for LLaVA presets which parts are
+trained (`llava_targets`: "language", "projector", "vision", see `mmchat.training.engine`) and
+the first vision-tower layer adapted; learning rate, epochs or steps,
 batch size and gradient accumulation, warm-up, seed, longest example; how often to compute
 the held-out loss, write sample answers and checkpoint). Every bad value raises `UserFacingError` naming the
 value and the accepted range. `TrainingConfig.from_mapping` builds one from a TOML table and
@@ -20,6 +22,9 @@ from mmchat.errors import UserFacingError
 
 MAX_RANK = 64  # LoRA rank accepted here (r 4-16 is the usual range; 64 keeps a SmolLM2 adapter under 30 MB)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# What a LLaVA-preset run trains (seed guidance, in this order of priority: the language model's
+# attention first, the projector next, the vision tower last).
+LLAVA_TARGETS = ("language", "projector", "vision")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class TrainingConfig:
     eval_every: int = 0  # steps between held-out losses (0: only at the end, when there are held-out rows)
     sample_every: int = 0  # steps between sample answers to fixed held-out prompts (0: never)
     checkpoint_every: int = 0  # steps between checkpoints (0: none, except when stopped)
+    llava_targets: tuple[str, ...] = ("language",)  # LLaVA presets only: a subset of LLAVA_TARGETS
+    vision_layers_from: int = 0  # "vision": LoRA on vision-tower layers from this index up (0: all)
 
     def __post_init__(self) -> None:
         def number(key: str, kinds: tuple[type, ...], low: float, high: float, accepted: str) -> None:
@@ -75,6 +82,15 @@ class TrainingConfig:
         number("eval_every", (int,), 0, 100_000, "0 (at the end only) or an integer up to 100000")
         number("sample_every", (int,), 0, 100_000, "0 (never) or an integer up to 100000")
         number("checkpoint_every", (int,), 0, 100_000, "0 (only when stopped) or an integer up to 100000")
+        number("vision_layers_from", (int,), 0, 1000, "0 (all layers) or the index of the first vision-tower layer "
+                                                     "to adapt")
+        parts = self.llava_targets
+        if (not isinstance(parts, tuple) or not parts or not all(isinstance(p, str) for p in parts)
+                or not set(parts) <= set(LLAVA_TARGETS) or len(set(parts)) != len(parts)):
+            raise UserFacingError(
+                f"llava_targets {parts!r} is not valid; accepted: a non-empty list of distinct names among "
+                f"{list(LLAVA_TARGETS)} (e.g. ['language', 'projector'])"
+            )
         targets = self.target_modules
         if not isinstance(targets, tuple) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
             raise UserFacingError(
@@ -93,16 +109,18 @@ class TrainingConfig:
         if missing:
             raise UserFacingError(f"the training config needs {', '.join(missing)}")
         data = dict(values)
-        if isinstance(data.get("target_modules"), list):
-            data["target_modules"] = tuple(data["target_modules"])
-        elif isinstance(data.get("target_modules"), str):
-            data["target_modules"] = (data["target_modules"],)
+        for key in ("target_modules", "llava_targets"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+            elif isinstance(data.get(key), str):
+                data[key] = (data[key],)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["target_modules"] = list(self.target_modules)
+        data["llava_targets"] = list(self.llava_targets)
         return data
 
 
-__all__ = ["DEFAULT_TARGETS", "MAX_RANK", "TrainingConfig"]
+__all__ = ["DEFAULT_TARGETS", "LLAVA_TARGETS", "MAX_RANK", "TrainingConfig"]

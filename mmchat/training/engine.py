@@ -6,7 +6,9 @@
    peft injects its layers into the model it wraps, and training mode would disturb chat),
    and computes the base's fingerprint with `AdapterHost.fingerprint`, as the backend does;
 2. renders every example as chat would (`mmchat.training.examples.Renderer`: answer-only
-   labels, prompt tokens -100) and refuses an example longer than `max_length` up front;
+   labels, prompt tokens -100; on LLaVA kinds `mmchat.training.pixels.PixelRenderer`, so
+   examples with pictures carry their pixels) and refuses an example longer than `max_length`
+   up front;
 3. on a 4-bit base on CUDA (QLoRA) calls peft's `prepare_model_for_kbit_training` first
    (this path cannot run on the CPU-only machines the tests use; a 4-bit base without CUDA is
    refused);
@@ -34,6 +36,17 @@ the optimizer, scheduler, RNG and data position back. The loop keeps all four in
 safetensors + JSON and is short enough to read; `measure.with_trainer` keeps Trainer for
 re-measuring. On a 4-bit CUDA base the loop runs under bf16 autocast, as Trainer would.
 
+What LoRA goes on (`prepare_model`): on the offline model, `target_modules` of the decoder
+layers from `layers_from`. On LLaVA presets, `llava_targets` chooses among "language" (that
+same LoRA on the language model only), "projector" (`multi_modal_projector` as peft's
+`modules_to_save`: a full trained copy saved in the adapter, as LLaVA trains its projector)
+and "vision" (LoRA on the vision tower's q/k/v/out projections, from `vision_layers_from`, on
+the layers whose output the projector reads). Seed guidance: the language model's attention
+first, the projector next, the vision tower last; r 4-16, alpha >= r, dropout <= 0.05. The
+projector alone is refused (a peft adapter needs a LoRA layer), and so is any LLaVA target on
+the offline kind (its projector is `mmchat.training.visual`'s). The projector and the vision
+tower learn only from examples with pictures.
+
 Same seed, same data and same machine -> identical weights (tested). What it does not do:
 choose datasets, evaluate by itself, or serve the adapter (that is `mmchat.adapters.host`).
 """
@@ -55,6 +68,7 @@ from mmchat.config import GenerationDefaults, ModelPreset
 from mmchat.errors import UserFacingError
 from mmchat.training.config import TrainingConfig
 from mmchat.training.examples import Encoded, Example, Renderer, dataset_digest
+from mmchat.training.pixels import PixelRenderer
 
 Progress = Callable[[int, int, float], None]
 OnEvent = Callable[[dict[str, Any]], None]
@@ -68,7 +82,22 @@ class TrainingStopped(UserFacingError):
 
 
 def _targets(config: TrainingConfig, kind: str, model: Any) -> dict[str, Any]:
-    """LoraConfig keyword arguments for the targets (LLaVA kinds: the language model only)."""
+    """LoraConfig keyword arguments for the targets (LLaVA kinds: the parts in `llava_targets`)."""
+    if kind == "offline":
+        if config.llava_targets != ("language",):
+            raise UserFacingError(
+                f"llava_targets {list(config.llava_targets)} applies to LLaVA presets only; the offline model's "
+                "projector and prompt vectors are chosen with VisualTargets (mmchat.training.visual); "
+                "accepted here: ['language'] (the default)"
+            )
+        names, chosen = _language_targets(config, model)
+        extra = {"layers_to_transform": list(chosen)} if config.layers_from else {}
+        return {"target_modules": names, **extra}
+    return _llava_targets(config, model)
+
+
+def _language_targets(config: TrainingConfig, model: Any) -> tuple[list[str], range]:
+    """The checked `target_modules` and the decoder layers `layers_from` chooses."""
     names = list(config.target_modules)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [n for n in names if n not in present]
@@ -79,13 +108,63 @@ def _targets(config: TrainingConfig, kind: str, model: Any) -> dict[str, Any]:
     if config.layers_from >= layers:
         raise UserFacingError(f"layers_from {config.layers_from} is out of range; this base has {layers} decoder "
                               f"layers: use 0..{layers - 1}")
-    chosen = range(config.layers_from, layers)
-    if kind == "offline":
-        extra = {"layers_to_transform": list(chosen)} if config.layers_from else {}
-        return {"target_modules": names, **extra}
-    # LLaVA: the vision tower has q_proj/k_proj/v_proj too; adapt the language model only.
-    layer_part = r"\d+" if not config.layers_from else "(?:" + "|".join(str(i) for i in chosen) + ")"
-    return {"target_modules": rf".*language_model.*\.layers\.{layer_part}\..*\.({'|'.join(names)})"}
+    return names, range(config.layers_from, layers)
+
+
+VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # a CLIP/SigLIP encoder layer's attention
+PROJECTOR_MODULE = "multi_modal_projector"
+
+
+def _llava_targets(config: TrainingConfig, model: Any) -> dict[str, Any]:
+    """One regex over the language model's and/or the vision tower's layers, and the projector
+    as peft's `modules_to_save` (a full copy trained and saved with the adapter, as LLaVA trains
+    it in both stages; LoRA on a two-layer MLP would save little and learn less).
+
+    The vision tower has q/k/v projections too, so every pattern names its part of the model.
+    Only vision layers whose output reaches the projector are adapted (LLaVA reads the
+    penultimate layer by default: LoRA after it would never get a gradient)."""
+    parts = set(config.llava_targets)
+    if parts == {"projector"}:
+        raise UserFacingError(
+            "llava_targets ['projector'] trains no LoRA layer, and a peft adapter needs one; accepted: the projector "
+            "with 'language' (seed guidance: the language model's attention first, the projector next) or 'vision'"
+        )
+    patterns = []
+    if "language" in parts:
+        names, chosen = _language_targets(config, model)
+        patterns.append(rf".*language_model.*\.layers\.{_layer_pattern(chosen, config.layers_from == 0)}\..*\."
+                        rf"({'|'.join(names)})")
+    if "vision" in parts:
+        used = _vision_layers_used(model)
+        if config.vision_layers_from >= used:
+            raise UserFacingError(f"vision_layers_from {config.vision_layers_from} is out of range; this base's "
+                                  f"projector reads the output of vision-tower layers 0..{used - 1}: "
+                                  f"use 0..{used - 1}")
+        chosen = range(config.vision_layers_from, used)
+        layers = _layer_pattern(chosen, len(chosen) == _vision_layer_count(model))
+        patterns.append(rf".*vision_tower.*\.layers\.{layers}\.self_attn\.({'|'.join(VISION_TARGETS)})")
+    targets = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{p})" for p in patterns)
+    extra = {"modules_to_save": [PROJECTOR_MODULE]} if "projector" in parts else {}
+    return {"target_modules": targets, **extra}
+
+
+def _layer_pattern(chosen: range, every: bool) -> str:
+    """A regex for the layer indices in `chosen` (any index when it holds `every` layer)."""
+    return r"\d+" if every else "(?:" + "|".join(str(i) for i in chosen) + ")"
+
+
+def _vision_layer_count(model: Any) -> int:
+    return int(model.config.vision_config.num_hidden_layers)
+
+
+def _vision_layers_used(model: Any) -> int:
+    """How many vision-tower layers feed the projector (`vision_feature_layer`: an index of the
+    hidden states, 0 being the embeddings; negative from the end; or a list of them)."""
+    layers = _vision_layer_count(model)
+    feature_layer = getattr(model.config, "vision_feature_layer", -1)
+    indices = feature_layer if isinstance(feature_layer, (list, tuple)) else [feature_layer]
+    hidden = [i if i >= 0 else layers + 1 + i for i in indices]
+    return max(1, min(layers, max(hidden)))
 
 
 def _decoder_layer_count(model: Any) -> int:
@@ -145,6 +224,8 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     labels = batch["labels"]
     keep = answer_positions(labels)
     extra = {"image_features": batch["image_features"]} if "image_features" in batch else {}
+    if "pixel_values" in batch:  # LLaVA examples with images (mmchat.training.pixels), in the vision tower's dtype
+        extra["pixel_values"] = batch["pixel_values"].to(model.get_input_embeddings().weight.dtype)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep.to(labels.device),
                 **extra)
     targets = labels[:, keep + 1]
@@ -351,7 +432,8 @@ def _abort_hooks(model: Any, stop: threading.Event) -> list[Any]:
 
 
 def prepare_model(model: Any, kind: str, config: TrainingConfig) -> Any:
-    """A PeftModel with fresh LoRA weights (seeded) on `model`; QLoRA preparation on a 4-bit base."""
+    """A PeftModel with fresh LoRA weights (seeded) on `model`, on the targets `config` and `kind`
+    choose (see the module docstring); QLoRA preparation on a 4-bit base."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -417,7 +499,10 @@ def train_adapter(
     model, tokenizer = load_base_copy(preset, cache_dir)  # never the serving model
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     fingerprint = AdapterHost(model).fingerprint(text_tokenizer.get_vocab())
-    renderer = Renderer(preset.kind, tokenizer, system_prompt, config.max_length, describe=describe)
+    if preset.kind == "offline":
+        renderer = Renderer(preset.kind, tokenizer, system_prompt, config.max_length, describe=describe)
+    else:  # LLaVA kinds train on the examples' pixels: the projector and vision targets learn from them
+        renderer = PixelRenderer(preset.kind, tokenizer, system_prompt, config.max_length)
     encoded = [renderer.encode(example) for example in examples]
     held_out = [renderer.encode(example) for example in eval_examples]
     pad_id = text_tokenizer.pad_token_id if text_tokenizer.pad_token_id is not None else renderer.eos_id

@@ -25,8 +25,9 @@ train time exactly the tokens chat sends. Real images become their text through 
 class name (seeded), so examples about photos need no photos.
 
 It does not batch (see `collate`), train, or read dataset files (see `datasets`; `read_jsonl`
-stays for today's rows); LLaVA image examples (real pixels) are not supported here and are
-refused by name.
+stays for today's rows); LLaVA image examples (real pixels) are refused here by name:
+`mmchat.training.pixels.PixelRenderer`, the engine's renderer for LLaVA kinds, encodes them
+(through the `pixel_images` hook).
 """
 
 from __future__ import annotations
@@ -296,7 +297,13 @@ class Renderer:
             return list(self.tokenizer.apply_chat_template(flat, add_generation_prompt=generation_prompt,
                                                            return_dict=True)["input_ids"])
         text = self.processor.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
-        return list(self.processor(text=[text], return_tensors=None)["input_ids"][0])
+        images = self.pixel_images(sum(len(turn.image_ids) for turn in turns))
+        return list(self.processor(text=[text], images=images, return_tensors=None)["input_ids"][0])
+
+    def pixel_images(self, count: int) -> list[Any] | None:
+        """The first `count` images of the example being encoded, for a LLaVA processor to expand
+        into image tokens; None here (see `mmchat.training.pixels.PixelRenderer`)."""
+        return None
 
     def prompt_ids(self, example: Example, answer: str | None = None) -> list[int]:
         """Token ids of the prompt chat sends for the example's last answer (with `answer`: the

@@ -2,7 +2,9 @@
 
 The tiny random LLaVA serves chat; training runs in a real `python -m mmchat.train --run`
 subprocess on a copy of the same base, publishes into the user store under the data dir, and
-the new adapter answers in chat through `/chat` without a restart. Nothing is mocked.
+the new adapter answers in chat through `/chat` without a restart. A second app serves the
+real offline model: the built-in shapes pictures train its image pathway (a visual run) and
+publish a visual adapter. Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def start(client, path, name, accept_bad=False, steps=4, **advanced):
     fields.update(advanced)
     return client.predict("quick", name, "learns the item answers", accept_bad, "", handle_file(str(path)), True, 128,
                           0.1, "", 0, *fields.values(), api_name="/finetune_start")
+
+
+def start_visual(client, name, dataset="shapes", preset="quick visual", steps=4, targets="projector + LoRA",
+                 projector_lr=3e-3, prompt_tokens=16, prompt_lr=3e-3, projector_first=3):
+    """Train with a visual preset: the advanced fields blank (the preset's) but steps and batch,
+    8 held-out pictures (a held-out fraction of 0.007 of the 1200)."""
+    advanced = [None] * 5 + [steps, None, 4] + [None] * 4 + [2]
+    return client.predict(preset, name, "sees shapes", False, dataset, None, True, 256, 0.007, "", 0, *advanced,
+                          targets, projector_lr, prompt_tokens, prompt_lr, projector_first,
+                          api_name="/finetune_start")[0]
 
 
 def wait(client, run_id, states=("done", "failed", "stopped"), timeout=300):
@@ -127,3 +139,70 @@ def test_a_run_trains_in_its_own_process_publishes_and_chat_uses_the_adapter_at_
 
     tuned, plain = answer("item-style"), answer("base")
     assert "item-style" in tuned and tuned.split("adapter")[0] != plain.split("adapter")[0], (tuned, plain)
+
+
+def test_visual_presets_are_refused_on_a_base_other_than_offline_and_bad_targets_name_their_field(app):
+    url, _, root = app
+    client = Client(url, verbose=False)
+    summary = client.predict("shapes", None, True, 256, 0.007, "", 0, api_name="/finetune_validate")[0]
+    assert "the built-in shapes dataset trains the offline model's image pathway; the loaded model is 'tiny'" \
+        in summary and "--preset offline" in summary, summary
+    note = start_visual(client, "eyes")
+    assert "trains the offline model's image pathway; the loaded model is 'tiny'" in note, note
+    note = start_visual(client, "eyes", dataset="one-word")
+    assert "a visual preset trains the offline model's image pathway" in note, note
+    for field, expected in (({"targets": "prompt tuning + LoRA", "prompt_tokens": 0},
+                             "prompt tokens 0 is out of range; accepted: a whole number 1..64"),
+                            ({"targets": "prompt tuning + LoRA", "prompt_tokens": 10_000},
+                             "prompt tokens 10000 is out of range; accepted: a whole number 1..64"),
+                            ({"projector_lr": 5.0}, "projector_learning_rate 5.0 is out of range; accepted: 1e-6..0.1"),
+                            ({"targets": "two-stage (projector, then projector + LoRA)", "projector_first": 0},
+                             "projector-first steps 0 are not valid for two-stage training; accepted: a whole "
+                             "number of steps >= 1")):
+        note = start_visual(client, "eyes", **field)
+        assert expected in note, (field, note)
+    assert client.predict(api_name="/finetune_runs") == [] or all(r["name"] != "eyes" for r in
+                                                                  client.predict(api_name="/finetune_runs"))
+
+
+@pytest.fixture(scope="module")
+def offline_app(tmp_path_factory, offline_backend, launch_app):
+    root = tmp_path_factory.mktemp("app-finetune-offline")
+    (root / "shipped").mkdir()
+    url = launch_app(root, offline_backend, None, preset="offline", generation={"temperature": 0.0},
+                     knowledge={"enabled": False}, adapters={"path": str(root / "shipped")})
+    return url, root
+
+
+def test_the_shapes_pictures_train_the_offline_image_pathway_and_publish_a_visual_adapter(offline_app):
+    url, root = offline_app
+    client = Client(url, verbose=False)
+    summary, _, _, preview, photos = client.predict("shapes", None, True, 256, 0.007, "", 0,
+                                                    api_name="/finetune_validate")
+    assert "builtin:shapes" in summary and "1200 usable rows, 0 bad rows" in summary.replace("**", ""), summary
+    assert "split: 1200 train, 8 eval" in summary, summary
+    assert "[Image 1: " + "&lt;filename&gt;" * 18 + "]" in preview  # the placeholders the vectors replace
+    shown = photos.get("value", photos) if isinstance(photos, dict) else photos
+    assert len(shown) == 3, photos
+    note = start_visual(client, "first-shapes", preset="quick")
+    assert "builtin:shapes trains the image pathway: choose a visual preset" in note, note
+
+    note = start_visual(client, "first-shapes")
+    assert "Started run" in note, note
+    run_id = client.predict(api_name="/finetune_runs")[0]["id"]
+    status = wait(client, run_id)
+    assert status["state"] == "done", status
+    assert [s for s, _ in status["loss"]] == [1, 2, 3, 4] and status["dataset"]["rows"] == 16  # each picture once
+    assert status["visual"] == {"lora": True, "projector": True, "prompt_tokens": 0, "projector_learning_rate": 3e-3,
+                                "prompt_learning_rate": 3e-3, "projector_first": 0}
+    for side in ("base", "adapter"):
+        assert {"exact_match", "exact_match_colour", "exact_match_shape", "exact_match_count",
+                "exact_match_position"} == set(status["metrics"][side]), status["metrics"]
+    assert len(status["gallery"]) == 8 and all(row["image"] for row in status["gallery"])
+    card = json.loads((root / "adapters" / "first-shapes" / "adapter_card.json").read_text())
+    assert card["projector"]["file"] == "projector.safetensors" and card["projector"]["tokens_per_image"] == 18
+    assert (root / "adapters" / "first-shapes" / "projector.safetensors").is_file()
+    assert card["metrics"]["adapter"] == status["metrics"]["adapter"]
+    assert card["metrics"]["training"]["targets_label"] == "projector + LoRA"
+    names = [row[0] for row in table(client.predict(api_name="/adapters")[0])]
+    assert "first-shapes" in names, names

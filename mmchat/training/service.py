@@ -157,6 +157,7 @@ class Finetuner:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self._manager: Any = None
+        self._pictures: dict[tuple[Any, ...], tuple[Any, list[Any]]] = {}  # drawn shapes datasets, by their options
 
     # --- what it needs from the runtime ---
     @property
@@ -242,10 +243,8 @@ class Finetuner:
         style, visual, held_out = None, False, None
         if builtin in datasets.VISUAL_BUILTIN:
             renderer = self.visual_renderer(max_length)
-            pictures = self.datasets_dir() / f"shapes-{preparation_key('shapes', seed=seed, ratio=caption_to_vqa)}"
-            report = datasets.shapes_dataset(SHAPES_ROWS, pictures, seed, caption_to_vqa)
-            held_out = datasets.shapes_dataset(min(SHAPES_MAX_HELD_OUT, max(4, round(eval_fraction * SHAPES_ROWS))),
-                                               pictures, seed, caption_to_vqa, held_out=True).examples
+            report, held_out = self.shapes(seed, caption_to_vqa,
+                                           min(SHAPES_MAX_HELD_OUT, max(4, round(eval_fraction * SHAPES_ROWS))))
             source, visual = report.source, True
         elif builtin:
             if builtin not in datasets.BUILTIN:
@@ -281,6 +280,21 @@ class Finetuner:
                    for e in train[:PREVIEW_ROWS] if id(e) in encoded]
         key = preparation_key(f"builtin:{builtin}" if builtin else str(path), **options)
         return Prepared(key, source, report, lengths, train, held_out, style, preview, max_length, visual)
+
+    def shapes(self, seed: int, caption_to_vqa: tuple[int, int] | None, held_out: int) -> tuple[Any, list[Any]]:
+        """The shapes dataset's report and held-out examples, drawn into the datasets folder; kept
+        while their pictures are there (drawing 1200 takes ~20 s, and Train after Validate, or a
+        second Validate, asks again)."""
+        from mmchat.training import datasets
+
+        key = (seed, caption_to_vqa, held_out)
+        kept = self._pictures.get(key)
+        if kept is None or not all(Path(p).is_file() for e in [*kept[0].examples, *kept[1]] for p in e.images):
+            pictures = self.datasets_dir() / f"shapes-{preparation_key('shapes', seed=seed, ratio=caption_to_vqa)}"
+            report = datasets.shapes_dataset(SHAPES_ROWS, pictures, seed, caption_to_vqa)
+            kept = report, datasets.shapes_dataset(held_out, pictures, seed, caption_to_vqa, held_out=True).examples
+            self._pictures = {key: kept}  # one kept at a time
+        return kept
 
     # --- settings ---
     def settings(self, preset: str, **changes: Any) -> TrainingConfig:
@@ -378,14 +392,6 @@ class Finetuner:
         `prepared`'s pictures, which must then be the shapes dataset, on the offline base."""
         if not self.config.finetune.enabled:
             raise UserFacingError("fine-tuning is switched off here ([finetune] enabled = false)")
-        if prepared.bad_count and not accept_bad:
-            raise UserFacingError(f"{prepared.bad_count} row(s) of {prepared.source} are not usable; fix them, or tick "
-                                  f"\"train on the {len(prepared.train) + len(prepared.held_out)} usable rows\"")
-        if not prepared.train:
-            raise UserFacingError(f"{prepared.source} has no usable training rows")
-        if config.max_length != prepared.max_length:
-            raise UserFacingError(f"max_length changed from {prepared.max_length} to {config.max_length} since the "
-                                  "dataset was checked; validate it again")
         train = prepared.train
         if visual is not None:
             self.require_offline("a visual preset")
@@ -400,6 +406,14 @@ class Finetuner:
         elif prepared.visual:
             raise UserFacingError(f"{prepared.source} trains the image pathway: choose a visual preset "
                                   f"({', '.join(VISUAL_PRESETS)})")
+        if prepared.bad_count and not accept_bad:
+            raise UserFacingError(f"{prepared.bad_count} row(s) of {prepared.source} are not usable; fix them, or tick "
+                                  f"\"train on the {len(prepared.train) + len(prepared.held_out)} usable rows\"")
+        if not prepared.train:
+            raise UserFacingError(f"{prepared.source} has no usable training rows")
+        if config.max_length != prepared.max_length:
+            raise UserFacingError(f"max_length changed from {prepared.max_length} to {config.max_length} since the "
+                                  "dataset was checked; validate it again")
         taken = self.reserved_names()
         if config.name in taken:
             raise UserFacingError(f"an adapter named {config.name!r} already exists; choose another name")

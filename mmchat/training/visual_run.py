@@ -89,7 +89,9 @@ def train_visual_adapter(
     base, tokenizer = load_base_copy(preset, cache_dir)
     features = shared_features(cache_dir)
     model = prepare_visual(base, tokenizer, features, config, targets)
-    renderer = VisualRenderer(tokenizer, system_prompt, features, config.max_length)
+    # Prompt tuning's slots open the system prompt (only asked for when there are any).
+    slots = {"prompt_tokens": targets.prompt_tokens} if targets.prompt_tokens else {}
+    renderer = VisualRenderer(tokenizer, system_prompt, features, config.max_length, **slots)
     paths = list(dict.fromkeys(path for example in [*train, *held_out] for path in example.images))
     for start in range(0, len(paths), FEATURE_CHUNK):
         if stop is not None and stop.is_set():

@@ -61,6 +61,12 @@ class Preset:
     visual: dict[str, Any] | None = None  # a visual preset's VisualTargets fields (None: a text preset)
 
 
+# The bench's visual recipe (python -m bench finetune --visual; its 300 steps are the 10-minute
+# headline on 2 cores): LoRA r=16 on q, v at 1e-3, the projector at 3e-3, batches of 8.
+VISUAL_RECIPE = {"batch_size": 8, "rank": 16, "alpha": 32, "learning_rate": 1e-3, "target_modules": ("q_proj", "v_proj"),
+                 "eval_every": 0, "sample_every": 0, "checkpoint_every": 25}
+VISUAL_TARGET_RATES = {"lora": True, "projector": True, "projector_learning_rate": 3e-3, "prompt_learning_rate": 3e-3}
+
 # Measured on the offline SmolLM2 (2 CPU cores): the shipped adapters reached format
 # compliance 1.00 with r=8 on attention, lr 2e-3, 32 steps of 8.
 PRESETS = {
@@ -75,22 +81,12 @@ PRESETS = {
                        {"max_steps": 200, "batch_size": 8, "rank": 16, "alpha": 32, "learning_rate": 1e-3,
                         "warmup_steps": 10, "target_modules": ATTENTION + MLP, "eval_every": 25,
                         "sample_every": 25, "checkpoint_every": 25}),
-    # The bench's recipe (python -m bench finetune --visual): its 300 steps are the 10-minute
-    # headline on 2 cores; the quick preset takes half.
     "quick visual": Preset("quick visual", "150 steps of 8 on the shapes pictures, LoRA r=16 on q, v at lr 1e-3 "
                            "and the projector at 3e-3 (half the 300-step, 10-minute headline run)",
-                           {"max_steps": 150, "batch_size": 8, "rank": 16, "alpha": 32, "learning_rate": 1e-3,
-                            "target_modules": ("q_proj", "v_proj"), "eval_every": 0, "sample_every": 0,
-                            "checkpoint_every": 25},
-                           visual={"lora": True, "projector": True, "projector_learning_rate": 3e-3,
-                                   "prompt_learning_rate": 3e-3}),
+                           {**VISUAL_RECIPE, "max_steps": 150}, visual=VISUAL_TARGET_RATES),
     "two-stage": Preset("two-stage", "200 steps of 8 on the shapes pictures as LLaVA trains: the projector alone "
                         "for 50 steps, then projector + LoRA (r=16 on q, v, lr 1e-3; projector 3e-3)",
-                        {"max_steps": 200, "batch_size": 8, "rank": 16, "alpha": 32, "learning_rate": 1e-3,
-                         "target_modules": ("q_proj", "v_proj"), "eval_every": 0, "sample_every": 0,
-                         "checkpoint_every": 25},
-                        visual={"lora": True, "projector": True, "projector_learning_rate": 3e-3,
-                                "prompt_learning_rate": 3e-3, "projector_first": 50}),
+                        {**VISUAL_RECIPE, "max_steps": 200}, visual={**VISUAL_TARGET_RATES, "projector_first": 50}),
 }
 VISUAL_PRESETS = tuple(name for name, preset in PRESETS.items() if preset.visual is not None)
 # The targets choice of a visual run -> VisualTargets fields (the seeds' table; as the bench's

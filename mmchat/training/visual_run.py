@@ -77,8 +77,8 @@ def train_visual_adapter(
     from mmchat.vision.features import shared_features
 
     if preset.kind != "offline":
-        raise UserFacingError(f"visual training needs the offline model's image pathway; preset {preset.name!r} is "
-                              f"{preset.kind}; accepted: the offline preset")
+        raise UserFacingError(f"visual training needs the offline model's image pathway; preset {preset.name!r} "
+                              f"(kind {preset.kind}) has none; accepted: the offline preset")
     if not train:
         raise UserFacingError("no training examples; accepted: at least one picture with its question")
     if (store.root / config.name).exists():

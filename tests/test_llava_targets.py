@@ -111,12 +111,17 @@ def test_published_projector_and_vision_adapters_load_and_switch_per_message(pic
     from peft import PeftModel
 
     from mmchat.backends.llava import LlavaBackend
+    from mmchat.config import GenerationDefaults
     from mmchat.training.engine import train_adapter
 
     store = AdapterStore(tmp_path / "adapters")
-    stored = {targets[-1]: train_adapter(_config(name=f"tiny-{targets[-1]}", llava_targets=targets), pictures, store,
-                                         preset=TINY, cache_dir=model_cache_dir)
+    events: list[dict] = []
+    stored = {targets[-1]: train_adapter(_config(name=f"tiny-{targets[-1]}", llava_targets=targets, sample_every=3),
+                                         pictures, store, preset=TINY, cache_dir=model_cache_dir,
+                                         sample_examples=pictures[:1],
+                                         on_event=lambda event, name=targets[-1]: events.append({**event, "name": name}))
               for targets in (("language", "projector"), ("vision",))}
+    samples = {event["name"]: event["samples"][0] for event in events if event["type"] == "sample"}
     projector_card = stored["projector"].card
     assert projector_card.metrics["training"]["hyperparameters"]["llava_targets"] == ["language", "projector"]
     backend = LlavaBackend.from_preset(TINY, model_cache_dir)
@@ -135,6 +140,38 @@ def test_published_projector_and_vision_adapters_load_and_switch_per_message(pic
         assert (answers[name][0] - base).abs().max() > 1e-3, name  # the adapter changes the answer
         alone = PeftModel.from_pretrained(load_base_copy(TINY, model_cache_dir)[0], str(adapter.folder)).eval()
         torch.testing.assert_close(answers[name][0], _logits(alone, inputs), rtol=1e-5, atol=1e-5)
+    # The sample answers written during training are what chat with the adapter answers.
+    from PIL import Image
+
+    from mmchat.backends.base import GenerationParams
+    from mmchat.prompt import Turn, render_messages
+
+    params = GenerationParams(max_new_tokens=32, temperature=0.0)
+    messages, _ = render_messages(GenerationDefaults().system_prompt, [Turn("user", pictures[0].question, ("p",))])
+    with Image.open(pictures[0].images[0]) as picture:
+        picture = picture.convert("RGB")
+    for name in stored:
+        chat = "".join(backend.stream(backend.prepare(messages, [picture], adapter=name), params)).strip()
+        assert samples[name]["answer"] == chat, name
+
+
+def test_sample_answers_show_the_model_the_picture(pictures, model_cache_dir):
+    """The tiny model's greedy text barely depends on the image, so the vision tower's own
+    forward hook says whether a sample answer looked at it."""
+    from mmchat.config import GenerationDefaults
+    from mmchat.training.engine import _sampler
+    from mmchat.training.pixels import PixelRenderer
+
+    model, processor = load_base_copy(TINY, model_cache_dir)
+    renderer = PixelRenderer(TINY.kind, processor, GenerationDefaults().system_prompt, 512)
+    seen = []
+    hook = model.model.vision_tower.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    try:
+        answers = _sampler(renderer, pictures[:2], max_new_tokens=3)(model.eval())
+    finally:
+        hook.remove()
+    assert [a["prompt"] for a in answers] == [p.question for p in pictures[:2]]
+    assert [tuple(shape) for shape in seen] == [tuple(renderer.pixel_values(p).shape) for p in pictures[:2]]
 
 
 @pytest.mark.parametrize("values, message", [

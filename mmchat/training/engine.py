@@ -215,6 +215,12 @@ def _from_step(schedule: Callable[[int], float], start: int) -> Callable[[int], 
     return multiplier
 
 
+def _in_model_dtype(model: Any, pixel_values: Any) -> Any:
+    """Pixels (float32 from the processor) in the model's float dtype, as `LlavaBackend.prepare`
+    casts them (a 4-bit base keeps its vision tower in 16-bit)."""
+    return pixel_values.to(model.get_input_embeddings().weight.dtype)
+
+
 def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     """Mean cross-entropy over answer tokens, projecting to the vocabulary only where needed."""
     import torch.nn.functional as F
@@ -224,8 +230,8 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     labels = batch["labels"]
     keep = answer_positions(labels)
     extra = {"image_features": batch["image_features"]} if "image_features" in batch else {}
-    if "pixel_values" in batch:  # LLaVA examples with images (mmchat.training.pixels), in the vision tower's dtype
-        extra["pixel_values"] = batch["pixel_values"].to(model.get_input_embeddings().weight.dtype)
+    if "pixel_values" in batch:  # LLaVA examples with images (mmchat.training.pixels)
+        extra["pixel_values"] = _in_model_dtype(model, batch["pixel_values"])
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep.to(labels.device),
                 **extra)
     targets = labels[:, keep + 1]
@@ -557,14 +563,17 @@ def _sampler(renderer: Renderer, examples: list[Example], max_new_tokens: int = 
     import torch
 
     prompts = [renderer.prompt_ids(example) for example in examples]
+    # LLaVA examples with pictures: their pixels go with the ids (the image tokens are in the prompt)
+    pixels = [renderer.pixel_values(e) if isinstance(renderer, PixelRenderer) else None for e in examples]
     tokenizer = renderer.tokenizer
 
     def sample(model: Any) -> list[dict[str, str]]:
         answers = []
         with torch.no_grad():
-            for example, ids in zip(examples, prompts):
+            for example, ids, pixel_values in zip(examples, prompts, pixels):
                 inputs = torch.tensor([ids])
-                out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                extra = {} if pixel_values is None else {"pixel_values": _in_model_dtype(model, pixel_values)}
+                out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False, **extra,
                                      max_new_tokens=max_new_tokens, eos_token_id=renderer.eos_id,
                                      pad_token_id=tokenizer.pad_token_id or renderer.eos_id)
                 answers.append({"prompt": example.question, "expected": example.answer,

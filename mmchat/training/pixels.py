@@ -9,16 +9,17 @@ are prompt, -100), and the example carries its `pixel_values` (`PixelEncoded`), 
 `collate` stacks and `answer_loss` hands to the model. Examples without images encode as the
 plain `Renderer` encodes them, token for token.
 
-It does not sample answers with images (the sampler passes ids only), and it does not touch
-the offline model (its images become features through `mmchat.training.visual`) or the
+`prompt_ids` expands the image tokens too and `pixel_values(example)` gives the pixels, so the
+engine's sample answers read the pictures. It does not touch the offline model (its images become features through `mmchat.training.visual`) or the
 `image_labels` examples (offline only, refused as before).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 from mmchat.training.examples import Encoded, Example, Renderer, image_describer
 
@@ -48,16 +49,32 @@ class PixelRenderer(Renderer):
     def pixel_images(self, count: int) -> list[Any] | None:
         return self._images[:count] or None
 
+    @contextlib.contextmanager
+    def _opened(self, example: Example) -> Iterator[None]:
+        """The example's images open for `pixel_images` while its ids are rendered."""
+        self._images = self._open(list(example.images)) if example.images else []
+        try:
+            yield
+        finally:
+            self._images = []
+
+    def pixel_values(self, example: Example) -> Any:
+        """The example's images as the processor gives them to the model (None without images)."""
+        if not example.images:
+            return None
+        images = self._open(list(example.images))
+        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def prompt_ids(self, example: Example, answer: str | None = None) -> list[int]:
+        with self._opened(example):
+            return super().prompt_ids(example, answer)
+
     def _encode(self, example: Example) -> Encoded:
         if not example.images:
             return super()._encode(example)
-        self._images = self._open(list(example.images))
-        try:
+        with self._opened(example):
             encoded = super()._encode(example)
-            pixels = self.processor.image_processor(images=self._images, return_tensors="pt")["pixel_values"]
-        finally:
-            self._images = []
-        return PixelEncoded(encoded.input_ids, encoded.labels, pixels)
+        return PixelEncoded(encoded.input_ids, encoded.labels, self.pixel_values(example))
 
 
 __all__ = ["PixelEncoded", "PixelRenderer"]

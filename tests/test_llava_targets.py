@@ -153,6 +153,16 @@ def test_published_projector_and_vision_adapters_load_and_switch_per_message(pic
     for name in stored:
         chat = "".join(backend.stream(backend.prepare(messages, [picture], adapter=name), params)).strip()
         assert samples[name]["answer"] == chat, name
+    # Exported and uploaded (checked against the base's modules and shapes) like any adapter.
+    from mmchat.adapters.bundle import export_adapter_zip, import_adapter_zip, module_shapes
+
+    shapes = module_shapes(load_base_copy(TINY, model_cache_dir)[0])
+    elsewhere = AdapterStore(tmp_path / "elsewhere")
+    for name, adapter in stored.items():
+        zipped = export_adapter_zip(adapter, tmp_path / f"{name}.zip")
+        imported = import_adapter_zip(zipped, elsewhere, backend.base_fingerprint(), shapes, base_model=TINY.source)
+        assert (imported.folder / "adapter_model.safetensors").read_bytes() == \
+            (adapter.folder / "adapter_model.safetensors").read_bytes()
 
 
 def test_sample_answers_show_the_model_the_picture(pictures, model_cache_dir):

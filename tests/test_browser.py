@@ -474,3 +474,52 @@ def test_finetune_upload_see_bad_rows_and_preview_train_and_pick_the_adapter_in_
     assert width <= 390 + 2, f"the Fine-tune tab is {width} px wide on a 390 px phone"
     phone.screenshot(path=str(ARTIFACTS / "finetune-390x844.png"), full_page=True)
     phone.close()
+
+
+def test_finetune_the_shapes_pictures_with_the_quick_visual_preset_and_publish_a_visual_adapter(app_url, browser):
+    """The issue's "done when" path in a real browser: pick the built-in shapes pictures (the
+    quick visual preset and its targets come with them), validate and see the pictures, train
+    a short run of the image pathway in its own process, and read the per-skill held-out
+    scores (base through today's label pathway vs the adapter) when it is published."""
+    page = open_when_ready(browser, app_url, 1400, 1000, status="\\bready\\b")
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.click("#mmchat-ft-dataset input")
+    page.click("li[data-testid=dropdown-option]:has-text('built-in: shapes')")
+    page.wait_for_selector("#mmchat-ft-preset input[value='quick visual']:checked", timeout=20_000)
+    page.wait_for_selector("#mmchat-ft-visual", state="visible", timeout=10_000)
+    assert page.locator("#mmchat-ft-visual-targets input[value='projector + LoRA']").is_checked()
+    page.get_by_text("Advanced", exact=True).click()
+    steps = page.get_by_label("steps (0: epochs decide)")
+    steps.wait_for(state="visible", timeout=10_000)
+    page.wait_for_function("document.querySelector('#mmchat-ft-preset-info')?.innerText.includes('150 steps')",
+                           timeout=20_000)  # the preset's fields are in: now they can be changed
+    for label, value in (("steps (0: epochs decide)", "4"), ("batch size", "4"), ("held-out fraction", "0.007")):
+        field = page.get_by_label(label)
+        field.fill(value)
+        field.press("Tab")
+        assert field.input_value() == value, (label, field.input_value())
+    page.click("#mmchat-ft-validate")
+    page.wait_for_function("(document.querySelector('#mmchat-ft-summary')?.innerText || '').includes('1200 usable')",
+                           timeout=120_000)
+    assert "1200 train, 8 eval" in page.locator("#mmchat-ft-summary").inner_text()
+    page.wait_for_selector("#mmchat-ft-preview-images img", timeout=20_000)  # the drawn pictures
+
+    page.fill("#mmchat-ft-name textarea, #mmchat-ft-name input", "browser-shapes")
+    page.click("#mmchat-ft-train")
+    try:
+        page.wait_for_function(
+            "(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('Started run')", timeout=30_000)
+    except Exception:
+        raise AssertionError(page.locator("#mmchat-ft-start-note").inner_text()) from None
+    page.wait_for_function("(document.querySelector('#mmchat-ft-result')?.innerText || '').includes('Published')",
+                           timeout=300_000)
+    result = page.locator("#mmchat-ft-result").inner_text()
+    assert "exact_match_colour" in result and "exact_match_count" in result and "projector + LoRA" in result, result
+    assert "4 steps" in result, result
+    page.wait_for_selector("#mmchat-ft-gallery", state="visible", timeout=10_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "finetune-visual-done-1400x1000.png"), full_page=True)
+    page.get_by_role("tab", name="Chat").click()
+    page.click("#mmchat-adapter input")
+    page.wait_for_selector("#mmchat-adapter li[data-testid=dropdown-option]:has-text('browser-shapes')", timeout=20_000)
+    page.close()

@@ -315,13 +315,13 @@ class Finetuner:
         """A visual preset's `VisualTargets` from the targets `choice` (`VISUAL_TARGETS`; default:
         the preset's own) and its fields (None: the preset's); None for a text preset. The two-stage
         choice needs `projector_first` >= 1 steps, prompt tuning 1..64 `prompt_tokens`."""
-        from mmchat.training.visual import MAX_PROMPT_TOKENS, VisualTargets
-
         if preset not in PRESETS:
             raise UserFacingError(f"preset {preset!r} does not exist; accepted: {', '.join(PRESETS)}")
         defaults = PRESETS[preset].visual
         if defaults is None:
             return None
+        from mmchat.training.visual import MAX_PROMPT_TOKENS, VisualTargets
+
         choice = choice or visual_choice(defaults)
         if choice not in VISUAL_TARGETS:
             raise UserFacingError(f"visual targets {choice!r} are not valid; accepted: {', '.join(VISUAL_TARGETS)}")

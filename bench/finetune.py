@@ -225,6 +225,7 @@ def visual(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=80)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--distractors", type=int, default=2, help="at most this many distractors per picture")
     parser.add_argument("--targets", default="projector+lora", choices=sorted(TARGET_CHOICES),
                         help="what learns (the seeds' target table)")
     parser.add_argument("--cache-dir", default="~/.cache/mmchat")
@@ -243,8 +244,10 @@ def visual(argv: list[str] | None = None) -> int:
     cache_dir = Path(args.cache_dir).expanduser()
     work = Path(tempfile.mkdtemp(prefix="mmchat-bench-visual-"))
     started = time.perf_counter()
-    train = shapes.generate(args.train, seed=0, caption_ratio=(0, 1), out_dir=work / "images")
-    held_out = shapes.generate(args.held_out, seed=0, caption_ratio=(0, 1), held_out=True, out_dir=work / "images")
+    train = shapes.generate(args.train, seed=0, caption_ratio=(0, 1), out_dir=work / "images",
+                            max_distractors=args.distractors)
+    held_out = shapes.generate(args.held_out, seed=0, caption_ratio=(0, 1), held_out=True, out_dir=work / "images",
+                               max_distractors=args.distractors)
     print(f"dataset: {len(train)} train / {len(held_out)} held-out pictures in {time.perf_counter() - started:.0f} s",
           flush=True)
     model, tokenizer = load_base_copy(PRESETS["offline"], cache_dir)
@@ -285,7 +288,14 @@ def visual(argv: list[str] | None = None) -> int:
                      stop_at=stop_at)
         table, replies = evaluate_visual(composite, renderer, held_out)
         curve.append({"step": stop_at, "train_s": round(train_s, 1), **table})
-        print(f"step {stop_at}: {train_s / 60:.1f} min of training, held-out exact match {table}", flush=True)
+        novel = [(e, r) for e, r in zip(held_out, replies) if e.extra.get("held_out_pair")]
+        seen = [(e, r) for e, r in zip(held_out, replies) if not e.extra.get("held_out_pair")]
+        split = {name: round(shapes.score_by_skill(*zip(*rows))["all"], 3) for name, rows in
+                 (("unseen pairs", novel), ("trained pairs", seen)) if rows}
+        print(f"step {stop_at}: {train_s / 60:.1f} min of training, held-out exact match {table} {split}", flush=True)
+        wrong = [f"{e.kind}: {e.question!r} {e.answer!r} -> {r!r}" for e, r in zip(held_out, replies)
+                 if e.kind != "shape" and shapes.score_by_skill([e], [r])["all"] < 1]
+        print("  wrong, e.g.: " + "; ".join(wrong[:10]), flush=True)
         if stop_at >= args.steps:
             break
         stop_at = min(args.steps, stop_at + args.eval_every)

@@ -305,9 +305,10 @@ def _seed_int(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(str(p) for p in ("shapes",) + parts).encode()).digest()[:8], "big")
 
 
-def sample_scene(kind: str, rng: random.Random, held_out: bool = False) -> tuple[Scene, bool]:
+def sample_scene(kind: str, rng: random.Random, held_out: bool = False,
+                 max_distractors: int = MAX_DISTRACTORS) -> tuple[Scene, bool]:
     """A scene for a question of `kind` and whether its target is a held-out pair. Training
-    (`held_out=False`) draws only `TRAIN_PAIRS`, distractors included."""
+    (`held_out=False`) draws only `TRAIN_PAIRS`, distractors included (0..`max_distractors`)."""
     if kind not in KINDS:
         raise UserFacingError(f"shapes: kind {kind!r} is not valid; accepted: {', '.join(KINDS)}")
     novel = held_out and rng.random() < HELD_OUT_PAIR_SHARE
@@ -319,7 +320,7 @@ def sample_scene(kind: str, rng: random.Random, held_out: bool = False) -> tuple
         pool = [(c, s) for c, s in pool if s != shape]
     elif kind in ("shape", "position"):  # the question names the colour
         pool = [(c, s) for c, s in pool if c != colour]
-    distractors = tuple(rng.sample(pool, rng.randint(0, MAX_DISTRACTORS)))
+    distractors = tuple(rng.sample(pool, rng.randint(0, max_distractors)))
     scene = Scene(shape, colour, count, position, rng.choice(tuple(SIZES)), rng.choice(tuple(BACKGROUNDS)),
                   rng.choice(STYLES), distractors)
     return scene, novel
@@ -355,7 +356,7 @@ def kind_plan(n: int, caption_ratio: tuple[int, int]) -> list[str]:
 
 
 def generate(n: int, seed: int = 0, caption_ratio: tuple[int, int] = (1, 2), held_out: bool = False, *,
-             out_dir: Path) -> list[Example]:
+             out_dir: Path, max_distractors: int = MAX_DISTRACTORS) -> list[Example]:
     """`n` examples, each with its own picture written to `out_dir/<sha256>.png`.
 
     The kinds follow `kind_plan`, shuffled by `seed`; the same arguments always give the same
@@ -365,6 +366,8 @@ def generate(n: int, seed: int = 0, caption_ratio: tuple[int, int] = (1, 2), hel
     """
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_EXAMPLES:
         raise UserFacingError(f"shapes: n {n!r} is not valid; accepted: a whole number from 1 to {MAX_EXAMPLES}")
+    if max_distractors not in range(MAX_DISTRACTORS + 1):
+        raise UserFacingError(f"shapes: max_distractors {max_distractors!r} is not valid; accepted: 0..{MAX_DISTRACTORS}")
     split = "held-out" if held_out else "train"
     kinds = kind_plan(n, caption_ratio)
     random.Random(_seed_int(split, seed, "order")).shuffle(kinds)
@@ -373,7 +376,7 @@ def generate(n: int, seed: int = 0, caption_ratio: tuple[int, int] = (1, 2), hel
     for index, kind in enumerate(kinds):
         image_seed = _seed_int(split, seed, index)
         rng = random.Random(image_seed)
-        scene, novel = sample_scene(kind, rng, held_out)
+        scene, novel = sample_scene(kind, rng, held_out, max_distractors)
         train_templates, eval_templates = TEMPLATES[kind]
         new_template = held_out and rng.random() < HELD_OUT_TEMPLATE_SHARE
         text, answer = question(kind, scene, rng.choice(eval_templates if new_template else train_templates))

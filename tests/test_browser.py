@@ -511,8 +511,9 @@ def test_finetune_the_shapes_pictures_with_the_quick_visual_preset_and_publish_a
             "(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('Started run')", timeout=30_000)
     except Exception:
         raise AssertionError(page.locator("#mmchat-ft-start-note").inner_text()) from None
-    page.wait_for_function("(document.querySelector('#mmchat-ft-result')?.innerText || '').includes('Published')",
-                           timeout=300_000)
+    page.wait_for_function(  # this run's result (an earlier run's may be shown until the new one is followed)
+        "(document.querySelector('#mmchat-ft-result')?.innerText || '').includes('Published browser-shapes')",
+        timeout=300_000)
     result = page.locator("#mmchat-ft-result").inner_text()
     assert "exact_match_colour" in result and "exact_match_count" in result and "projector + LoRA" in result, result
     assert "4 steps" in result, result

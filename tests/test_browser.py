@@ -401,6 +401,25 @@ def test_pick_a_shipped_adapter_then_compare_columns_fill(app_url, browser, widt
     page.close()
 
 
+def fill_fields(page, values) -> None:
+    """Type each (label, value) into its Fine-tune field and check it took."""
+    for label, value in values:
+        field = page.get_by_label(label)
+        field.fill(value)
+        field.press("Tab")
+        assert field.input_value() == value, (label, field.input_value())
+
+
+def start_training(page, timeout: int = 20_000) -> None:
+    """Press Train and wait for the run to start (else fail with the tab's note)."""
+    page.click("#mmchat-ft-train")
+    try:
+        page.wait_for_function(
+            "(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('Started run')", timeout=timeout)
+    except Exception:
+        raise AssertionError(page.locator("#mmchat-ft-start-note").inner_text()) from None
+
+
 def test_finetune_upload_see_bad_rows_and_preview_train_and_pick_the_adapter_in_chat(app_url, browser, tmp_path):
     """The Fine-tune tab as a person uses it: upload a JSONL with two broken rows, see them named
     with their lines and the rows rendered with the answer highlighted, start a short run on
@@ -434,18 +453,9 @@ def test_finetune_upload_see_bad_rows_and_preview_train_and_pick_the_adapter_in_
     page.get_by_text("Advanced", exact=True).click()
     page.get_by_label("steps (0: epochs decide)").wait_for(state="visible", timeout=10_000)
     page.wait_for_timeout(300)  # the accordion's content settles
-    for label, value in (("steps (0: epochs decide)", "6"), ("batch size", "2"), ("held-out loss every N steps", "2"),
-                         ("sample answers every N steps", "3")):
-        field = page.get_by_label(label)
-        field.fill(value)
-        field.press("Tab")
-        assert field.input_value() == value, (label, field.input_value())
-    page.click("#mmchat-ft-train")
-    try:
-        page.wait_for_function(
-            "(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('Started run')", timeout=20_000)
-    except Exception:
-        raise AssertionError(page.locator("#mmchat-ft-start-note").inner_text()) from None
+    fill_fields(page, (("steps (0: epochs decide)", "6"), ("batch size", "2"), ("held-out loss every N steps", "2"),
+                       ("sample answers every N steps", "3")))
+    start_training(page)
     page.wait_for_function("/step [2-6]\\/6/.test(document.querySelector('#mmchat-ft-progress')?.innerText || '')",
                            timeout=180_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -493,11 +503,7 @@ def test_finetune_the_shapes_pictures_with_the_quick_visual_preset_and_publish_a
     steps.wait_for(state="visible", timeout=10_000)
     page.wait_for_function("document.querySelector('#mmchat-ft-preset-info')?.innerText.includes('150 steps')",
                            timeout=20_000)  # the preset's fields are in: now they can be changed
-    for label, value in (("steps (0: epochs decide)", "4"), ("batch size", "4"), ("held-out fraction", "0.007")):
-        field = page.get_by_label(label)
-        field.fill(value)
-        field.press("Tab")
-        assert field.input_value() == value, (label, field.input_value())
+    fill_fields(page, (("steps (0: epochs decide)", "4"), ("batch size", "4"), ("held-out fraction", "0.007")))
     page.click("#mmchat-ft-validate")
     page.wait_for_function("(document.querySelector('#mmchat-ft-summary')?.innerText || '').includes('1200 usable')",
                            timeout=120_000)
@@ -505,12 +511,7 @@ def test_finetune_the_shapes_pictures_with_the_quick_visual_preset_and_publish_a
     page.wait_for_selector("#mmchat-ft-preview-images img", timeout=20_000)  # the drawn pictures
 
     page.fill("#mmchat-ft-name textarea, #mmchat-ft-name input", "browser-shapes")
-    page.click("#mmchat-ft-train")
-    try:
-        page.wait_for_function(
-            "(document.querySelector('#mmchat-ft-start-note')?.innerText || '').includes('Started run')", timeout=30_000)
-    except Exception:
-        raise AssertionError(page.locator("#mmchat-ft-start-note").inner_text()) from None
+    start_training(page, timeout=30_000)
     page.wait_for_function(  # this run's result (an earlier run's may be shown until the new one is followed)
         "(document.querySelector('#mmchat-ft-result')?.innerText || '').includes('Published browser-shapes')",
         timeout=300_000)

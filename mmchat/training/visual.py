@@ -2,15 +2,15 @@
 
 `VisualLM(lm, projector, placeholder)` is the LLaVA-style composite for the offline base:
 each image's frozen feature tokens (`mmchat.vision.features`: a 4x4 grid of EfficientNet-Lite0
-features, the pooled feature and a colour token) go through the trainable `Projector` and are
+features, each with its cell's colour, the pooled feature and a colour token) go through the trainable `Projector` and are
 spliced (`mmchat.backends.splice`) where the prompt holds that image's placeholders; the
 language model (SmolLM2, with LoRA layers) reads them as input embeddings. `VisualRenderer`
 renders examples exactly as the text ones (the engine's `Renderer`, chat's template and
 system prompt), each photo as `image_text` instead of its label line, and attaches each
 example's features to its encoding (`VisualEncoded`), so the engine's collator and answer-only
 loss take them unchanged. `train_visual` runs the engine's `run_loop` (seeded, checkpoints,
-stop, per-step events) with two learning rates (the projector's higher: colour is learnt only
-with it), then `evaluate_visual` asks held-out questions greedily — the adapter through the
+stop, per-step events, batches balanced over the examples' skills) with the projector's own
+learning rate and, for two-stage runs, LoRA held still for the first `projector_first` steps; then `evaluate_visual` asks held-out questions greedily — the adapter through the
 composite, the base through today's label pathway — and scores exact match per skill.
 
 Prompt tuning: with `VisualTargets.prompt_tokens` > 0 the composite also holds a `SoftPrompt`
@@ -21,8 +21,8 @@ LoRA (after `projector_first`).
 
 `publish_visual` writes the result as a visual adapter (LoRA files, `projector.safetensors`,
 `soft_prompt.safetensors` when there is one, a card naming them), which the offline backend
-serves per message. What it does not do yet (issue 13, next steps): LLaVA targets, the
-Fine-tune tab's visual preset.
+serves per message. The run around these (load, features, evaluate, publish) is
+`mmchat.training.visual_run`; LLaVA presets' targets are the engine's (`llava_targets`).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def _photos(folder: Path, count: int, seed: int) -> list[Example]:
 @pytest.mark.slow
 def test_a_short_real_run_on_the_offline_composite_learns_colour_the_label_pathway_cannot_say(tmp_path,
                                                                                               model_cache_dir):
-    """16 steps on the real SmolLM2 + EfficientNet features: the loss falls and the held-out
+    """24 steps on the real SmolLM2 + EfficientNet features: the loss falls and the held-out
     colour answers go from what the label line lets the base guess to right."""
     from mmchat.backends.offline import ClassifierLabelPathway
     from mmchat.backends.registry import load_base_copy
@@ -102,7 +102,7 @@ def test_a_short_real_run_on_the_offline_composite_learns_colour_the_label_pathw
     train, held_out = _photos(tmp_path, 64, seed=0), _photos(tmp_path, 12, seed=1)
     model, tokenizer = load_base_copy(PRESETS["offline"], model_cache_dir)
     config = TrainingConfig(name="colours", description="x", rank=16, alpha=32, target_modules=("q_proj", "v_proj"),
-                            learning_rate=1e-3, max_steps=16, batch_size=8, seed=0)
+                            learning_rate=1e-3, max_steps=24, batch_size=8, seed=0)
     features = shared_features(model_cache_dir)
     visual = build_visual_model(prepare_model(model, "offline", config), tokenizer, features, seed=0)
     renderer = VisualRenderer(tokenizer, "Answer briefly.", features)

@@ -225,7 +225,8 @@ def visual(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=80)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--distractors", type=int, default=2, help="at most this many distractors per picture")
+    parser.add_argument("--distractors", type=int, default=0,
+                        help="at most this many distractors per picture (0..2; the headline is 0)")
     parser.add_argument("--targets", default="projector+lora", choices=sorted(TARGET_CHOICES),
                         help="what learns (the seeds' target table)")
     parser.add_argument("--cache-dir", default="~/.cache/mmchat")

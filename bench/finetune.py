@@ -229,6 +229,7 @@ def visual(argv: list[str] | None = None) -> int:
                         help="at most this many distractors per picture (0..2; the headline is 0)")
     parser.add_argument("--targets", default="projector+lora", choices=sorted(TARGET_CHOICES),
                         help="what learns (the seeds' target table)")
+    parser.add_argument("--grid", type=int, default=None, help="feature grid (FeatureSpec.grid; default its own)")
     parser.add_argument("--cache-dir", default="~/.cache/mmchat")
     args = parser.parse_args(argv)
 
@@ -239,7 +240,7 @@ def visual(argv: list[str] | None = None) -> int:
     from mmchat.training.config import TrainingConfig
     from mmchat.training.examples import image_describer
     from mmchat.training.visual import VisualRenderer, VisualTargets, evaluate_visual, prepare_visual, train_visual
-    from mmchat.vision.features import shared_features
+    from mmchat.vision.features import FeatureSpec, shared_features
     from mmchat.vision.imagenet import shared_classifier
 
     cache_dir = Path(args.cache_dir).expanduser()
@@ -256,9 +257,9 @@ def visual(argv: list[str] | None = None) -> int:
                             target_modules=("q_proj", "v_proj"), learning_rate=1e-3, max_steps=args.steps,
                             batch_size=8, seed=0)
     targets = VisualTargets(**TARGET_CHOICES[args.targets])
-    features = shared_features(cache_dir)
+    features = shared_features(cache_dir, FeatureSpec() if args.grid is None else FeatureSpec(grid=args.grid))
     composite = prepare_visual(model, tokenizer, features, config, targets)
-    renderer = VisualRenderer(tokenizer, GenerationDefaults().system_prompt, features)
+    renderer = VisualRenderer(tokenizer, GenerationDefaults().system_prompt, features, prompt_tokens=targets.prompt_tokens)
     t0 = time.perf_counter()
     for example in train:  # features once per picture, before the clock starts
         renderer.image_features(list(example.images))
@@ -302,7 +303,7 @@ def visual(argv: list[str] | None = None) -> int:
         stop_at = min(args.steps, stop_at + args.eval_every)
     final = curve[-1]
     reached = next((c for c in curve if c["all"] >= 0.85), None)
-    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""),
+    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""), "grid": features.spec.grid,
               "train_rows": len(train), "held_out_rows": len(held_out), "steps": args.steps, "batch": 8,
               "features_s": round(features_s, 1), "train_s": round(train_s, 1),
               "tokens_per_s": round(tokens / train_s, 1) if train_s else None, "base": base, "curve": curve,

@@ -288,3 +288,13 @@ def test_render_is_pure_and_the_module_imports_no_torch():
     assert not np.array_equal(np.asarray(render(scene, 5)), np.asarray(render(scene, 6)))
     code = "import sys, mmchat.training.shapes; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_the_tabs_shapes_dataset_holds_one_kind_of_object_per_picture(tmp_path):
+    """The Fine-tune tab's built-in pictures are the headline benchmark's: no distractors."""
+    from mmchat.training.datasets import shapes_dataset
+
+    for held_out in (False, True):
+        report = shapes_dataset(16, tmp_path, held_out=held_out)
+        assert len(report.examples) == 16 and "one kind of object per picture" in report.notes[0]
+        assert all(example.extra["scene"].distractors == () for example in report.examples)

@@ -369,6 +369,22 @@ def test_a_short_prompt_tuning_run_lowers_the_loss_and_chat_serves_what_training
     assert served == trained["replies"], (served, trained["replies"])
 
 
+def test_the_base_side_of_a_prompt_tuned_evaluation_asks_without_the_soft_prompt(trained):
+    """The base's prompts (label line, no slots) get no soft prompt: the same replies as a
+    composite that never had one (the tab's evaluation of a prompt + LoRA run asks the base too)."""
+    from mmchat.training.visual import evaluate_visual
+
+    visual, renderer, examples = trained["visual"], trained["renderer"], trained["held_out"][:2]
+    describe = lambda paths: ["a photo of a shape"] * len(paths)  # noqa: E731
+    _, with_prompt = evaluate_visual(visual, renderer, examples, base=True, describe=describe)
+    soft_prompt, visual.soft_prompt = visual.soft_prompt, None
+    try:
+        _, without = evaluate_visual(visual, renderer, examples, base=True, describe=describe)
+    finally:
+        visual.soft_prompt = soft_prompt
+    assert with_prompt == without and all(with_prompt)
+
+
 @pytest.mark.slow
 def test_two_users_with_two_visual_adapters_one_prompted_each_get_their_own_reply_at_once(trained):
     backend, example = trained["backend"], trained["held_out"][0]

@@ -130,9 +130,12 @@ class VisualLM(nn.Module):
         """How many soft-prompt slots each prompt must open with (0 without a soft prompt)."""
         return self.soft_prompt.tokens if self.soft_prompt is not None else 0
 
-    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None,
+              with_soft_prompt: bool = True) -> torch.Tensor:
+        """Input embeddings with the image vectors (and, unless `with_soft_prompt` is False, the
+        soft prompt) spliced in; the base's own prompts hold no soft-prompt slots."""
         embeddings = self.lm.get_input_embeddings()(input_ids)
-        if self.soft_prompt is not None:
+        if self.soft_prompt is not None and with_soft_prompt:
             embeddings = splice(embeddings, input_ids, self.slot, self.soft_prompt(input_ids.shape[0]),
                                 what="soft prompt")
         if image_features is None or image_features.numel() == 0:
@@ -161,9 +164,9 @@ class VisualLM(nn.Module):
 
     @torch.no_grad()
     def answer(self, input_ids: list[int], image_features: torch.Tensor | None, tokenizer: Any, eos_id: int,
-               max_new_tokens: int = 16) -> str:
+               max_new_tokens: int = 16, with_soft_prompt: bool = True) -> str:
         ids = torch.tensor([input_ids])
-        embeddings = self.embed(ids, image_features)
+        embeddings = self.embed(ids, image_features, with_soft_prompt)
         out = self.lm.generate(inputs_embeds=embeddings, attention_mask=torch.ones_like(ids), do_sample=False,
                                max_new_tokens=max_new_tokens, eos_token_id=eos_id,
                                pad_token_id=tokenizer.pad_token_id or eos_id)
@@ -369,7 +372,8 @@ def evaluate_visual(
                                      renderer.renderer.max_length, describe=describe)
             ids = text_renderer.prompt_ids(example)
             with (disable() if disable is not None else contextlib.nullcontext()):
-                replies.append(model.answer(ids, None, renderer.tokenizer, renderer.renderer.eos_id, max_new_tokens))
+                replies.append(model.answer(ids, None, renderer.tokenizer, renderer.renderer.eos_id, max_new_tokens,
+                                            with_soft_prompt=False))
         else:
             ids, features = renderer.prompt(example)
             replies.append(model.answer(ids, features, renderer.tokenizer, renderer.renderer.eos_id, max_new_tokens))

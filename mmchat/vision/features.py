@@ -207,7 +207,7 @@ def _chromatic_shares(counts: torch.Tensor, pixels: torch.Tensor | float, floor:
     """Hue counts (`(..., bins)`) as fractions of their chromatic pixels, or of `floor * pixels`
     where fewer pixels than that are chromatic."""
     least = torch.as_tensor(floor * pixels, dtype=counts.dtype, device=counts.device)
-    return counts / torch.maximum(counts.sum(-1, keepdim=True), least).clamp_min(1e-6)
+    return counts / torch.maximum(counts.sum(-1, keepdim=True), least)
 
 
 def _hue_histogram(pixels: torch.Tensor, bins: int) -> torch.Tensor:
@@ -248,9 +248,8 @@ def colour_tokens(rgb: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
 def cell_colours(rgb: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
     """`(n, grid * grid, spec.cell_colour_width)` per-cell colour for `(n, 3, h, w)` pixels in 0..1,
     row-major like the grid tokens: the cell's mean RGB minus the image's mean (3), then the
-    square root of the cell's soft hue histogram as fractions of its chromatic pixels (at least
-    `MIN_CELL_CHROMATIC_SHARE` of the cell)
-    (`cell_hue_bins`), all times `COLOUR_SCALE`.
+    square root of the cell's soft hue histogram (`cell_hue_bins`) as fractions of its chromatic
+    pixels (at least `MIN_CELL_CHROMATIC_SHARE` of the cell), all times `COLOUR_SCALE`.
 
     Appended to the grid token of the same cell, this binds colour to place and to the deep
     features of what stands there: "the circle is red" is one token's content, not a match

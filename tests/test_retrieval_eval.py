@@ -53,6 +53,31 @@ def test_the_eval_set_is_frozen_and_self_consistent():
     assert len(OFF_TOPIC) >= 10 and set(MUST_REFUSE) <= {q["question"] for q in OFF_TOPIC}
 
 
+EVAL_V2 = ROOT / "tests" / "fixtures" / "rag_eval_v2"
+# SHA-256 of the v2 set's documents, questions and off-topic questions as frozen (issue 14),
+# before any change to embedders or ranking was measured on it.
+EVAL_V2_DIGEST = "0ce5ef90c54c16973e0287005e3b125ed205aa87f77af5590f58ddd28392e10c"
+
+
+def test_the_cross_lingual_eval_set_is_frozen_and_self_consistent():
+    """rag_eval_v2: six new documents (three Chinese, three English) asked across languages both
+    ways; its files are as frozen, and each answer regex matches its own document only."""
+    import hashlib
+
+    files = sorted([*(EVAL_V2 / "docs").iterdir(), EVAL_V2 / "questions.json", EVAL_V2 / "off_topic.json"])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    assert digest.hexdigest() == EVAL_V2_DIGEST, "rag_eval_v2 is frozen: add a new set instead of editing it"
+    docs = {p.name: p.read_text(encoding="utf-8") for p in sorted((EVAL_V2 / "docs").iterdir())}
+    questions = load_questions(EVAL_V2)
+    splits = [split_of(q) for q in questions]
+    assert {s: splits.count(s) for s in set(splits)} == {"en→en": 24, "zh→zh": 24, "en→zh": 24, "zh→en": 24}
+    for q in questions:
+        holders = [name for name, text in docs.items() if re.search(q["answer_regex"], text)]
+        assert holders == [q["doc"]], f"{q['question']!r}: {q['answer_regex']!r} matches {holders}"
+
+
 @pytest.fixture(scope="module")
 def eval_kb(tmp_path_factory, standin_encoder, text_embedder):
     from mmchat.knowledge.base import KnowledgeBase

@@ -30,8 +30,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
-# Retrain the shipped LoRA adapters (adapters/one-word, caption, json) for the offline model
-# from the project's own seeded data, evaluate them and rewrite their cards (~10 min, 2 cores).
+# Retrain the shipped adapters for the offline model from the project's own seeded data,
+# evaluate them and rewrite their cards: LoRA adapters/one-word, caption, json (~7 min, 2 cores)
+# and the visual adapters/shapes, projector + LoRA (~16 min). ARGS="--only shapes" for one.
 # PASSIVE: OpenMP threads sleep instead of spinning when other processes share the cores.
 adapters: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m mmchat.training.shipped $(ARGS)

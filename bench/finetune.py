@@ -219,17 +219,23 @@ def visual(argv: list[str] | None = None) -> int:
     `--eval-every` steps for the adapter, training wall time (evaluation excluded), tokens/s,
     and the loss curve as a PNG (bench/results/finetune-visual-loss.png).
     """
+    from mmchat.training.service import PRESETS as TAB_PRESETS
+    from mmchat.training.service import SHAPES_ROWS
+
     parser = argparse.ArgumentParser(prog="python -m bench finetune --visual")
     parser.add_argument("--visual", action="store_true")
-    parser.add_argument("--train", type=int, default=2400, help="training rows (one picture each)")
-    parser.add_argument("--held-out", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=50)
+    # Defaults: the Fine-tune tab's quick visual run (its rows, its steps).
+    parser.add_argument("--train", type=int, default=SHAPES_ROWS, help="training rows (one picture each)")
+    parser.add_argument("--held-out", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=TAB_PRESETS["quick visual"].values["max_steps"])
+    parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--distractors", type=int, default=0,
                         help="at most this many distractors per picture (0..2; the headline is 0)")
     parser.add_argument("--targets", default="projector+lora", choices=sorted(TARGET_CHOICES),
                         help="what learns (the seeds' target table)")
     parser.add_argument("--grid", type=int, default=None, help="feature grid (FeatureSpec.grid; default its own)")
+    parser.add_argument("--occupancy", type=int, choices=(0, 1), default=None,
+                        help="cells' coloured shares in the tokens (FeatureSpec.occupancy; default its own)")
     parser.add_argument("--cache-dir", default="~/.cache/mmchat")
     args = parser.parse_args(argv)
 
@@ -257,7 +263,8 @@ def visual(argv: list[str] | None = None) -> int:
                             target_modules=("q_proj", "v_proj"), learning_rate=1e-3, max_steps=args.steps,
                             batch_size=8, seed=0)
     targets = VisualTargets(**TARGET_CHOICES[args.targets])
-    features = shared_features(cache_dir, FeatureSpec() if args.grid is None else FeatureSpec(grid=args.grid))
+    chosen = {name: value for name, value in (("grid", args.grid), ("occupancy", args.occupancy)) if value is not None}
+    features = shared_features(cache_dir, FeatureSpec(**chosen))
     composite = prepare_visual(model, tokenizer, features, config, targets)
     renderer = VisualRenderer(tokenizer, GenerationDefaults().system_prompt, features, prompt_tokens=targets.prompt_tokens)
     t0 = time.perf_counter()
@@ -303,7 +310,7 @@ def visual(argv: list[str] | None = None) -> int:
         stop_at = min(args.steps, stop_at + args.eval_every)
     final = curve[-1]
     reached = next((c for c in curve if c["all"] >= 0.85), None)
-    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""), "grid": features.spec.grid,
+    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""), "grid": features.spec.grid, "occupancy": features.spec.occupancy,
               "train_rows": len(train), "held_out_rows": len(held_out), "steps": args.steps, "batch": 8,
               "features_s": round(features_s, 1), "train_s": round(train_s, 1),
               "tokens_per_s": round(tokens / train_s, 1) if train_s else None, "base": base, "curve": curve,

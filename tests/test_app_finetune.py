@@ -181,7 +181,7 @@ def test_the_shapes_pictures_train_the_offline_image_pathway_and_publish_a_visua
                                                     api_name="/finetune_validate")
     assert "builtin:shapes" in summary and "1200 usable rows, 0 bad rows" in summary.replace("**", ""), summary
     assert "split: 1200 train, 8 eval" in summary, summary
-    assert "[Image 1: " + "&lt;filename&gt;" * 18 + "]" in preview  # the placeholders the vectors replace
+    assert "[Image 1: " + "&lt;filename&gt;" * 11 + "]" in preview  # 3 x 3 cells, pooled, colour: what the vectors replace
     shown = photos.get("value", photos) if isinstance(photos, dict) else photos
     assert len(shown) == 3, photos
     note = start_visual(client, "first-shapes", preset="quick")
@@ -200,7 +200,8 @@ def test_the_shapes_pictures_train_the_offline_image_pathway_and_publish_a_visua
                 "exact_match_position"} == set(status["metrics"][side]), status["metrics"]
     assert len(status["gallery"]) == 8 and all(row["image"] for row in status["gallery"])
     card = json.loads((root / "adapters" / "first-shapes" / "adapter_card.json").read_text())
-    assert card["projector"]["file"] == "projector.safetensors" and card["projector"]["tokens_per_image"] == 18
+    assert card["projector"]["file"] == "projector.safetensors"
+    assert card["projector"]["tokens_per_image"] == 11  # a 3 x 3 grid, pooled, colour
     assert (root / "adapters" / "first-shapes" / "projector.safetensors").is_file()
     assert card["metrics"]["adapter"] == status["metrics"]["adapter"]
     assert card["metrics"]["training"]["targets_label"] == "projector + LoRA"

@@ -501,7 +501,7 @@ def test_finetune_the_shapes_pictures_with_the_quick_visual_preset_and_publish_a
     page.get_by_text("Advanced", exact=True).click()
     steps = page.get_by_label("steps (0: epochs decide)")
     steps.wait_for(state="visible", timeout=10_000)
-    page.wait_for_function("document.querySelector('#mmchat-ft-preset-info')?.innerText.includes('150 steps')",
+    page.wait_for_function("document.querySelector('#mmchat-ft-preset-info')?.innerText.includes('300 steps')",
                            timeout=20_000)  # the preset's fields are in: now they can be changed
     fill_fields(page, (("steps (0: epochs decide)", "4"), ("batch size", "4"), ("held-out fraction", "0.007")))
     page.click("#mmchat-ft-validate")

@@ -21,6 +21,9 @@ from mmchat.vision.imagenet import FEATURE_DIM, shared_classifier
 pytestmark = pytest.mark.slow
 
 BACKGROUND = (225, 222, 215)
+# The indices below (16 grid tokens, then pooled 16 and colour 17) are a 4 x 4 grid's.
+GRID4 = FeatureSpec(grid=4)
+CELL = GRID4.cell_colour_width  # mean RGB (3), hue histogram (6), occupancy (1)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def classifier(model_cache_dir):
 @pytest.fixture
 def features(classifier):
     """A fresh instance (own, empty cache) on the shared frozen classifier."""
-    return ImageFeatures(classifier, FeatureSpec())
+    return ImageFeatures(classifier, GRID4)
 
 
 @pytest.fixture
@@ -56,16 +59,16 @@ def shape_image(fill, box=(80, 80, 150, 150), kind="ellipse") -> Image.Image:
 
 
 def test_spec_counts_tokens_and_refuses_bad_values():
-    assert FeatureSpec().tokens_per_image == 18
-    assert (FeatureSpec().pooled_index, FeatureSpec().colour_index) == (16, 17)
+    assert FeatureSpec().grid == 3 and FeatureSpec().tokens_per_image == 11  # cells aligned with the thirds
+    assert GRID4.tokens_per_image == 18 and (GRID4.pooled_index, GRID4.colour_index) == (16, 17)
     assert FeatureSpec(grid=2).tokens_per_image == 6
-    assert FeatureSpec().colour_width == 6 + 64 + 6 + 48
-    layout = FeatureSpec(grid=2, colour_bins=3, hue_bins=0).colour_layout
-    assert [(s.start, s.stop) for s in layout.values()] == [(0, 3), (3, 6), (6, 33), (33, 33), (33, 45)]
-    assert (FeatureSpec().cell_colour_width, FeatureSpec().token_dim) == (9, FEATURE_DIM + 9)
+    assert GRID4.colour_width == 6 + 64 + 6 + 48 + 16 * GRID4.occupancy
+    layout = FeatureSpec(grid=2, colour_bins=3, hue_bins=0, occupancy=1).colour_layout
+    assert [(s.start, s.stop) for s in layout.values()] == [(0, 3), (3, 6), (6, 33), (33, 33), (33, 45), (45, 49)]
+    assert (GRID4.cell_colour_width, GRID4.token_dim) == (9 + GRID4.occupancy, FEATURE_DIM + 9 + GRID4.occupancy)
     assert (FeatureSpec(cell_hue_bins=0).cell_colour_width, FeatureSpec(cell_hue_bins=0).token_dim) == (0, FEATURE_DIM)
     for bad in ({"grid": 0}, {"grid": 8}, {"grid": 2.5}, {"colour_bins": 1}, {"hue_bins": -1}, {"grid": True},
-                {"cell_hue_bins": 37}, {"deep_divisor": 0}, {"deep_divisor": 0.25}):
+                {"cell_hue_bins": 37}, {"deep_divisor": 0}, {"deep_divisor": 0.25}, {"occupancy": 2}):
         with pytest.raises(ConfigError) as err:
             FeatureSpec(**bad)
         name, value = next(iter(bad.items()))
@@ -74,7 +77,7 @@ def test_spec_counts_tokens_and_refuses_bad_values():
 
 
 def test_encode_gives_k_tokens_of_1280_deep_features_and_cell_colour(features, cat_image, coffee_image):
-    width = FEATURE_DIM + 9
+    width = FEATURE_DIM + CELL
     assert (features.tokens_per_image, features.feature_dim) == (18, width)
     tokens = features.encode([cat_image, coffee_image, cat_image.convert("RGBA")])
     assert tokens.shape == (3, 18, width) and tokens.dtype == torch.float32
@@ -96,7 +99,7 @@ def test_encode_gives_k_tokens_of_1280_deep_features_and_cell_colour(features, c
 
 def test_a_coarser_grid_gives_fewer_tokens(classifier, cat_image):
     tokens = ImageFeatures(classifier, FeatureSpec(grid=2)).encode([cat_image])
-    assert tokens.shape == (1, 6, FEATURE_DIM + 9)
+    assert tokens.shape == (1, 6, FEATURE_DIM + CELL)
     fine = ImageFeatures(classifier, FeatureSpec(grid=7, cell_hue_bins=0)).encode([cat_image])
     assert fine.shape == (1, 51, FEATURE_DIM)
     # The 7 x 7 grid is the feature map itself: its mean is the pooled token.
@@ -116,7 +119,7 @@ def test_pooled_token_is_the_classifiers_features_scaled(features, classifier, c
     assert divisor == 4
     torch.testing.assert_close(tokens[:, 16, :FEATURE_DIM] * divisor, classifier.features([cat_image, coffee_image]),
                                atol=1e-5, rtol=1e-5)
-    undivided = ImageFeatures(classifier, FeatureSpec(deep_divisor=1)).encode([cat_image])
+    undivided = ImageFeatures(classifier, FeatureSpec(grid=4, deep_divisor=1)).encode([cat_image])
     torch.testing.assert_close(undivided[0, :17, :FEATURE_DIM], tokens[0, :17, :FEATURE_DIM] * divisor,
                                atol=1e-5, rtol=1e-5)
     # The colour entries do not scale with the deep ones.
@@ -126,7 +129,7 @@ def test_pooled_token_is_the_classifiers_features_scaled(features, classifier, c
 
 def test_encoding_is_deterministic(classifier, features, cat_image, coffee_image):
     first = features.encode([cat_image, coffee_image])
-    again = ImageFeatures(classifier, FeatureSpec()).encode([coffee_image, cat_image])
+    again = ImageFeatures(classifier, GRID4).encode([coffee_image, cat_image])
     torch.testing.assert_close(first, again.flip(0), atol=1e-5, rtol=1e-5)
 
 
@@ -144,7 +147,7 @@ def test_each_distinct_image_is_computed_once(features, counted, cat_image, coff
 
 
 def test_the_cache_forgets_the_least_recently_used(classifier, counted, cat_image, coffee_image):
-    features = ImageFeatures(classifier, FeatureSpec(), cache_size=2)
+    features = ImageFeatures(classifier, GRID4, cache_size=2)
     red = shape_image((220, 30, 30))
     features.encode([cat_image, coffee_image])
     features.encode([cat_image])  # the cat is now the most recent
@@ -173,7 +176,7 @@ def test_concurrent_requests_compute_an_image_once(features, counted, cat_image,
 
 
 def test_colour_token_layout_on_plain_colours():
-    spec = FeatureSpec()
+    spec = GRID4
     layout = spec.colour_layout
 
     def token(*rgb):
@@ -199,15 +202,15 @@ def test_colour_token_layout_on_plain_colours():
 def test_cell_colour_says_which_colour_stands_in_which_cell():
     """A red disc in the top-left cell and a blue one in the bottom-right, on grey: each cell's
     hue histogram names its own disc's colour; cells with only background have no hue."""
-    spec = FeatureSpec()
+    spec = GRID4
     image = Image.new("RGB", (224, 224), (200, 200, 200))
     draw = ImageDraw.Draw(image)
     draw.ellipse((8, 8, 48, 48), fill=(230, 20, 20))
     draw.ellipse((176, 176, 216, 216), fill=(20, 40, 230))
     rgb = torch.tensor(list(image.getdata()), dtype=torch.float32).T.reshape(1, 3, 224, 224) / 255
     cells = cell_colours(rgb, spec) / COLOUR_SCALE
-    assert cells.shape == (1, 16, 9)
-    hue = cells[0, :, 3:]
+    assert cells.shape == (1, 16, CELL)
+    hue = cells[0, :, 3:9]
     assert hue[0].argmax() == 0 and hue[15].argmax() == 4  # bins: red, yellow, green, cyan, blue, magenta
     assert hue[0, 0] > 0.5 and hue[15, 4] > 0.5
     assert hue[[i for i in range(16) if i not in (0, 15)]].abs().max() == 0
@@ -286,7 +289,7 @@ def test_hue_histogram_speaks_for_a_small_shape_and_not_for_stray_pixels():
     """The hue blocks are shares of the chromatic pixels: a 12 x 12 red square on white (0.3% of
     the picture) says "red" at full strength, in the colour token and in its cell; three stray
     red pixels in a grey picture stay under the floor and say almost nothing."""
-    spec = FeatureSpec()
+    spec = GRID4
     hue = spec.colour_layout["hue_histogram"]
 
     def pixels(image):
@@ -304,4 +307,47 @@ def test_hue_histogram_speaks_for_a_small_shape_and_not_for_stray_pixels():
         stray.putpixel(xy, (230, 20, 20))
     # 3 half-resolution pixels under a floor of 25: sqrt(3 / 25) ~ 0.35; a cell's 1 under 16: ~0.25.
     assert (colour_tokens(pixels(stray), spec)[0] / COLOUR_SCALE)[hue].max() < 0.4
-    assert (cell_colours(pixels(stray), spec)[0] / COLOUR_SCALE)[:, 3:].max() < 0.3
+    assert (cell_colours(pixels(stray), spec)[0] / COLOUR_SCALE)[:, 3:9].max() < 0.3
+
+
+def test_occupancy_says_how_much_of_each_cell_is_coloured():
+    """A red square filling the top-left cell of a 4 x 4 grid and one filling a quarter of the
+    bottom-right cell: each cell's last entry and the colour token's occupancy map give those
+    shares (1 and 1/4; 0 elsewhere), which the hue histograms (shares *of* the coloured pixels)
+    cannot tell apart; two squares add up to twice one. `occupancy=0` leaves the entries out."""
+    spec = FeatureSpec(grid=4, occupancy=1)
+    assert spec.cell_colour_width == 3 + 6 + 1 and spec.colour_layout["occupancy"] == slice(124, 140)
+    assert FeatureSpec(grid=4, occupancy=0).cell_colour_width == 9 and FeatureSpec(grid=4, occupancy=0).colour_width == 124
+
+    def pixels(image):
+        return torch.tensor(list(image.getdata()), dtype=torch.float32).T.reshape(1, 3, 224, 224) / 255
+
+    image = Image.new("RGB", (224, 224), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 55, 55), fill=(220, 30, 30))  # cells are 56 px
+    one = colour_tokens(pixels(image), spec)[0, spec.colour_layout["occupancy"]] / COLOUR_SCALE
+    draw.rectangle((168, 168, 195, 195), fill=(30, 40, 210))  # a quarter of the last cell
+    two = pixels(image)
+    cells = cell_colours(two, spec)[0, :, -1] / COLOUR_SCALE
+    occupancy = colour_tokens(two, spec)[0, spec.colour_layout["occupancy"]] / COLOUR_SCALE
+    expected = torch.zeros(16)
+    expected[0], expected[15] = 1.0, 0.25
+    torch.testing.assert_close(cells, expected, atol=0.02, rtol=0)
+    torch.testing.assert_close(occupancy, expected, atol=0.02, rtol=0)
+    torch.testing.assert_close(one, torch.eye(16)[0], atol=0.02, rtol=0)
+    # Both cells' hue histograms are full strength: only the occupancy says one is a quarter full.
+    hue = cell_colours(two, spec)[0, :, 3:9] / COLOUR_SCALE
+    assert hue[0].max() > 0.95 and hue[15].max() > 0.95
+
+
+def test_a_card_spec_reads_fields_it_lacks_as_they_were_when_it_was_written():
+    """Cards record every field; one written before `occupancy` existed (or while the grid
+    defaulted to 4) reads as the features its adapter was trained on, not today's defaults."""
+    import dataclasses
+
+    assert FeatureSpec.from_card(dataclasses.asdict(FeatureSpec())) == FeatureSpec()
+    older = FeatureSpec.from_card({"grid": 4, "colour_bins": 4, "hue_bins": 6, "cell_hue_bins": 6, "deep_divisor": 4})
+    assert (older.occupancy, older.token_dim, older.tokens_per_image) == (0, FEATURE_DIM + 9, 18)
+    assert FeatureSpec.from_card({}).grid == 4
+    with pytest.raises(ConfigError, match="occupancy"):
+        FeatureSpec.from_card({"occupancy": 3})

@@ -306,7 +306,7 @@ def test_a_visual_run_stopped_and_resumed_ends_done_with_per_skill_metrics_and_a
     assert [s for s, _ in status["loss"]] == [1, 2, 3, 4, 5, 6] and status["visual"]["projector"] is True
     (stored,), _ = AdapterStore(tmp_path / "user-adapters").scan()
     assert stored.name == "sees-shapes" and (stored.folder / "projector.safetensors").is_file()
-    assert stored.card.projector["tokens_per_image"] == 18
+    assert stored.card.projector["tokens_per_image"] == 11  # FeatureSpec(): a 3 x 3 grid, pooled, colour
     metrics = stored.card.metrics
     kinds = {e.kind for e in held_out}
     for side in ("base", "adapter"):

@@ -72,7 +72,7 @@ def test_app_py_serves_on_loopback_answers_with_sources_and_keeps_its_knowledge(
         # /status streams until the models are loaded and the demo corpus is indexed.
         status = client.predict(api_name="/status")
         assert "`offline`" in status and "Offline stand-in" in status, status
-        assert "**Knowledge** 7 documents" in status, status
+        assert "**Knowledge** 8 documents" in status, status  # knowledge/demo and knowledge/images
         # An image question, with the knowledge base switched off for this conversation.
         job = client.submit({"text": "What animal is this?", "files": [handle_file(str(cat_path))]},
                             SYSTEM, 48, 0.0, 0.9, False, api_name="/chat")
@@ -80,7 +80,7 @@ def test_app_py_serves_on_loopback_answers_with_sources_and_keeps_its_knowledge(
         answer = job.outputs()[-1][0][-1]["content"][0]["text"]
         assert "cat" in answer.lower(), answer
         # The shipped adapters are loaded and answer in their own styles, per message.
-        assert "**Adapters** 3 adapters: `caption`, `json`, `one-word`" in status, status
+        assert "**Adapters** 4 adapters: `caption`, `json`, `one-word`, `shapes`" in status, status
         for adapter, style in (("one-word", r"cat"), ("json", r'\{"answer": "cat", "confidence": [0-9.]+\}')):
             answer = fresh_answer(port, cat_path, adapter)
             assert re.fullmatch(style, answer.split("\n")[0].strip()), (adapter, answer)
@@ -106,7 +106,7 @@ def test_app_py_serves_on_loopback_answers_with_sources_and_keeps_its_knowledge(
     server, log, log_path, port, client = start_app(tmp_path, knowledge_env)
     try:
         status = client.predict(api_name="/status")
-        assert "**Knowledge** 7 documents" in status, status
+        assert "**Knowledge** 8 documents" in status, status  # knowledge/demo and knowledge/images
         assert "Indexed" not in log_path.read_text()
         rows = client.predict(api_name="/knowledge_documents")[0]["data"]
         assert sorted(r[0] for r in rows)[:2] == ["astronaut.png", "cat.png"]

@@ -14,6 +14,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 from mmchat.adapters.card import CARD_FILE, AdapterCard, CardError  # noqa: E402
 from mmchat.backends.splice import SOFT_PROMPT_SLOT, prefix_soft_prompt, soft_prompt_text  # noqa: E402
 from mmchat.errors import InvalidUpload, UserFacingError  # noqa: E402
+from mmchat.vision.features import FeatureSpec  # noqa: E402
 from mmchat.vision.soft_prompt import (  # noqa: E402
     MAX_PROMPT_TOKENS,
     SOFT_PROMPT_FILE,
@@ -34,8 +36,10 @@ from mmchat.vision.soft_prompt import (  # noqa: E402
 )
 
 SOFT_ENTRY = {"file": SOFT_PROMPT_FILE, "tokens": 16, "hidden_size": 576}
-PROJECTOR_ENTRY = {"file": "projector.safetensors", "feature_spec": {"grid": 4}, "tokens_per_image": 18,
-                   "feature_dim": 1289}
+SPEC = FeatureSpec(grid=4)
+TOKEN_DIM = SPEC.token_dim  # 1280 deep + the grid cell's colour
+PROJECTOR_ENTRY = {"file": "projector.safetensors", "feature_spec": dataclasses.asdict(SPEC), "tokens_per_image": 18,
+                   "feature_dim": TOKEN_DIM}
 
 
 # ----- the file, the lengths, the card (no model) -----------------------------------------------
@@ -207,7 +211,7 @@ def visual_zip(tmp_path_factory, tiny_backend, make_adapters):
     store = make_adapters(tiny_backend, root / "store", {"eyes": 1})
     stored = store.scan()[0][0]
     hidden = tiny_backend.adapters.base_model.get_input_embeddings().weight.shape[-1]
-    save_projector(Projector(1289, hidden, inner=8), stored.folder / PROJECTOR_FILE)
+    save_projector(Projector(TOKEN_DIM, hidden, inner=8), stored.folder / PROJECTOR_FILE)
     save_soft_prompt(SoftPrompt(torch.randn(4, hidden)), stored.folder / SOFT_PROMPT_FILE)
     card = json.loads((stored.folder / CARD_FILE).read_text())
     card.update(projector=PROJECTOR_ENTRY, soft_prompt={**SOFT_ENTRY, "tokens": 4, "hidden_size": hidden})
@@ -251,15 +255,15 @@ def test_a_visual_adapter_exports_and_uploads_with_its_parts_checked_like_the_ho
     store.delete("eyes")
 
     wrong_width = _file(lambda p: save_soft_prompt(SoftPrompt(torch.randn(4, hidden + 1)), p))
-    wrong_hidden = _file(lambda p: save_projector(Projector(1289, hidden + 1, inner=8), p))
+    wrong_hidden = _file(lambda p: save_projector(Projector(TOKEN_DIM, hidden + 1, inner=8), p))
     wrong_features = _file(lambda p: save_projector(Projector(1280, hidden, inner=8), p))
     card = json.loads(members["eyes/" + CARD_FILE])
     plain_card = json.dumps({k: v for k, v in card.items() if k not in ("projector", "soft_prompt")})
     for change, message in (
             ({SOFT_PROMPT_FILE: wrong_width}, rf"adapter 'eyes': {SOFT_PROMPT_FILE}: soft prompts of width "
                                               rf"{hidden + 1}; this base needs {hidden}; accepted: .*width {hidden}"),
-            ({PROJECTOR_FILE: wrong_hidden}, rf"{PROJECTOR_FILE}: a projector from 1289-d features to "
-                                             rf"{hidden + 1}-d embeddings; this base needs 1289-d features to "
+            ({PROJECTOR_FILE: wrong_hidden}, rf"{PROJECTOR_FILE}: a projector from {TOKEN_DIM}-d features to "
+                                             rf"{hidden + 1}-d embeddings; this base needs {TOKEN_DIM}-d features to "
                                              rf"{hidden}-d embeddings; accepted"),
             ({PROJECTOR_FILE: wrong_features}, rf"{PROJECTOR_FILE}: a projector from 1280-d features"),
             ({SOFT_PROMPT_FILE: b"\x80\x04 a pickle"}, rf"{SOFT_PROMPT_FILE}: not a readable safetensors"),

@@ -313,6 +313,33 @@ def test_shipped_adapters_load_score_and_answer_the_shipped_photos_in_their_form
             assert CHECKS[style](reply) and answers(extract(reply), word), (style, name, reply)
 
 
+def test_the_shipped_shapes_adapter_counts_the_red_circles_in_the_shipped_photo(shipped_backend):
+    """Issue 13's shipped example: adapters/shapes (projector + LoRA on the image pathway, built by
+    `make adapters`) answers questions about the shipped shapes photo that the base (the label
+    pathway) cannot, and its card carries the held-out scores per skill."""
+    import numpy as np
+    from PIL import Image
+
+    from mmchat.training.evaluate import Evaluator
+    from mmchat.training.shipped import SHAPES_PHOTO, VISUAL, shapes_photo
+
+    usable, _ = AdapterStore(SHIPPED_DIR).compatible(shipped_backend.base_fingerprint())
+    adapter = {a.name: a for a in usable}[VISUAL]
+    assert (adapter.folder / "projector.safetensors").exists()
+    metrics = adapter.card.metrics
+    assert metrics["base"]["exact_match"] <= 0.1 and metrics["adapter"]["exact_match"] >= 0.8, metrics
+    assert all(metrics["adapter"][f"exact_match_{skill}"] >= 0.5 for skill in ("colour", "shape", "count", "position"))
+    name, question, expected = SHAPES_PHOTO
+    photo = Image.open(PROJECT_DIR / "knowledge" / "images" / name).convert("RGB")
+    assert np.array_equal(np.asarray(photo), np.asarray(shapes_photo()))  # the file is what the builder draws
+    if VISUAL not in shipped_backend.adapters.names:
+        shipped_backend.adapters.load(VISUAL, adapter.folder)
+    evaluator = Evaluator(shipped_backend, GenerationDefaults().system_prompt, max_new_tokens=12)
+    assert evaluator.ask(question, [photo], adapter=VISUAL).strip(" .").lower() in (expected, "three")
+    assert evaluator.ask("What colour are the circles?", [photo], adapter=VISUAL).strip(" .").lower() == "red"
+    assert evaluator.ask(question, [photo]).strip(" .").lower() not in (expected, "three")  # the base cannot count
+
+
 def test_adapter_names_that_torch_modules_already_use_are_refused_up_front():
     """peft keys each adapter's layers by its name in torch ModuleDicts: "items" failed to load
     after a whole training run ("attribute 'items' already exists")."""

@@ -127,7 +127,7 @@ def test_a_short_real_run_on_the_offline_composite_learns_colour_the_label_pathw
     stored = publish_visual(visual, AdapterStore(tmp_path / "store"), config, base_model=PRESETS["offline"].source,
                             tokenizer=tokenizer, features=features, metrics={"adapter": tuned, "base": base})
     assert {p.name for p in stored.folder.iterdir()} >= {"adapter_model.safetensors", "projector.safetensors"}
-    assert stored.card.projector["tokens_per_image"] == 18
+    assert stored.card.projector["tokens_per_image"] == features.tokens_per_image == 11
     chat = OfflineBackend.from_preset(PRESETS["offline"], model_cache_dir)
     assert stored.card.base_fingerprint == chat.base_fingerprint()
     chat.adapters.load("colours", stored.folder)

@@ -27,8 +27,9 @@ from mmchat.vision.projector import PROJECTOR_FILE, Projector, save_projector
 
 GREEDY = GenerationParams(max_new_tokens=8, temperature=0.0)
 K = 18  # FeatureSpec(grid=4).tokens_per_image
-TOKEN_DIM = FeatureSpec(grid=4, colour_bins=4, hue_bins=6).token_dim  # 1280 deep + the grid cell's colour
-PROJECTOR_ENTRY = {"file": PROJECTOR_FILE, "feature_spec": {"grid": 4, "colour_bins": 4, "hue_bins": 6},
+SPEC = FeatureSpec(grid=4)
+TOKEN_DIM = SPEC.token_dim  # 1280 deep + the grid cell's colour
+PROJECTOR_ENTRY = {"file": PROJECTOR_FILE, "feature_spec": dataclasses.asdict(SPEC),
                    "tokens_per_image": K, "feature_dim": TOKEN_DIM}
 
 
@@ -162,7 +163,7 @@ def test_chat_prepare_with_the_visual_adapter_splices_projected_features_at_the_
     text = backend.tokenizer.decode(ids[0])
     assert "[Image 1: " + PLACEHOLDER * K + "]" in text and "[Image 2: " + PLACEHOLDER * K + "]" in text
     assert backend.cache_dir == model_cache_dir  # from_preset's: the features share the classifier's cache
-    features = shared_features(model_cache_dir).encode([cat_image, coffee_image])
+    features = shared_features(model_cache_dir, SPEC).encode([cat_image, coffee_image])
     with torch.no_grad():
         expected = projector(features).reshape(-1, 576)
         plain = backend.model.get_input_embeddings()(ids)

@@ -92,7 +92,7 @@ def read_visual_parts(folder: Path, hidden_size: int, name: str, card: Any = Non
     from mmchat.vision.soft_prompt import load_soft_prompt
 
     try:
-        spec = FeatureSpec(**entry.get("feature_spec", {}))
+        spec = FeatureSpec.from_card(entry.get("feature_spec", {}))
     except (TypeError, ConfigError) as err:
         raise UserFacingError(f"adapter {name!r}: {CARD_FILE}: projector.feature_spec: {err}") from None
     for key, needed, why in (("tokens_per_image", spec.tokens_per_image, "its feature_spec gives"),

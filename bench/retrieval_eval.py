@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = {"eval": ROOT / "tests" / "fixtures" / "rag_eval", "old": ROOT / "tests" / "fixtures" / "rag"}
+SETS = {"eval": ROOT / "tests" / "fixtures" / "rag_eval", "old": ROOT / "tests" / "fixtures" / "rag",
+        "cross": ROOT / "tests" / "fixtures" / "rag_eval_v2"}  # cross-lingual both ways (issue 14)
 DEMO = ROOT / "knowledge"
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("dense", "bm25", "hybrid")

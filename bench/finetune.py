@@ -266,7 +266,8 @@ def visual(argv: list[str] | None = None) -> int:
     chosen = {name: value for name, value in (("grid", args.grid), ("occupancy", args.occupancy)) if value is not None}
     features = shared_features(cache_dir, FeatureSpec(**chosen))
     composite = prepare_visual(model, tokenizer, features, config, targets)
-    renderer = VisualRenderer(tokenizer, GenerationDefaults().system_prompt, features, prompt_tokens=targets.prompt_tokens)
+    renderer = VisualRenderer(tokenizer, GenerationDefaults().system_prompt, features,
+                              prompt_tokens=targets.prompt_tokens)
     t0 = time.perf_counter()
     for example in train:  # features once per picture, before the clock starts
         renderer.image_features(list(example.images))
@@ -310,7 +311,8 @@ def visual(argv: list[str] | None = None) -> int:
         stop_at = min(args.steps, stop_at + args.eval_every)
     final = curve[-1]
     reached = next((c for c in curve if c["all"] >= 0.85), None)
-    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""), "grid": features.spec.grid, "occupancy": features.spec.occupancy,
+    result = {"targets": targets.label + (" (r=16 q,v)" if targets.lora else ""), "grid": features.spec.grid,
+              "occupancy": features.spec.occupancy,
               "train_rows": len(train), "held_out_rows": len(held_out), "steps": args.steps, "batch": 8,
               "features_s": round(features_s, 1), "train_s": round(train_s, 1),
               "tokens_per_s": round(tokens / train_s, 1) if train_s else None, "base": base, "curve": curve,

@@ -156,8 +156,6 @@ def build_shapes(store_dir: Path, cache_dir: Path, log: Any = print) -> dict[str
     import dataclasses
     import tempfile
 
-    from PIL import Image
-
     from mmchat.adapters.card import CARD_FILE
     from mmchat.adapters.store import AdapterStore
     from mmchat.backends.offline import OfflineBackend
@@ -200,8 +198,8 @@ def build_shapes(store_dir: Path, cache_dir: Path, log: Any = print) -> dict[str
             log(f"{VISUAL}: trained and evaluated in {time.perf_counter() - t0:.0f} s")
             # The shipped photo (redrawn: the same pixels every time), asked as chat asks it.
             name, question, expected = SHAPES_PHOTO
-            shapes_photo().save(PROJECT_DIR / "knowledge" / "images" / name)
-            photo = Image.open(PROJECT_DIR / "knowledge" / "images" / name).convert("RGB")
+            photo = shapes_photo()
+            photo.save(PROJECT_DIR / "knowledge" / "images" / name)  # PNG: the file holds these pixels
             evaluator = Evaluator(OfflineBackend.from_preset(preset, cache_dir), system_prompt)
             evaluator.backend.adapters.load(VISUAL, stored.folder)
             answers = {"base": evaluator.ask(question, [photo]), "adapter": evaluator.ask(question, [photo], VISUAL)}

@@ -16,12 +16,14 @@ The deep tokens (grid and pooled) are the network's own activations divided by
 `FeatureSpec.deep_divisor` (4), so the pooled token is the classifier's features, scaled. The
 colour token is a concatenation of blocks each bounded near unit norm (see `colour_tokens`),
 then multiplied by `COLOUR_SCALE`; each grid token also carries its cell's colour
-(`cell_colours`). With `FeatureSpec.occupancy` (the default) both also say how much of each cell
-is coloured, which count questions need (measured with the bench, 3 x 3 grid, 120 held-out
-questions: count exact match 0.57 -> 0.63 at step 300 and 0.53 -> 0.70 at step 400; all
-skills 0.89 -> 0.88 and 0.88 -> 0.92). What the projector must read has to be loud enough to learn from in a few
-hundred steps: undivided, a grid token's 1280 deep entries (norm ~18 on shapes pictures)
-drowned its cell's colour (~6), and hue histograms taken as fractions of *all* pixels made a
+(`cell_colours`). With `FeatureSpec.occupancy` (the default) both also say how much of each
+cell is coloured, which count questions need (measured with the bench, 3 x 3 grid, 120
+held-out questions: count exact match 0.57 -> 0.63 at step 300 and 0.53 -> 0.70 at step
+400; all skills 0.89 -> 0.88 and 0.88 -> 0.92).
+
+What the projector must read has to be loud enough to learn from in a few hundred steps:
+undivided, a grid token's 1280 deep entries (norm ~18 on shapes pictures) drowned its cell's
+colour (~6), and hue histograms taken as fractions of *all* pixels made a
 small shape's colour a whisper beside the background. Measured on the shapes mix (colour
 questions only, 50 steps of 8, 60 held-out questions): colour exact match 0.07 with the hue
 as a share of all pixels, 1.00 with it as a share of the chromatic pixels.

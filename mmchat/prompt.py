@@ -3,14 +3,16 @@
 Pure functions: history in, `(messages, image_ids)` out, where `messages` use the
 chat-template content format (`{"type": "text"}` / `{"type": "image"}` items) that
 transformers processors render, and `image_ids` lists the images in order of appearance.
-Retrieved context (RAG) joins the latest user turn here. Nothing here loads models or
+Retrieved context (RAG) joins the latest user turn here, numbered from the retrieval trace's
+hits (`hit_sources`); the system prompt's answer-language line (`LANGUAGE_INSTRUCTIONS`, chosen
+by `mmchat.language`) is added with `with_instruction`. Nothing here loads models or
 touches files; token counting is a function passed in by the caller.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mmchat.backends.base import PromptMessage
 from mmchat.errors import PromptTooLong
@@ -41,6 +43,30 @@ CONTEXT_INSTRUCTIONS = (
     "source number in square brackets, like [1] or [2]. If the sources do not contain the "
     "answer, say so."
 )
+
+
+# The system prompt's line on the answer's language, for a model that writes more than one
+# (`mmchat.language.instruction` picks it by the question's language).
+LANGUAGE_INSTRUCTIONS = {
+    "en": "Answer in the language of the question.",
+    "zh": "Answer in the language of the question: it is in Chinese, so answer in Chinese (请用中文回答).",
+}
+
+
+def with_instruction(system_prompt: str, instruction: str) -> str:
+    """The system prompt with one more instruction after it (or alone, when the prompt is empty)."""
+    return "\n".join(part for part in (system_prompt.strip(), instruction.strip()) if part)
+
+
+def hit_sources(hits: Sequence[Mapping[str, Any]], prefer: Sequence[str] = ("passage",)) -> list[Source]:
+    """Retrieval-trace hits as numbered sources: where = "file, p. N"; text = the first of the
+    `prefer` keys a hit has (its trimmed "passage", the "evidence" shown under an answer), else
+    the whole chunk."""
+    return [
+        Source(n, hit["file_name"] + (f", p. {hit['page']}" if hit.get("page") else ""),
+               next((hit[key] for key in prefer if hit.get(key)), hit["text"]))
+        for n, hit in enumerate(hits, start=1)
+    ]
 
 
 def with_context(question: str, sources: Sequence[Source]) -> str:

@@ -14,6 +14,11 @@ that best match the question (`mmchat.knowledge.passages`), puts them numbered i
 (`mmchat.prompt`), keeps the retrieval trace (with each source's supporting passage) on the
 answer, and says so when documents are still being indexed or could not be used.
 
+The answer follows the question's language where the model can (`mmchat.language`): a preset
+that writes several languages gets a line asking for the question's language; a Chinese
+question to a model that cannot write Chinese is answered with the supporting passages and a
+note in Chinese instead of the model's words, streamed through the same loop.
+
 It never holds model weights and never renders UI: the Gradio layer turns its state into
 components, and `gradio_client`/tests can drive it directly.
 """
@@ -32,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from mmchat import language
 from mmchat.attachments import Attachment, ingest_image, ingest_upload, load_attachment
 from mmchat.backends.base import Backend, GenerationParams, PreparedPrompt
 from mmchat.config import UploadLimits
@@ -39,7 +45,7 @@ from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.knowledge.lexical import is_cjk, tokenize
 from mmchat.knowledge.passages import best_passages
 from mmchat.knowledge.retrieval import DOCUMENT_REFERENCE
-from mmchat.prompt import Source, Turn, fit_to_context, replace_last_user_text, with_context
+from mmchat.prompt import Turn, fit_to_context, hit_sources, replace_last_user_text, with_context, with_instruction
 
 log = logging.getLogger(__name__)
 
@@ -204,25 +210,17 @@ class ChatSession:
         try:
             self._check_adapter(adapter)
             retrieval = self._retrieve()
-            turns = [m.to_turn() for m in self.history]
-            prepared: list[PreparedPrompt] = []  # holds only the latest candidate
-
-            def count_tokens(messages: list, image_ids: list[str]) -> int:
-                prepared[:] = [self.backend.prepare(messages, self._open_images(image_ids), adapter=adapter)]
-                return prepared[0].prompt_tokens
-
-            prompt, used = self._fit(turns, retrieval, count_tokens, params)
-            if prompt.dropped_turns > self._reported_dropped:
-                self._note_trim(prompt.dropped_turns)
-            self._reported_dropped = prompt.dropped_turns
+            question = next(m for m in reversed(self.history) if m.role == "user").text
+            if language.unwritten_language(question, self.backend.info.languages):
+                # A Chinese question to a model that cannot write Chinese: the supporting
+                # passages and a note in Chinese, not the model's answer (`mmchat.language`).
+                stream, adapter = language.fallback_stream(self.backend.info.preset, retrieval, self._stop), None
+            else:
+                stream, adapter = self._model_stream(retrieval, params, adapter, question)
             if retrieval is not None:
-                retrieval["used"] = used
                 # Shown between the question and the answer, so regenerate/undo remove them too.
                 self.history.extend(ChatMessage("note", note) for note in retrieval.get("notes", []))
-            answer = ChatMessage("assistant", "", retrieval=retrieval, adapter=prepared[0].adapter)
-            # fit_to_context returns right after counting the candidate it accepts: the last
-            # prepared prompt is the one to generate from.
-            stream = self.backend.stream(prepared[0], params, self._stop)
+            answer = ChatMessage("assistant", "", retrieval=retrieval, adapter=adapter)
             self.history.append(answer)
             yield answer.text  # empty: lets the UI show the question at once, before prefill
             for delta in stream:
@@ -231,9 +229,33 @@ class ChatSession:
             answer.stats = stream.stats.to_dict()
             if stream.stats.finish_reason == "cancelled":
                 answer.stats["note"] = "stopped by the user"
+            elif stream.stats.finish_reason == language.FINISH_REASON:
+                answer.stats["note"] = language.TRACE_NOTE
             yield answer.text
         finally:
             self._busy.release()
+
+    def _model_stream(
+        self, retrieval: dict[str, Any] | None, params: GenerationParams, adapter: str | None, question: str
+    ) -> tuple[Any, str | None]:
+        """Fit the prompt (history, sources, the answer-language line) and start the model on it."""
+        turns = [m.to_turn() for m in self.history]
+        prepared: list[PreparedPrompt] = []  # holds only the latest candidate
+
+        def count_tokens(messages: list, image_ids: list[str]) -> int:
+            prepared[:] = [self.backend.prepare(messages, self._open_images(image_ids), adapter=adapter)]
+            return prepared[0].prompt_tokens
+
+        system = with_instruction(self.system_prompt, language.instruction(question, self.backend.info.languages))
+        prompt, used = self._fit(turns, retrieval, count_tokens, params, system)
+        if prompt.dropped_turns > self._reported_dropped:
+            self._note_trim(prompt.dropped_turns)
+        self._reported_dropped = prompt.dropped_turns
+        if retrieval is not None:
+            retrieval["used"] = used
+        # fit_to_context returns right after counting the candidate it accepts: the last
+        # prepared prompt is the one to generate from.
+        return self.backend.stream(prepared[0], params, self._stop), prepared[0].adapter
 
     def _check_adapter(self, adapter: str | None) -> None:
         """Refuse an adapter the backend cannot use before anything is retrieved or prepared."""
@@ -320,21 +342,18 @@ class ChatSession:
             "Mention the documents to use them."
         )
 
-    def _fit(self, turns: list[Turn], retrieval: dict[str, Any] | None, count_tokens: Any, params: GenerationParams):
+    def _fit(self, turns: list[Turn], retrieval: dict[str, Any] | None, count_tokens: Any, params: GenerationParams,
+             system_prompt: str):
         """Fit history + retrieved sources into the context, dropping the weakest sources first."""
         hits = (retrieval or {}).get("hits", [])
         images = (retrieval or {}).get("context_images", [])
         question = next(t for t in reversed(turns) if t.role == "user").text
         for used in range(len(hits), -1, -1):
-            sources = [
-                Source(n, h["file_name"] + (f", p. {h['page']}" if h.get("page") else ""),
-                       h.get("passage") or h["text"])
-                for n, h in enumerate(hits[:used], start=1)
-            ]
+            sources = hit_sources(hits[:used])
             candidate = replace_last_user_text(turns, with_context(question, sources), images)
             try:
                 prompt = fit_to_context(
-                    self.system_prompt, candidate, count_tokens,
+                    system_prompt, candidate, count_tokens,
                     self.backend.info.context_length, params.max_new_tokens,
                 )
             except UserFacingError:

@@ -102,6 +102,7 @@ class BackendInfo:
     is_stand_in: bool = False  # the offline stand-in is not a vision-language model
     answer: AnswerPolicy = AnswerPolicy()  # sources per prompt, repetition control (the preset's)
     supports_adapters: bool = False  # LoRA adapters can be loaded and chosen per request
+    languages: tuple[str, ...] = ("en",)  # what the model writes well (the preset's); see mmchat.language
 
 
 class TextStream(ABC):

@@ -142,6 +142,7 @@ class LlavaBackend(Backend):
             quantization=preset.quantization,
             context_length=preset.context_length,
             answer=preset.answer,
+            languages=preset.languages,
             description=preset.description,
         )
         return cls(model, processor, info)

@@ -181,6 +181,7 @@ class OfflineBackend(Backend):
             quantization="none (GGUF Q4_1 dequantized)",
             context_length=preset.context_length,
             answer=preset.answer,
+            languages=preset.languages,
             description=STAND_IN_NOTICE,
             is_stand_in=True,
         )

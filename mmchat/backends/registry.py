@@ -61,6 +61,8 @@ def resolve_preset(config: ModelConfig) -> ModelPreset:
         changes["source"] = config.source
     if config.quantization:
         changes["quantization"] = config.quantization
+    if config.languages:
+        changes["languages"] = config.languages
     return dataclasses.replace(preset, **changes) if changes else preset
 
 

@@ -31,6 +31,10 @@ Query embedding (MiniLM) is excluded everywhere: all paths are given the same ve
    client, which splits our overhead into Python-side conversion and larger rows.
    Goal (issue): our chunks/s >= 0.8x raw.
 
+3. With `--embedders`, each one's query-embedding latency on the same query texts, added to
+   hybrid's mean (the store's vectors take the last embedder's width): what a question costs
+   end to end with one embedder or another.
+
 Prints a table and writes `bench/results/knowledge-<timestamp>.json`. CPU timings on a
 2-core machine are distorted by anything else running: the load average is printed before
 each phase and a warning given if the machine is busy.
@@ -74,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--words", type=int, default=60, help="words per synthetic chunk")
     parser.add_argument("--vocab", type=int, default=4000, help="distinct words in the synthetic vocabulary")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--embedders", nargs="*", default=[],
+                        help="text embedders (e.g. builtin:all-MiniLM-L6-v2 builtin:use-multilingual) whose "
+                             "query embedding is timed on the benchmark's queries and added to hybrid's latency; "
+                             "the vectors then have the last one's width")
     parser.add_argument("--profile", action="store_true", help="also cProfile our dense and hybrid paths at the largest size")
     parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON results")
     return parser.parse_args(argv)
@@ -202,7 +210,7 @@ def new_store(root: Path, prefix: str = "bench"):
     from mmchat.knowledge.store import KnowledgeStore, open_client
 
     client = open_client(root)
-    store = KnowledgeStore(client, prefix, text_embedder="bench-random-384", text_dim=DIM,
+    store = KnowledgeStore(client, prefix, text_embedder=f"bench-random-{DIM}", text_dim=DIM,
                            image_encoder="none", image_dim=1)
     return client, store
 
@@ -211,7 +219,7 @@ def raw_collection(client: Any, name: str):
     # What KnowledgeStore._collection creates, through the plain client.
     return client.get_or_create_collection(
         name, embedding_function=None,
-        metadata={"embedder": "bench-random-384", "dim": DIM, "hnsw:space": "cosine"},
+        metadata={"embedder": f"bench-random-{DIM}", "dim": DIM, "hnsw:space": "cosine"},
     )
 
 
@@ -407,11 +415,36 @@ def bench_ingest(corpus: Corpus, total: int, batch: int) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def time_query_embedding(sources: list[str], corpus: "Corpus", queries: int) -> dict[str, dict[str, float]]:
+    """Per embedder, the latency of embedding one query (ms), on the benchmark's own query
+    texts; sets DIM to the last embedder's width, so the store holds vectors of that size."""
+    global DIM
+    from mmchat.knowledge.embeddings import load_text_embedder
+
+    out = {}
+    for source in sources:
+        embedder = load_text_embedder(source)
+        texts, _ = corpus.queries(queries)
+        for text in texts[:10]:
+            embedder.get_query_embedding(text)
+        spent = []
+        for text in texts:
+            t0 = time.perf_counter()
+            vector = embedder.get_query_embedding(text)
+            spent.append((time.perf_counter() - t0) * 1000)
+        DIM = len(vector)
+        out[source] = {"name": embedder.model_name, "dim": DIM, "p50": float(np.percentile(spent, 50)),
+                       "p95": float(np.percentile(spent, 95)), "mean": float(np.mean(spent))}
+        print(f"query embedding, {embedder.model_name} ({DIM}-d): p50 {out[source]['p50']:.2f} ms, "
+              f"p95 {out[source]['p95']:.2f} ms", flush=True)
+    return out
+
+
 # ----- report ----------------------------------------------------------------------------
 def print_report(retrieval: list[dict], ingest: list[dict], args: argparse.Namespace) -> None:
     if retrieval:
         print(f"\nretrieval, {args.queries} queries per size, top_k={args.top_k}, "
-              f"candidates={args.candidates}, 384-d random unit vectors; ms")
+              f"candidates={args.candidates}, {DIM}-d random unit vectors; ms")
         print(f"{'N':>7} {'path':7} {'p50':>7} {'p95':>7} {'mean':>7} {'p95/raw':>8} {'mean/raw':>8}")
         for r in retrieval:
             lat = r["latency_ms"]
@@ -450,18 +483,24 @@ def main(argv=None) -> int:
     started = time.time()
     load = load_line("start")
     corpus = Corpus(args.vocab, args.words, args.seed)
+    embedding = time_query_embedding(args.embedders, corpus, args.queries)
     retrieval = []
     for index, size in enumerate(args.sizes):
         retrieval.append(bench_retrieval(corpus, size, args, args.profile and index == len(args.sizes) - 1))
     ingest = [bench_ingest(corpus, args.ingest_chunks, batch) for batch in args.ingest_batches] if args.ingest_chunks else []
     load_after = load_line("end")
     print_report(retrieval, ingest, args)
+    for source, timing in embedding.items():
+        for r in retrieval:
+            hybrid = r["latency_ms"]["hybrid"]["mean"]
+            print(f"query latency with {timing['name']} at N={r['size']}: embed {timing['mean']:.2f} + hybrid "
+                  f"{hybrid:.2f} = {timing['mean'] + hybrid:.2f} ms (mean; hybrid measured at {DIM}-d)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"knowledge-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({
         "args": vars(args), "cores": os.cpu_count(), "load_start": load, "load_end": load_after,
-        "seconds": time.time() - started, "retrieval": retrieval, "ingest": ingest,
+        "seconds": time.time() - started, "retrieval": retrieval, "ingest": ingest, "query_embedding": embedding,
     }, indent=1))
     print(f"\nwrote {path} ({time.time() - started:.0f} s)")
     return 0

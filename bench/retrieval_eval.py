@@ -1,10 +1,11 @@
 """Retrieval quality on held-out question sets: dense vs BM25 vs hybrid, per language split.
 
-`python -m bench retrieval-eval [--sets eval old] [--top-k 5] [--no-calibration]`
+`python -m bench retrieval-eval [--sets eval old cross] [--embedders auto ...] [--top-k 5] [--no-calibration]`
 
-For each set, the documents are ingested into a fresh temporary `KnowledgeBase` (the object
-the app uses, with the real offline embedder all-MiniLM-L6-v2 and an embedded Chroma store),
-and every question is asked three ways:
+For each embedder (default: the app's, `auto`; `all` for every bundled one: all-MiniLM-L6-v2,
+multilingual-e5-small, USE multilingual) and each set, the documents are ingested into a fresh
+temporary `KnowledgeBase` (the object the app uses, with an embedded Chroma store), and every
+question is asked three ways:
 
 - dense: `HybridRetriever.search(..., lexical=False)` (LlamaIndex over Chroma only);
 - bm25: the BM25 index alone (`LexicalIndex.search`), its chunks' texts from the index;
@@ -16,9 +17,11 @@ Sets:
   the question's document whose text matches the question's `answer_regex`.
 - `old`: `tests/fixtures/rag` (the older, short-document fixture). A hit is a chunk of the
   question's document (that fixture has one fact per short document).
+- `cross`: `tests/fixtures/rag_eval_v2` (frozen; Chinese documents asked in English and
+  English documents asked in Chinese as well as each in its own language), hit as for `eval`.
 
 Reports hit@1, hit@5 (at `--top-k`) and MRR (over the top k) per split (en→en, zh→zh, en→zh,
-overall) as a markdown table, and the mean per-query latency of each path. With calibration
+zh→en, overall) as a markdown table, the embedder's measured profile (`EmbedderProfile`), and the mean per-query latency of each path. With calibration
 on (the default) it also prints the relevance-floor figures: the relevance of each answer
 chunk, the best relevance for each off-topic question (`rag_eval/off_topic.json`) against
 the eval set and against the shipped demo corpus (`knowledge/demo` + `knowledge/images`),
@@ -203,30 +206,41 @@ def main(argv=None) -> int:
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     parser = argparse.ArgumentParser(prog="python -m bench retrieval-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=["eval", "old"])
+    parser.add_argument("--embedders", nargs="+", default=["auto"],
+                        help="text embedders to compare ('auto', 'all', or sources such as builtin:use-multilingual)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--no-calibration", action="store_true", help="skip the relevance-floor figures")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    from mmchat.knowledge.embeddings import load_text_embedder
+    from mmchat.knowledge.embeddings import BUNDLED_EMBEDDERS, load_text_embedder
+    from mmchat.knowledge.retrieval import profile_of
 
     started = time.time()
-    embedder = load_text_embedder("auto")
+    sources = list(BUNDLED_EMBEDDERS) if args.embedders == ["all"] else args.embedders
     results: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="mmchat-retrieval-eval-"))
     try:
-        for name in args.sets:
-            folder = SETS[name]
-            kb = open_kb(tmp / name, embedder, min_relevance=0.0)
-            ingest(kb, sorted(p for p in (folder / "docs").iterdir() if p.is_file()))
-            questions = load_questions(folder)
-            result = evaluate(kb, questions, args.top_k)
-            result["chunks"] = kb.counts()["chunks"]
-            results[name] = result
-            print(markdown_table(f"{name}: {folder.relative_to(ROOT)} ({result['chunks']} chunks, "
-                                 f"{len(questions)} questions)", result, args.top_k) + "\n", flush=True)
-            if name == "eval" and not args.no_calibration:
-                results["calibration"] = run_calibration(tmp, embedder, kb, questions, folder, args.top_k)
+        for number, source in enumerate(sources):
+            embedder = load_text_embedder(source)
+            profile = profile_of(embedder)
+            print(f"## {embedder.model_name} ({source}): cosine unrelated {profile.unrelated:.3f}, "
+                  f"paraphrase {profile.related:.3f}, CJK trust {profile.cjk_trust:.2f}\n", flush=True)
+            for name in args.sets:
+                folder = SETS[name]
+                kb = open_kb(tmp / f"{number}-{name}", embedder, min_relevance=0.0)
+                ingest(kb, sorted(p for p in (folder / "docs").iterdir() if p.is_file()))
+                questions = load_questions(folder)
+                result = evaluate(kb, questions, args.top_k)
+                result["chunks"] = kb.counts()["chunks"]
+                result["profile"] = vars(profile)
+                results[f"{source}/{name}"] = result
+                print(markdown_table(f"{name}: {folder.relative_to(ROOT)} ({result['chunks']} chunks, "
+                                     f"{len(questions)} questions), {embedder.model_name}", result, args.top_k)
+                      + "\n", flush=True)
+                if name == "eval" and not args.no_calibration:
+                    results[f"{source}/calibration"] = run_calibration(
+                        tmp / str(number), embedder, kb, questions, folder, args.top_k)
     finally:
         from chromadb.api.client import SharedSystemClient
 

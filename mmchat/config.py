@@ -289,7 +289,9 @@ class KnowledgeConfig:
     port: int = _help("Chroma server port", 8000)
     collection_prefix: str = _help("prefix of the Chroma collection names", "mmchat")
     embedder: str = _help(
-        "text embedder: 'auto' (all-MiniLM-L6-v2, shipped), 'hf-hub:ID' or 'local-dir:PATH'", "auto"
+        "text embedder: 'auto' (= builtin:use-multilingual, USE multilingual v3, shipped), "
+        "'builtin:all-MiniLM-L6-v2' (English only), 'builtin:multilingual-e5-small', 'hf-hub:ID' or "
+        "'local-dir:PATH'; changing it re-embeds the stored chunks (the old index serves meanwhile)", "auto"
     )
     chunk_size: int = _help("chunk length in embedder tokens; 0 sizes it for the embedder", 0)
     chunk_overlap: int = _help("tokens shared by neighbouring chunks; -1 = a fifth of chunk_size", -1)
@@ -300,8 +302,8 @@ class KnowledgeConfig:
         "cosine below which a retrieved image is not shown; 0 picks a value for the encoder", 0.0
     )
     min_relevance: float = _help(
-        "relevance (0..1, calibrated on tests/fixtures/rag_eval) below which a chunk is not cited; "
-        "0 turns the floor off", 0.2
+        "relevance (0..1, calibrated on tests/fixtures/rag_eval: the highest floor that keeps every "
+        "answer chunk the default embedder finds) below which a chunk is not cited; 0 turns the floor off", 0.22
     )
     image_match_min_score: float = _help(
         "cosine below which an indexed image does not count as a match for a chat photo "

@@ -3,7 +3,8 @@
 The server starts answering at once while weights load in a worker thread; handlers call
 `wait_ready()` and the status line reports progress or the load error. `new_session()` gives
 each browser its own `ChatSession` over the shared backend. The knowledge base (RAG) opens
-after the models, on the same worker, and indexes the demo corpus on first start; a knowledge
+after the models, on the same worker, re-embeds its chunks if the configured text embedder
+changed (the old one answers meanwhile), and indexes the demo corpus on first start; a knowledge
 base that fails to open is reported in the status while chat keeps working without it; a
 question asked meanwhile waits for it briefly (`knowledge_for_answer`) and otherwise learns
 why it is not there, so the answer can say so. The LoRA adapters in the store that fit the
@@ -137,6 +138,8 @@ class Runtime:
             self.knowledge = knowledge
             self.knowledge_phase = "ready"
             self._knowledge_done.set()
+            if knowledge.embedder_pending:  # the configured embedder changed: the old one serves meanwhile
+                knowledge.switch_embedder()
             if self.config.knowledge.seed_demo:
                 knowledge.seed_demo(PROJECT_DIR / "knowledge")
         except BaseException as err:  # reported in the status; chat works without RAG
@@ -150,7 +153,10 @@ class Runtime:
         """True once the knowledge base is open (or failed or off) and nothing is indexing."""
         if not self._knowledge_done.is_set():
             return False
-        return self.knowledge is None or self.knowledge.busy_note() is None
+        if self.knowledge is None:
+            return True
+        job = self.knowledge.reembedding
+        return self.knowledge.busy_note() is None and not (job is not None and job.running)
 
     def wait_knowledge(self, timeout: float | None = None) -> Any:
         """The knowledge base once open (None if disabled or failed); raises while opening."""

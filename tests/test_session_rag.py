@@ -112,7 +112,7 @@ def test_a_failing_knowledge_base_does_not_stop_the_chat(make_knowledge, tiny_ba
 def test_sources_that_do_not_fit_the_context_are_dropped_weakest_first(make_knowledge, tiny_backend, tmp_path):
     # Chunks of ~190 tokens; the tiny model has a 1024-token context. No relevance floor: a
     # question touching four documents must bring 12 sources, relevant or not.
-    kb = make_knowledge(min_relevance=0.0)
+    kb = make_knowledge(min_relevance=0.0, min_score=0.0)
     kb.ingest(sorted(DOCS.glob("*.md")))
     session = session_with(kb, tiny_backend, tmp_path, top_k=12)
     list(session.send("tea and dumplings and the metro and leave policy", params=GenerationParams(max_new_tokens=200)))

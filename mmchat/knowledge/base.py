@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mmchat.config import KnowledgeConfig
-from mmchat.errors import InvalidUpload, UserFacingError
+from mmchat.errors import ConfigError, InvalidUpload, UserFacingError
 from mmchat.knowledge.retrieval import (
     ATTACHMENT_REFERENCE, Hit, HybridRetriever, RetrievalResult, apply_relevance_floor,
 )
+from mmchat.knowledge.reembed import HIDDEN_METADATA
 from mmchat.knowledge.store import DocumentRecord, KnowledgeStore, open_client
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,26 @@ class IngestCancelled(Exception):
     pass
 
 
+@dataclass
+class Reembedding:
+    """A re-embedding of the stored chunks: what the Knowledge tab shows and Cancel stops."""
+
+    old: str
+    new: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    state: str = "running"  # running, done, cancelled, failed
+    fraction: float = 0.0
+    message: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+    def finish(self, state: str, message: str) -> None:
+        self.state, self.message, self.fraction = state, message, 1.0
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
 # Chunk sizes are counted in the embedder's tokens, but WordPiece turns any "word" longer than
 # 100 characters into one [UNK]: a 1.9 M-character line without spaces counted as one token and
 # became one chunk. So a text counts as at least len/MAX_CHARS_PER_TOKEN tokens (prose runs at
@@ -112,7 +133,7 @@ class KnowledgeBase:
         self, config: KnowledgeConfig, *, encoder: Any | None, text_embedder: Any | None = None,
         client: Any | None = None,
     ) -> None:
-        from mmchat.knowledge.embeddings import ImageEncoderEmbedding, load_text_embedder
+        from mmchat.knowledge.embeddings import ImageEncoderEmbedding, canonical_embedder, load_text_embedder
         from mmchat.knowledge.loaders import WORK_DIR_NAME, KnowledgeLimits, purge_work_dir
 
         self.config = config
@@ -124,18 +145,31 @@ class KnowledgeBase:
         self.work_dir = self.files_dir / WORK_DIR_NAME
         self.encoder = encoder
         self.text_embedder = text_embedder or load_text_embedder(config.embedder)
+        self.text_source = canonical_embedder(config.embedder) if text_embedder is None else ""
         self.image_embedder = ImageEncoderEmbedding(encoder) if encoder is not None else None
         text_dim = len(self.text_embedder.get_text_embedding("dimension probe"))
         self.client = client or open_client(self.root / "chroma", config.host, config.port)
         self.store = KnowledgeStore(
             self.client, config.collection_prefix,
-            text_embedder=self.text_embedder.model_name, text_dim=text_dim,
+            text_embedder=self.text_embedder.model_name, text_dim=text_dim, text_source=self.text_source,
             image_encoder=encoder.name if encoder is not None else "none",
             image_dim=int(encoder.dim) if encoder is not None else 1,
         )
+        self.reembedding: Reembedding | None = None  # the running or last re-embedding
+        # The chunks were embedded by another embedder: serve them with it until they are
+        # re-embedded (`switch_embedder`; the runtime starts it after opening).
+        self.wanted_embedder: Any | None = None
+        recorded, recorded_source, _ = self.store.recorded_text_embedder
+        if recorded != self.text_embedder.model_name:
+            self.wanted_embedder = (self.text_embedder, self.text_source)
+            self.text_embedder = self._recorded_embedder(recorded, recorded_source)
+            self.text_source = recorded_source
         # Embedded, this process is the only writer: anything unacknowledged is a leftover. On
         # a shared server another app may be mid-ingest, so only old leftovers are purged.
         grace = None if not config.host else time.time() - SERVER_PURGE_GRACE_S
+        if not config.host:  # a server's other collections may be another app's re-embedding
+            for name in self.store.purge_inactive_text_collections():
+                log.warning("knowledge base: removed %s, left by an unfinished re-embedding", name)
         purged = self.store.purge_unacknowledged(older_than=grace)
         if purged:
             log.warning("knowledge base: removed leftovers of %d interrupted ingest(s)", purged)
@@ -150,6 +184,88 @@ class KnowledgeBase:
         self._jobs_lock = threading.Lock()
         self._jobs: list[_Job] = []
         self._pending: set[str] = set()
+
+    def _recorded_embedder(self, name: str, source: str) -> Any:
+        """The embedder the stored chunks were made with, to serve them until re-embedded."""
+        from mmchat.knowledge.embeddings import load_text_embedder, source_for_name
+
+        source = source or source_for_name(name)
+        if source:
+            try:
+                return load_text_embedder(source)
+            except UserFacingError as err:
+                log.warning("cannot load %s, which embedded the stored chunks (%s)", source, err)
+        raise ConfigError(
+            f"the knowledge base's chunks were embedded with {name!r}, which cannot be loaded here to "
+            f"serve them while they are re-embedded with {self.text_embedder.model_name!r}; set "
+            f"[knowledge] embedder to {source or name!r} or reset the knowledge base"
+        )
+
+    @property
+    def embedder_pending(self) -> bool:
+        """Whether the configured embedder differs from the one the chunks are served with."""
+        return self.wanted_embedder is not None
+
+    def switch_embedder(
+        self, embedder: Any | str | None = None, progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reembedding:
+        """Re-embed every stored chunk with `embedder` (a source such as
+        'builtin:use-multilingual', a loaded embedder, or None for the configured one) into a
+        new collection, then serve from it. Until it is complete the old collection answers;
+        Cancel, an error or a kill leaves it as it was. Uploads wait meanwhile.
+        """
+        from mmchat.knowledge.embeddings import canonical_embedder, load_text_embedder
+        from mmchat.knowledge.reembed import ReembedCancelled, copy_text_chunks
+
+        progress = progress or (lambda fraction, message: None)
+        cancel = cancel or threading.Event()
+        if embedder is None and self.wanted_embedder is None:
+            raise UserFacingError("the knowledge base already uses the configured embedder")
+        if embedder is None:
+            new, source = self.wanted_embedder
+        elif isinstance(embedder, str):
+            source = canonical_embedder(embedder)
+            new = load_text_embedder(source)
+        else:
+            new, source = embedder, ""
+        old_name = self.text_embedder.model_name
+        job = Reembedding(old_name, new.model_name, cancel=cancel)
+        if new.model_name == old_name:
+            job.finish("done", f"the knowledge base already uses {old_name}")
+            return job
+        self.reembedding = job
+
+        def step(fraction: float, message: str) -> None:
+            job.fraction, job.message = fraction, message
+            progress(fraction, message)
+
+        if not self._ingest_lock.acquire(blocking=False):
+            step(0.0, "waiting for indexing to finish before re-embedding…")
+            self._ingest_lock.acquire()
+        try:
+            known = lambda doc_ids: {d for d in doc_ids if self.store.get_document(d) is not None}  # noqa: E731
+            collection = copy_text_chunks(self.store, new, source, step, cancel, keep=known)
+            old = self.store.activate_text_collection(collection)
+            self.text_embedder, self.text_source = new, source
+            self.wanted_embedder = None
+            retriever = HybridRetriever(self.store, new, self.image_embedder, lexical=self.retriever.lexical)
+            retriever._lexical_built = True  # same chunks, same ids: BM25 stays as it is
+            self.retriever = retriever
+            self.splitter = self._splitter()
+            self.store.drop_collection(old)
+            job.finish("done", f"re-embedded {collection.count():,} chunks with {new.model_name} "
+                               f"in {time.perf_counter() - job.started:.0f} s; {old_name} is no longer used")
+        except ReembedCancelled as err:
+            job.finish("cancelled", f"re-embedding with {new.model_name} {err}; still using {old_name}, nothing lost")
+        except Exception as err:  # a full disk, a lost server: the old collection was never written
+            log.exception("re-embedding failed")
+            job.finish("failed", f"re-embedding with {new.model_name} failed ({err.__class__.__name__}: {err}); "
+                                 f"still using {old_name}, nothing lost")
+        finally:
+            self._ingest_lock.release()
+        progress(1.0, job.message)
+        return job
 
     def _remove_unlisted_files(self, older_than: float | None) -> None:
         """Kept copies no record names (an ingest killed before its record was written)."""
@@ -318,7 +434,7 @@ class KnowledgeBase:
         if len(loaded.documents) > max_chunks:
             raise InvalidUpload(too_many)
 
-        hidden = ["doc_id", "page", "chunk", "kind", "added", "content_hash"]
+        hidden = list(HIDDEN_METADATA)
         for number, document in enumerate(loaded.documents):
             # Distinct ids while splitting: the splitter copies each chunk's metadata (its
             # page) from the document its ref id names.
@@ -469,6 +585,15 @@ class KnowledgeBase:
             f"**Knowledge** {counts['documents']} documents · {counts['chunks']} chunks · "
             f"{counts['images']} images · {self.where} · embedder `{self.text_embedder.model_name}`"
         )
+        job = self.reembedding
+        if job is not None and job.running:
+            line += (f"\n\n> ⏳ Re-embedding with `{job.new}`: {job.message or 'starting…'} "
+                     f"(`{job.old}` answers until it is complete)")
+        elif job is not None:
+            line += f"\n\n> {'✅' if job.state == 'done' else '⚠️'} {job.message}"
+        elif self.embedder_pending:
+            line += (f"\n\n> The chunks are served with `{self.text_embedder.model_name}`; the configured "
+                     f"`{self.wanted_embedder[0].model_name}` takes over once they are re-embedded.")
         note = self.busy_note()
         return f"{line}\n\n> ⏳ {note}" if note else line
 

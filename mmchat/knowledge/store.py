@@ -1,7 +1,11 @@
 """The knowledge store: Chroma collections behind LlamaIndex's `ChromaVectorStore`.
 
 Three collections per knowledge base (names start with the configured prefix):
-- `<prefix>_text`: text chunks, embedded by the text embedder;
+- the text collection: text chunks, embedded by the text embedder (which its metadata names,
+  with the source to load it again). `<prefix>_text` at first; re-embedding with another
+  embedder (`mmchat.knowledge.reembed`) fills a new `<prefix>_text_<id>` beside it, and the
+  manifest's metadata then names the new one as active in one write, so a kill before that
+  write leaves the old one active and whole (the unfinished copy is removed on the next open);
 - `<prefix>_images`: images, embedded by the image encoder (CLIP or the offline stand-in);
 - `<prefix>_documents`: the manifest, one record per acknowledged document.
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 5000  # rows per `collection.get` page when scanning a collection
 SEEDED_KEY = "mmchat_demo_seeded"
+ACTIVE_TEXT_KEY = "mmchat_text_collection"  # manifest metadata: the text collection in use
 
 
 @dataclass(frozen=True)
@@ -89,18 +94,73 @@ class KnowledgeStore:
 
     def __init__(
         self, client: Any, prefix: str, *, text_embedder: str, text_dim: int,
-        image_encoder: str, image_dim: int,
+        image_encoder: str, image_dim: int, text_source: str = "",
     ) -> None:
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
         self.client = client
         self.prefix = prefix
         self._write_lock = threading.RLock()
-        self.text_collection = self._collection(f"{prefix}_text", text_embedder, text_dim)
-        self.image_collection = self._collection(f"{prefix}_images", image_encoder, image_dim)
         self.manifest = self._collection(f"{prefix}_documents", "manifest", 1)
+        # The active text collection may hold another embedder's vectors: the knowledge base
+        # then serves it with that embedder and re-embeds (`recorded_text_embedder`).
+        active = (self.manifest.metadata or {}).get(ACTIVE_TEXT_KEY) or f"{prefix}_text"
+        self.text_collection = self.client.get_or_create_collection(
+            active, embedding_function=None, metadata=_text_metadata(text_embedder, text_source, text_dim),
+        )
+        self.image_collection = self._collection(f"{prefix}_images", image_encoder, image_dim)
         self.text = ChromaVectorStore(chroma_collection=self.text_collection)
         self.images = ChromaVectorStore(chroma_collection=self.image_collection)
+
+    # ----- the text collection and its embedder -----------------------------------------------
+    @property
+    def recorded_text_embedder(self) -> tuple[str, str, int | None]:
+        """`(name, source, dim)` of the embedder the active text collection was built with
+        (source "" for collections written before it was recorded)."""
+        metadata = self.text_collection.metadata or {}
+        return str(metadata.get("embedder") or ""), str(metadata.get("embedder_source") or ""), metadata.get("dim")
+
+    def new_text_collection(self, embedder: str, source: str, dim: int):
+        """An empty collection for re-embedding into; not used until `activate_text_collection`."""
+        import uuid
+
+        name = f"{self.prefix}_text_{uuid.uuid4().hex[:12]}"
+        return self.client.create_collection(
+            name, embedding_function=None, metadata=_text_metadata(embedder, source, dim),
+        )
+
+    def drop_collection(self, collection: Any) -> None:
+        try:
+            self.client.delete_collection(collection.name)
+        except Exception:  # already gone; the next open's purge removes any leftover anyway
+            log.warning("could not remove the collection %s", collection.name, exc_info=True)
+
+    def activate_text_collection(self, collection: Any) -> Any:
+        """Make `collection` the text collection, in one manifest write; returns the old one
+        (still whole: the caller removes it once nothing reads it)."""
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        with self._write_lock:
+            metadata = dict(self.manifest.metadata or {})
+            metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to "change" it
+            metadata[ACTIVE_TEXT_KEY] = collection.name
+            self.manifest.modify(metadata=metadata)
+            old = self.text_collection
+            self.text_collection = collection
+            self.text = ChromaVectorStore(chroma_collection=collection)
+            return old
+
+    def purge_inactive_text_collections(self) -> list[str]:
+        """Remove text collections of this base that are not the active one: a re-embedding
+        killed before it finished, or an old collection a kill left after the switch."""
+        legacy, prefix = f"{self.prefix}_text", f"{self.prefix}_text_"
+        removed = []
+        for collection in self.client.list_collections():
+            name = getattr(collection, "name", collection)
+            if name != self.text_collection.name and (name == legacy or name.startswith(prefix)):
+                self.client.delete_collection(name)
+                removed.append(name)
+        return removed
 
     def _collection(self, name: str, embedder: str, dim: int):
         collection = self.client.get_or_create_collection(
@@ -120,7 +180,7 @@ class KnowledgeStore:
     # ----- manifest ----------------------------------------------------------------------
     def documents(self) -> list[DocumentRecord]:
         records = []
-        for ids, metadatas, _ in self._scan(self.manifest, include=["metadatas"]):
+        for ids, metadatas, _ in self.scan(self.manifest, include=["metadatas"]):
             records.extend(DocumentRecord.from_metadata(i, m) for i, m in zip(ids, metadatas))
         return sorted(records, key=lambda r: (r.added, r.file_name))
 
@@ -178,7 +238,7 @@ class KnowledgeStore:
             known = {r.doc_id for r in self.documents()}
             newest: dict[str, float] = {}
             for collection in (self.text_collection, self.image_collection):
-                for _, metadatas, _ in self._scan(collection, include=["metadatas"]):
+                for _, metadatas, _ in self.scan(collection, include=["metadatas"]):
                     for m in metadatas:
                         doc_id = m.get("doc_id")
                         if doc_id not in known:
@@ -193,13 +253,13 @@ class KnowledgeStore:
     def reset(self) -> None:
         with self._write_lock:
             for collection in (self.text_collection, self.image_collection, self.manifest):
-                ids = [i for batch, _, _ in self._scan(collection, include=[]) for i in batch]
+                ids = [i for batch, _, _ in self.scan(collection, include=[]) for i in batch]
                 for start in range(0, len(ids), PAGE_SIZE):
                     collection.delete(ids=ids[start : start + PAGE_SIZE])
 
     def text_rows(self) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
         """`(chunk id, text, doc id, metadata)` for every text chunk: what BM25 indexes."""
-        for ids, metadatas, documents in self._scan(self.text_collection, include=["metadatas", "documents"]):
+        for ids, metadatas, documents in self.scan(self.text_collection, include=["metadatas", "documents"]):
             for row_id, metadata, text in zip(ids, metadatas, documents):
                 yield row_id, text or "", metadata.get("doc_id", ""), lexical_metadata(metadata)
 
@@ -223,7 +283,8 @@ class KnowledgeStore:
         }
 
     @staticmethod
-    def _scan(collection: Any, include: list[str]) -> Iterator[tuple[list[str], list[dict], list[str]]]:
+    def scan(collection: Any, include: list[str]) -> Iterator[tuple[list[str], list[dict], list[str]]]:
+        """A collection's rows page by page: `(ids, metadatas, documents)`."""
         offset = 0
         while True:
             got = collection.get(limit=PAGE_SIZE, offset=offset, include=include)
@@ -234,6 +295,10 @@ class KnowledgeStore:
             if len(ids) < PAGE_SIZE:
                 return
             offset += len(ids)
+
+
+def _text_metadata(embedder: str, source: str, dim: int) -> dict[str, Any]:
+    return {"embedder": embedder, "embedder_source": source, "dim": dim, "hnsw:space": "cosine"}
 
 
 def lexical_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

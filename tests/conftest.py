@@ -1,7 +1,7 @@
 """Shared test set-up: nothing may download, so hub access is switched off for every test.
 
 It fixes the environment and holds the fixtures several test files share: the real photos,
-the model and encoder fixtures (tiny LLaVA, offline SmolLM2, stand-in encoder, MiniLM), a
+the model and encoder fixtures (tiny LLaVA, offline SmolLM2, stand-in encoder, text embedder), a
 knowledge base factory, a launcher for the real app, a spy on what a backend prepares, and a
 maker of LoRA adapters (random, non-zero weights, valid cards) for a backend's base.
 Fixtures used by one file live in that file.
@@ -116,7 +116,7 @@ def launch_app():
 
 @pytest.fixture(scope="session")
 def text_embedder():
-    """The shipped all-MiniLM-L6-v2 as the knowledge base's LlamaIndex text embedder."""
+    """The default text embedder (USE multilingual, shipped) as a LlamaIndex embedding."""
     from mmchat.knowledge.embeddings import load_text_embedder
 
     return load_text_embedder("auto")

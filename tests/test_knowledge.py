@@ -255,3 +255,23 @@ def test_a_different_image_encoder_on_the_same_store_is_refused_clearly(make_kno
     with pytest.raises(ConfigError, match="reset the knowledge base"):
         KnowledgeStore(open_client(kb.root / "chroma"), "mmchat", text_embedder=name, text_dim=dim,
                        image_encoder="other-encoder", image_dim=768)
+
+
+@pytest.mark.slow
+def test_odd_queries_are_ranked_or_refused_clearly(make_knowledge):
+    """Mixed script, traditional characters, full-width digits find the Chinese report; pinyin,
+    punctuation and empty questions are refused with a reason; a 10,000-character query is
+    answered without an error."""
+    kb = make_knowledge()
+    kb.ingest(sorted((ROOT / "tests" / "fixtures" / "rag_eval_v2" / "docs").iterdir()))
+    report = "GPU推理容量规划与成本报告.md"
+    for query in ("GPU 推理 capacity 规划", "推理平臺下半年計劃新增多少張 H800？", "下半年计划新增多少张Ｈ８００？",
+                  "How many H800 cards will be added in the second half of the year?"):
+        assert kb.search(query, top_k=3).hits[0].file_name == report, query
+    for query in ("", "   ", "？？？"):
+        result = kb.search(query, top_k=3)
+        assert result.hits == [] and result.info == ["the question has no words to search for"]
+    pinyin = kb.search("tuili rongliang guihua", top_k=3)
+    assert pinyin.hits == [] and pinyin.info[0].startswith("no source relevant enough")
+    long = kb.search("显存" * 5000, top_k=3)
+    assert long.hits and long.hits[0].file_name == report

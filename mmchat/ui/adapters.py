@@ -23,11 +23,16 @@ from typing import Any, Callable
 import gradio as gr
 
 from mmchat.errors import UserFacingError
+from mmchat.ui.i18n import t, term, ui
+from mmchat.ui.render import table_value
 from mmchat.ui.tabs import AppTabs, Tab, export_folder, upload_path
 
 log = logging.getLogger(__name__)
 
-ADAPTER_HEADERS = ["name", "store", "task", "description", "rank", "targets", "metric: adapter / base", "created"]
+def adapter_headers() -> list[str]:
+    """The adapters table's column names, in the visitor's language."""
+    return [t(f"adapters.col.{key}") for key in ("name", "store", "task", "description", "rank", "targets", "metric",
+                                                 "created")]
 
 
 def headline_metric(metrics: dict[str, Any]) -> str:
@@ -36,14 +41,15 @@ def headline_metric(metrics: dict[str, Any]) -> str:
     for key, value in adapter.items():
         if isinstance(value, (int, float)):
             other = base.get(key)
-            return f"{key} {value:.2f} / {other:.2f}" if isinstance(other, (int, float)) else f"{key} {value:.2f}"
+            name = term("metric", key)
+            return f"{name} {value:.2f} / {other:.2f}" if isinstance(other, (int, float)) else f"{name} {value:.2f}"
     return ""
 
 
 def adapter_rows(adapters: list[Any], store_of: Callable[[Any], str] = lambda a: "yours") -> list[list[Any]]:
     """One table row per adapter; `store_of(adapter)`: "shipped" or "yours"."""
     return [
-        [a.name, store_of(a), a.card.task, a.card.description, a.card.rank, ", ".join(a.card.target_modules),
+        [a.name, term("store", store_of(a)), term("task", a.card.task), term("description", a.card.description), a.card.rank, ", ".join(a.card.target_modules),
          headline_metric(a.card.metrics), time.strftime("%Y-%m-%d", time.localtime(a.card.created))]
         for a in adapters
     ]
@@ -52,28 +58,28 @@ def adapter_rows(adapters: list[Any], store_of: Callable[[Any], str] = lambda a:
 def card_markdown(stored: Any, store: str = "") -> str:
     """The whole card of one adapter, with its held-out examples; `store`: shipped or yours."""
     card = stored.card
-    where = {"shipped": " · **store** shipped (read-only)", "yours": " · **store** yours"}.get(store, "")
+    where = {"shipped": t("card.store_shipped"), "yours": t("card.store_yours")}.get(store, "")
     lines = [
-        f"### {card.name}", card.description, "",
-        f"- **task** {card.task} · **type** {stored.peft_type} · **rank** {card.rank} · **alpha** {card.alpha:g}"
+        f"### {card.name}", term("description", card.description), "",
+        t("card.task", task=term("task", card.task), type=stored.peft_type, rank=card.rank, alpha=f"{card.alpha:g}")
         + where,
-        f"- **targets** `{', '.join(card.target_modules)}`",
-        f"- **base** `{card.base_model}` (fingerprint `{card.base_fingerprint[:12]}…`)",
-        f"- **created** {time.strftime('%Y-%m-%d %H:%M', time.localtime(card.created))}",
+        t("card.targets", targets=", ".join(card.target_modules)),
+        t("card.base", base=card.base_model, fingerprint=card.base_fingerprint[:12]),
+        t("card.created", created=time.strftime("%Y-%m-%d %H:%M", time.localtime(card.created))),
     ]
     if card.dataset:
         summary = {k: v for k, v in card.dataset.items() if k != "examples"}
-        lines.append(f"- **dataset** `{json.dumps(summary, ensure_ascii=False)[:400]}`")
+        lines.append(t("card.dataset", dataset=json.dumps(summary, ensure_ascii=False)[:400]))
     metrics = card.metrics or {}
     keys = sorted({k for side in ("adapter", "base") for k in (metrics.get(side) or {})})
     if keys:
-        lines += ["", "| held-out metric | base | adapter |", "|---|---|---|"]
+        lines += ["", t("card.metrics_header"), "|---|---|---|"]
         for key in keys:
             row = [(metrics.get(side) or {}).get(key, "") for side in ("base", "adapter")]
             row = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-            lines.append(f"| {key} | {row[0]} | {row[1]} |")
+            lines.append(f"| {term('metric', key)} | {row[0]} | {row[1]} |")
     if card.examples:
-        lines += ["", "**Held-out examples**", "", "| prompt | base | adapter |", "|---|---|---|"]
+        lines += ["", t("card.examples"), "", t("card.examples_header"), "|---|---|---|"]
         for example in card.examples[:5]:
             cells = [str(example.get(k, "")).replace("|", "\\|").replace("\n", " ")[:300]
                      for k in ("prompt", "base", "adapter")]
@@ -82,7 +88,7 @@ def card_markdown(stored: Any, store: str = "") -> str:
 
 
 class AdaptersTab(Tab):
-    title, tab_id = "Adapters", "adapters"
+    title, tab_id = "tab.adapters", "adapters"
 
     @property
     def enabled(self) -> bool:
@@ -91,49 +97,48 @@ class AdaptersTab(Tab):
     def _registry(self) -> Any:
         self.runtime.wait_ready()
         if self.runtime.adapters is None:
-            raise UserFacingError(f"the adapter store is unavailable: {self.runtime.adapters_error or 'not loaded'}")
+            raise UserFacingError(t("adapters.unavailable", reason=self.runtime.adapters_error or t("adapters.not_loaded")))
         return self.runtime.adapters
 
     def listing(self) -> tuple:
         """Table, name choices and the not-loaded notes, as they are now."""
         registry = self.runtime.adapters
         if registry is None:
-            reason = self.runtime.adapters_error or ("loading…" if not self.runtime.ready else "not loaded")
-            return [], gr.Dropdown(choices=[]), f"Adapter store: {reason}"
+            reason = self.runtime.adapters_error or (t("adapters.loading") if not self.runtime.ready
+                                                     else t("adapters.not_loaded"))
+            return (table_value([], adapter_headers()), gr.Dropdown(choices=[]),
+                    t("adapters.store_state", reason=reason))
         adapters = registry.adapters()
         names = [a.name for a in adapters]
         notes = "\n".join(f"- {note}" for note in registry.notes)
         where = (f"`{registry.store.root}`" if registry.user_store is registry.store else
-                 f"the shipped store `{registry.store.root}` (read-only) and yours `{registry.user_store.root}`")
-        head = (f"{len(adapters)} adapter(s) in {where} fit the loaded model."
-                if adapters else f"No adapter in {where} fits the loaded model yet.")
-        return (adapter_rows(adapters, registry.store_label),
+                 t("adapters.two_stores", shipped=registry.store.root, yours=registry.user_store.root))
+        head = (t("adapters.fit", n=len(adapters), where=where) if adapters else t("adapters.none_fit", where=where))
+        return (table_value(adapter_rows(adapters, registry.store_label), adapter_headers()),
                 gr.Dropdown(choices=names, value=names[0] if names else None),
-                head + (f"\n\nNot offered:\n{notes}" if notes else ""))
+                head + (f"\n\n{t('adapters.not_offered')}\n{notes}" if notes else ""))
 
     def build(self) -> None:
         runtime = self.runtime
         notes = gr.Markdown(elem_id="mmchat-adapters-notes")
-        table = gr.Dataframe(headers=ADAPTER_HEADERS, interactive=False, wrap=False, label="Adapters",
+        table = gr.Dataframe(headers=adapter_headers(), interactive=False, wrap=False, label=ui("adapters.table"),
                              elem_id="mmchat-adapters-table")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                choice = gr.Dropdown(label="Adapter", choices=[], elem_id="mmchat-adapters-choice")
+                choice = gr.Dropdown(label=ui("adapters.adapter"), choices=[], elem_id="mmchat-adapters-choice")
                 card = gr.Markdown(elem_id="mmchat-adapters-card")
             with gr.Column(scale=2, min_width=260):
                 with gr.Row():
-                    export_btn = gr.Button("Export zip", size="sm", elem_id="mmchat-adapters-export")
-                    merge_btn = gr.Button("Merge into a model", size="sm", elem_id="mmchat-adapters-merge")
-                confirm = gr.Checkbox(label="Yes, delete this adapter (yours only; shipped ones are read-only)",
-                                      value=False)
-                delete_btn = gr.Button("Delete", variant="stop", size="sm", elem_id="mmchat-adapters-delete")
+                    export_btn = gr.Button(ui("adapters.export"), size="sm", elem_id="mmchat-adapters-export")
+                    merge_btn = gr.Button(ui("adapters.merge"), size="sm", elem_id="mmchat-adapters-merge")
+                confirm = gr.Checkbox(label=ui("adapters.confirm_delete"), value=False)
+                delete_btn = gr.Button(ui("shared.delete"), variant="stop", size="sm", elem_id="mmchat-adapters-delete")
                 result = gr.Markdown(elem_id="mmchat-adapters-result")
-                download = gr.File(label="Exported adapter", visible=False, interactive=False)
-                upload = gr.File(label="Upload an adapter: a .zip of a peft folder (adapter_config.json, "
-                                       "adapter_model.safetensors, optional adapter_card.json)",
+                download = gr.File(label=ui("adapters.exported"), visible=False, interactive=False)
+                upload = gr.File(label=ui("adapters.upload"),
                                  file_types=[".zip"], elem_id="mmchat-adapters-upload")
-                upload_name = gr.Textbox(label="Name for an adapter without a card (optional)", max_length=48)
-                upload_btn = gr.Button("Add adapter", variant="primary", size="sm", elem_id="mmchat-adapters-add")
+                upload_name = gr.Textbox(label=ui("adapters.upload_name"), max_length=48)
+                upload_btn = gr.Button(ui("adapters.add"), variant="primary", size="sm", elem_id="mmchat-adapters-add")
 
         def show_card(name: str | None) -> str:
             if not name:
@@ -156,7 +161,7 @@ class AdaptersTab(Tab):
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return gr.File(visible=False), str(err)
-            return gr.File(value=str(path), visible=True), f"Exported **{stored.name}** as a zip (below)."
+            return gr.File(value=str(path), visible=True), t("adapters.exported_msg", name=stored.name)
 
         def merge(name: str | None, progress=gr.Progress()):
             from mmchat.adapters.merge import merge_adapter
@@ -164,10 +169,10 @@ class AdaptersTab(Tab):
 
             try:
                 stored = self._registry().get(name or "")
-                progress(0.1, desc="loading a copy of the base")
+                progress(0.1, desc=t("adapters.merge_loading"))
                 preset = loaded_preset(runtime.config.model, runtime.backend.info.preset)  # not an auto fallback's
                 model, processing = load_base_copy(preset, runtime.config.cache_dir())
-                progress(0.5, desc="merging and writing")
+                progress(0.5, desc=t("adapters.merge_writing"))
                 out = runtime.data_dir / "merged" / f"{stored.name}-{time.strftime('%Y%m%d-%H%M%S')}"
                 merged = merge_adapter(model, processing, stored, out)
             except UserFacingError as err:
@@ -175,25 +180,25 @@ class AdaptersTab(Tab):
                 return str(err)
             except Exception as err:
                 log.exception("merge failed")
-                return f"The merge failed ({err.__class__.__name__}: {err}); the adapter and the chat are unchanged."
-            return f"Merged into a standalone model folder (safetensors, tokenizer, card): {merged.summary}."
+                return t("adapters.merge_failed", error=f"{err.__class__.__name__}: {err}")
+            return t("adapters.merged", summary=merged.summary)
 
         def delete(name: str | None, sure: bool):
             if not sure:
-                gr.Warning("tick the box to confirm the deletion")
-                return (*self.listing(), "Nothing deleted: tick the box to confirm.", False)
+                gr.Warning(t("shared.tick_to_delete"))
+                return (*self.listing(), t("shared.nothing_deleted"), False)
             try:
                 self._registry().delete(name or "")
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return (*self.listing(), str(err), False)
-            return (*self.listing(), f"Deleted **{name}** from your adapters.", False)
+            return (*self.listing(), t("adapters.deleted", name=name), False)
 
         def add(upload_item: Any, name: str):
             from mmchat.adapters.bundle import import_adapter_zip, module_shapes
 
             if not upload_item:
-                return (*self.listing(), "Choose a .zip of a peft adapter folder first.", None)
+                return (*self.listing(), t("adapters.choose_zip"), None)
             try:
                 registry = self._registry()
                 stored = import_adapter_zip(  # into the user's store; a shipped name is refused there
@@ -210,12 +215,11 @@ class AdaptersTab(Tab):
                     raise UserFacingError(why)
             except UserFacingError as err:
                 gr.Warning(str(err))
-                return (*self.listing(), f"Refused: {err}", None)
+                return (*self.listing(), t("adapters.refused", error=err), None)
             except Exception as err:
                 log.exception("adapter upload failed")
-                return (*self.listing(), f"The upload failed ({err.__class__.__name__}: {err}); nothing was added.",
-                        None)
-            return (*self.listing(), f"Added **{stored.name}**: pick it in Chat or Compare.", None)
+                return (*self.listing(), t("adapters.upload_failed", error=f"{err.__class__.__name__}: {err}"), None)
+            return (*self.listing(), t("adapters.added", name=stored.name), None)
 
         listing_outputs = [table, choice, notes]
         self.refresh, self.listing_outputs = self.listing, listing_outputs

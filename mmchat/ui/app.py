@@ -5,11 +5,15 @@ one object each, `mmchat.ui.tabs`) and then lets each wire itself to the others;
 (queued, with a concurrency limit) whose
 status is one short line ("offline · cpu · 7 docs · ready", saying plainly when the offline
 stand-in is in use) that opens on demand to the model, device, dtype, quantization, memory and
-knowledge base (`mmchat.ui.style`, which also holds the page's CSS). `launch_kwargs` gives what `Blocks.launch` needs: host/port
-from the config, uploads capped, only the app's own directories served (nothing else from the
-working directory or the temp folder), unknown Host headers and other sites' pages refused,
-served files inert (`mmchat.ui.security`). Gradio's cached copies older than an hour are deleted, and so are
-exports (at start and on each export; a session's exports also when it ends).
+knowledge base (`mmchat.ui.style`, which also holds the page's CSS). Every string is in
+English and Simplified Chinese (`mmchat.ui.i18n`): the page follows the browser's language,
+and the header's switch (`?lang=` links) picks one for good (a cookie).
+`launch_kwargs` gives what `Blocks.launch` needs: host/port from the config, uploads capped,
+only the app's own directories served (nothing else from the working directory or the temp
+folder), unknown Host headers and other sites' pages refused, served files inert
+(`mmchat.ui.security`), the page in the visitor's language and both string tables. Gradio's
+cached copies older than an hour are deleted, and so are exports (at start and on each
+export; a session's exports also when it ends).
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ from mmchat.ui.adapters import AdaptersTab  # noqa: E402
 from mmchat.ui.chat import EXAMPLE_DIR, ChatTab, end_session  # noqa: E402
 from mmchat.ui.compare import CompareTab  # noqa: E402
 from mmchat.ui.finetune import FinetuneTab  # noqa: E402
+from mmchat.ui.i18n import PageLanguage, gradio_i18n, localize_events, ui  # noqa: E402
 from mmchat.ui.knowledge import KnowledgeTab  # noqa: E402
 from mmchat.ui.security import SERVED_DIRS_ATTR, restrict_file_moves  # noqa: E402
 from mmchat.ui.style import APP_CSS, CITATION_HEAD, status_view  # noqa: E402
 from mmchat.ui.tabs import AppTabs, Tab  # noqa: E402
 
 TITLE = "mmchat — multimodal chat"
+# Plain links: the middleware (`PageLanguage`) stores the choice and serves the page in it.
+LANGUAGE_SWITCH = ('<nav id="mmchat-lang"><a href="?lang=en" hreflang="en" lang="en">English</a> · '
+                   '<a href="?lang=zh-CN" hreflang="zh-CN" lang="zh-CN">中文</a></nav>')
 
 
 def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
@@ -50,13 +58,15 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
     tabs: list[Tab] = [ChatTab(runtime), KnowledgeTab(runtime), CompareTab(runtime), AdaptersTab(runtime),
                        FinetuneTab(runtime)]
     with gr.Blocks(title=TITLE, delete_cache=(600, EXPORT_MAX_AGE_S)) as demo:
-        gr.Markdown(f"## {TITLE}", elem_id="mmchat-title")
+        with gr.Row(elem_id="mmchat-header"):
+            gr.Markdown(ui("app.title"), elem_id="mmchat-title")
+            gr.HTML(LANGUAGE_SWITCH, elem_id="mmchat-lang-switch", container=False)
         # One short line; the full status (model, memory, knowledge base) opens on demand.
         status = gr.Markdown(status_view(runtime), elem_id="mmchat-status")
         with gr.Tabs() as tabs_component:
             for tab in tabs:
                 if tab.enabled:
-                    with gr.Tab(tab.title, id=tab.tab_id) as tab.container:
+                    with gr.Tab(ui(tab.title), id=tab.tab_id) as tab.container:
                         tab.build()
         app = AppTabs(demo, status, [tab for tab in tabs if tab.enabled], tabs_component)
         for tab in app.tabs:
@@ -80,6 +90,7 @@ def build_app(config: AppConfig, runtime: Runtime | None = None) -> gr.Blocks:
             end_session(runtime, request.session_hash or "")
 
         demo.unload(end_browser_session)
+    localize_events(demo)  # every handler in its visitor's language
     demo.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
     # Files this app's events return must lie in its own directories (not merely in the working
     # directory or the temp folder, which gradio accepts by default).
@@ -129,7 +140,9 @@ def launch_kwargs(config: AppConfig, runtime: Runtime) -> dict[str, Any]:
             Middleware(OriginGuard, hosts=hosts, any_ip=any_ip, patterns=origins),  # pages of other sites
             Middleware(SafeFileResponses),
             Middleware(UploadLimitMessage, max_bytes=max_file_size),
+            Middleware(PageLanguage),  # the page in the visitor's language; ?lang= switches
         ]},
+        "i18n": gradio_i18n(),  # every ui(...) string, both languages
         # Everything is served by this process, through the middleware above.
         "ssr_mode": False,
         "num_workers": 0,

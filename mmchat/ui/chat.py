@@ -27,6 +27,7 @@ from mmchat.errors import InvalidUpload, UserFacingError
 from mmchat.adapters.host import BASE
 from mmchat.adapters.registry import BASE_LABEL
 from mmchat.runtime import Runtime
+from mmchat.ui.i18n import t, term, ui
 from mmchat.ui.knowledge import document_choices
 from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown
 from mmchat.ui.tabs import AppTabs, Tab, export_folder, upload_path
@@ -85,7 +86,7 @@ def end_session(runtime: Runtime, session_hash: str) -> None:
 class ChatTab(Tab):
     """The Chat tab; `wire` keeps its document filter and adapter list in step with the other tabs."""
 
-    title, tab_id = "Chat", "chat"
+    title, tab_id = "tab.chat", "chat"
 
     def build(self) -> None:
         runtime = self.runtime
@@ -96,7 +97,7 @@ class ChatTab(Tab):
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
                 chatbot = gr.Chatbot(
-                    label="Chat",
+                    label=ui("chat.chatbot"),
                     # Sized to the viewport so the input stays on the first screen of a phone.
                     height="58vh",
                     min_height=260,
@@ -106,58 +107,58 @@ class ChatTab(Tab):
                     elem_id="mmchat-chatbot",
                 )
                 textbox = gr.MultimodalTextbox(
-                    placeholder="Ask something, or drop an image here…",
+                    placeholder=ui("chat.placeholder"),
                     # No extension filter: gradio's refused names without an extension or with a
                     # second one ("IMG_0412", "cat.png.download") as "Invalid file type: None"; every
                     # file is checked by content instead, and a refusal names it and the accepted formats.
                     file_types=None,
                     file_count="multiple",
                     max_plain_text_length=limits.max_prompt_chars,
+                    label=ui("chat.input"),  # for screen readers: it is not shown
                     show_label=False,
                     elem_id="mmchat-input",
                     sources=["upload"],
                 )
                 with gr.Row(elem_classes="mmchat-actions"):
                     # Stop looks active only while an answer streams (switched by the events below).
-                    stop_btn = gr.Button("Stop", variant="secondary", interactive=False, size="sm", elem_id="mmchat-stop")
-                    regen_btn = gr.Button("Regenerate", size="sm", elem_id="mmchat-regenerate")
-                    undo_btn = gr.Button("Undo", size="sm", elem_id="mmchat-undo")
-                    clear_btn = gr.Button("Clear", size="sm", elem_id="mmchat-clear")
-                    export_btn = gr.Button("Export", size="sm", elem_id="mmchat-export")
-                    import_btn = gr.UploadButton("Import", file_types=[".zip", ".json"], size="sm")
-                export_file = gr.File(label="Exported chat", visible=False, interactive=False)
+                    stop_btn = gr.Button(ui("shared.stop"), variant="secondary", interactive=False, size="sm", elem_id="mmchat-stop")
+                    regen_btn = gr.Button(ui("chat.regenerate"), size="sm", elem_id="mmchat-regenerate")
+                    undo_btn = gr.Button(ui("chat.undo"), size="sm", elem_id="mmchat-undo")
+                    clear_btn = gr.Button(ui("chat.clear"), size="sm", elem_id="mmchat-clear")
+                    export_btn = gr.Button(ui("chat.export"), size="sm", elem_id="mmchat-export")
+                    import_btn = gr.UploadButton(ui("chat.import"), file_types=[".zip", ".json"], size="sm")
+                export_file = gr.File(label=ui("chat.exported"), visible=False, interactive=False)
                 if examples():
-                    gr.Examples(examples=examples(), inputs=[textbox], label="Examples (real photos)", elem_id="mmchat-examples")
+                    gr.Examples(examples=examples(), inputs=[textbox], label=ui("chat.examples"), elem_id="mmchat-examples")
             with gr.Column(scale=2, min_width=260):
                 # Chosen per message: the answer remembers it (trace, Regenerate, Export/Import).
                 # Any name passes the dropdown (API clients never see its refreshed choices);
                 # the session refuses an unknown one with the list of loaded adapters.
-                adapter = gr.Dropdown(label="Adapter for the next message", choices=[(BASE_LABEL, BASE)],
+                adapter = gr.Dropdown(label=ui("chat.adapter"), choices=[(BASE_LABEL, BASE)],
                                       value=BASE, elem_id="mmchat-adapter", allow_custom_value=True,
-                                      info="LoRA adapters that fit the loaded model (see the Adapters tab)")
-                with gr.Accordion("Generation settings", open=True):
-                    system_prompt = gr.Textbox(label="System prompt", value=gen.system_prompt, lines=3)
-                    max_new_tokens = gr.Slider(1, 2048, value=gen.max_new_tokens, step=1, label="Max new tokens")
-                    temperature = gr.Slider(0.0, 2.0, value=gen.temperature, step=0.05, label="Temperature (0 = greedy)")
-                    top_p = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label="Top-p")
+                                      info=ui("chat.adapter_info"))
+                with gr.Accordion(ui("chat.generation"), open=True):
+                    system_prompt = gr.Textbox(label=ui("chat.system_prompt"), value=gen.system_prompt, lines=3)
+                    max_new_tokens = gr.Slider(1, 2048, value=gen.max_new_tokens, step=1, label=ui("shared.max_new_tokens"))
+                    temperature = gr.Slider(0.0, 2.0, value=gen.temperature, step=0.05, label=ui("chat.temperature"))
+                    top_p = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label=ui("chat.top_p"))
                 knowledge_on = runtime.config.knowledge.enabled
-                with gr.Accordion("Knowledge (RAG)", open=knowledge_on, visible=knowledge_on):
-                    use_knowledge = gr.Checkbox(label="Answer from the knowledge base", value=knowledge_on,
+                with gr.Accordion(ui("chat.knowledge"), open=knowledge_on, visible=knowledge_on):
+                    use_knowledge = gr.Checkbox(label=ui("chat.use_knowledge"), value=knowledge_on,
                                                 elem_id="mmchat-use-knowledge")
                     rag_top_k = gr.Slider(
-                        1, 12, value=runtime.config.knowledge.top_k, step=1, label="Sources per answer",
-                        info=f"at most; small models get fewer (offline preset: {PRESETS['offline'].answer.max_sources}, "
-                             "trimmed to their best sentences)",
+                        1, 12, value=runtime.config.knowledge.top_k, step=1, label=ui("chat.top_k"),
+                        info=ui("chat.top_k_info", n=PRESETS["offline"].answer.max_sources),
                     )
-                    rag_docs = gr.Dropdown(label="Only these documents (empty: all)", choices=[], multiselect=True,
+                    rag_docs = gr.Dropdown(label=ui("chat.rag_docs"), choices=[], multiselect=True,
                                            elem_id="mmchat-rag-docs")
-                    whole_document = gr.Checkbox(label="Use the whole document (short documents chosen above)", value=False)
-                    images_to_model = gr.Checkbox(label="Send retrieved images to the model", value=False)
-                with gr.Accordion("Last answer", open=True):
-                    trace = gr.Markdown(trace_markdown(None), elem_id="mmchat-trace")
-        with gr.Accordion("Sources", open=True, visible=runtime.config.knowledge.enabled):
-            sources = gr.Markdown(sources_markdown(None), elem_id="mmchat-sources", elem_classes="mmchat-hits")
-            source_images = gr.Gallery(label="Retrieved images", columns=4, height=180, object_fit="contain",
+                    whole_document = gr.Checkbox(label=ui("chat.whole_document"), value=False)
+                    images_to_model = gr.Checkbox(label=ui("chat.images_to_model"), value=False)
+                with gr.Accordion(ui("chat.last_answer"), open=True):
+                    trace = gr.Markdown(ui("trace.none"), elem_id="mmchat-trace")
+        with gr.Accordion(ui("chat.sources"), open=True, visible=runtime.config.knowledge.enabled):
+            sources = gr.Markdown(ui("retrieval.none"), elem_id="mmchat-sources", elem_classes="mmchat-hits")
+            source_images = gr.Gallery(label=ui("chat.retrieved_images"), columns=4, height=180, object_fit="contain",
                                        elem_id="mmchat-source-images")
 
         settings = [system_prompt, max_new_tokens, temperature, top_p, use_knowledge, rag_top_k, rag_docs,
@@ -168,7 +169,7 @@ class ChatTab(Tab):
                 gr.Warning(str(err))
             else:  # a bug or a backend failure: keep serving, say what happened, log the traceback
                 log.exception("chat event failed")
-                gr.Warning(f"the answer failed ({err.__class__.__name__}: {err}); the chat is kept, try again")
+                gr.Warning(t("chat.failed", error=f"{err.__class__.__name__}: {err}"))
 
         def ensure_session(session: Any) -> Any:
             return session if session is not None else runtime.new_session()
@@ -275,7 +276,7 @@ class ChatTab(Tab):
 
         def export(session: Any, request: gr.Request):
             if session is None or not session.history:
-                gr.Warning("nothing to export yet; send a message first")
+                gr.Warning(t("chat.nothing_to_export"))
                 return gr.File(visible=False)
             # In the browser session's own folder, under a random name; removed after an hour or
             # when the session ends (the app's unload hook calls `end_session`).
@@ -288,11 +289,11 @@ class ChatTab(Tab):
                 session = ensure_session(session)
                 session.import_chat(Path(upload_path(upload)))
             except UserFacingError as err:
-                raise gr.Error(f"import refused: {err}") from None
+                raise gr.Error(t("chat.import_refused", error=err)) from None
             except Exception as err:  # a bug: say so, keep the chat
                 log.exception("import failed")
-                raise gr.Error(f"import failed ({err.__class__.__name__}); the chat is unchanged") from None
-            gr.Info(f"imported {len(session.history)} messages")
+                raise gr.Error(t("chat.import_failed", error=err.__class__.__name__)) from None
+            gr.Info(t("chat.imported", n=len(session.history)))
             return chatbot_messages(session), session, session.system_prompt
 
         outputs = [chatbot, textbox, session_state, trace, sources, source_images]
@@ -322,7 +323,10 @@ class ChatTab(Tab):
     def adapter_choices(self, current: str | None = BASE) -> Any:
         """The adapter dropdown with the adapters loaded now (the choice kept if still there, else base)."""
         registry = self.runtime.adapters
-        choices = registry.choices() if registry is not None else [(BASE_LABEL, BASE)]
+        # In the visitor's language: the base's label, and a shipped adapter's line (a known text).
+        adapters = [(f"{a.name} — {term('description', a.card.description)}", a.name) for a in registry.adapters()] \
+            if registry is not None else []
+        choices = [(t("chat.base_label"), BASE), *adapters]
         return gr.Dropdown(choices=choices, value=current if current in [v for _, v in choices] else BASE)
 
     def refreshed_adapter_choices(self, current: str | None = BASE) -> Any:

@@ -22,6 +22,7 @@ import gradio as gr
 from mmchat.adapters.host import BASE
 from mmchat.errors import UserFacingError
 from mmchat.ui.chat import EXAMPLE_DIR
+from mmchat.ui.i18n import t, ui
 from mmchat.ui.tabs import AppTabs, Tab
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,14 @@ def column_markdown(column: Any) -> str:
     stats = column.stats
     figures = []
     if stats.time_to_first_token_s is not None:
-        figures.append(f"first token {stats.time_to_first_token_s:.2f} s")
+        figures.append(t("trace.first_token", s=f"{stats.time_to_first_token_s:.2f}"))
     if column.done:
-        figures += [f"{stats.tokens_per_s:.1f} tok/s", f"{stats.output_tokens} tokens"]
+        figures += [f"{stats.tokens_per_s:.1f} tok/s", t("trace.tokens", n=stats.output_tokens)]
         if stats.finish_reason == "length":
-            figures.append("hit max new tokens")
+            figures.append(t("trace.hit_max"))
         elif stats.finish_reason == "cancelled":
-            figures.append("stopped")
-    text = column.text or ("…" if not column.done else "*(empty answer)*")
+            figures.append(t("trace.stopped"))
+    text = column.text or ("…" if not column.done else t("compare.empty"))
     return f"**{column.adapter}**\n\n{text}\n\n<sub>{' · '.join(figures)}</sub>"
 
 
@@ -71,7 +72,7 @@ def figures_json(columns: list[Any]) -> list[dict[str, Any]]:
 
 
 class CompareTab(Tab):
-    title, tab_id = "Compare", "compare"
+    title, tab_id = "tab.compare", "compare"
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
@@ -91,34 +92,34 @@ class CompareTab(Tab):
         gen = self.runtime.config.generation
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, elem_id="mmchat-compare-prompt",
+                prompt = gr.Textbox(label=ui("compare.prompt"), value=DEFAULT_PROMPT, lines=2, elem_id="mmchat-compare-prompt",
                                     max_length=self.runtime.config.limits.max_prompt_chars)
                 # Any names pass the dropdown (API clients never see its refreshed choices); the
                 # engine refuses unknown ones with the list of loaded adapters.
-                columns = gr.Dropdown(label="Columns (2–4): the bare base and the adapters", multiselect=True,
+                columns = gr.Dropdown(label=ui("compare.columns"), multiselect=True,
                                       max_choices=MAX_COLUMNS, allow_custom_value=True, choices=[BASE], value=[BASE],
                                       elem_id="mmchat-compare-columns")
             with gr.Column(scale=2, min_width=220):
                 # Starts with the shipped cat photo, so the first click shows the styles apart.
                 example = EXAMPLE_DIR / "cat.png"
-                image = gr.Image(label="Photo (optional)", type="filepath", sources=["upload"], height=160,
+                image = gr.Image(label=ui("compare.photo"), type="filepath", sources=["upload"], height=160,
                                  value=str(example) if example.is_file() else None, elem_id="mmchat-compare-image")
         with gr.Row():
-            max_new_tokens = gr.Slider(1, 512, value=min(64, gen.max_new_tokens), step=1, label="Max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy, same for all)")
+            max_new_tokens = gr.Slider(1, 512, value=min(64, gen.max_new_tokens), step=1, label=ui("shared.max_new_tokens"))
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label=ui("compare.temperature"))
         with gr.Row(elem_classes="mmchat-actions"):
-            run_btn = gr.Button("Compare", variant="primary", elem_id="mmchat-compare-run")
-            stop_btn = gr.Button("Stop", variant="secondary", interactive=False, elem_id="mmchat-compare-stop")
+            run_btn = gr.Button(ui("compare.run"), variant="primary", elem_id="mmchat-compare-run")
+            stop_btn = gr.Button(ui("shared.stop"), variant="secondary", interactive=False, elem_id="mmchat-compare-stop")
         with gr.Row(equal_height=False, elem_id="mmchat-compare-answers"):
             outputs = [gr.Markdown(visible=i < 3, elem_id=f"mmchat-compare-col{i}", elem_classes="mmchat-compare-col",
                                    min_height=60)
                        for i in range(MAX_COLUMNS)]
-        with gr.Accordion("Differences (each column against the first)", open=True):
-            diffs = [gr.HighlightedText(label=f"column {i + 1} vs column 1", visible=False, combine_adjacent=True,
+        with gr.Accordion(ui("compare.differences"), open=True):
+            diffs = [gr.HighlightedText(label=ui("compare.column_vs", n=i + 1), visible=False, combine_adjacent=True,
                                         color_map={"+": "green", "-": "red"}, show_legend=False,
                                         elem_id=f"mmchat-compare-diff{i}")
                      for i in range(1, MAX_COLUMNS)]
-        with gr.Accordion("Figures (JSON)", open=False):
+        with gr.Accordion(ui("compare.figures"), open=False):
             figures = gr.JSON(elem_id="mmchat-compare-figures")
 
         runtime = self.runtime
@@ -129,7 +130,7 @@ class CompareTab(Tab):
             if final:
                 first = columns_now[0].text
                 shown = [gr.HighlightedText(value=word_diff(first, c.text), visible=True,
-                                            label=f"{c.adapter} vs {columns_now[0].adapter}")
+                                            label=t("compare.vs", a=c.adapter, b=columns_now[0].adapter))
                          for c in columns_now[1:]]
             else:
                 shown = [gr.HighlightedText(visible=False)] * (len(columns_now) - 1)
@@ -149,7 +150,7 @@ class CompareTab(Tab):
             try:
                 runtime.wait_ready()
                 if not (text or "").strip():
-                    raise UserFacingError("type a prompt to compare the columns on")
+                    raise UserFacingError(t("compare.type_prompt"))
                 image = None
                 if image_path:
                     attachment = ingest_upload(image_path, store_dir=runtime.upload_dir, limits=runtime.config.limits)
@@ -173,7 +174,7 @@ class CompareTab(Tab):
                 raise gr.Error(str(err)) from None
             except Exception as err:  # a bug or a backend failure: say so, keep serving
                 log.exception("compare failed")
-                raise gr.Error(f"the comparison failed ({err.__class__.__name__}: {err}); try again") from None
+                raise gr.Error(t("compare.failed", error=f"{err.__class__.__name__}: {err}")) from None
             finally:  # also when the browser goes away: the batch stops and the model is free again
                 if answers is not None:
                     answers.close()

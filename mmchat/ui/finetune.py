@@ -34,21 +34,29 @@ from typing import Any
 import gradio as gr
 
 from mmchat.errors import UserFacingError
+from mmchat.ui.i18n import t, term, ui
+from mmchat.ui.render import table_value
 from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CHOICE = "your file (upload below)"
-RUN_HEADERS = ["run", "adapter", "state", "step", "final loss", "dataset"]
-GALLERY_HEADERS = ["prompt", "expected", "base", "adapter"]
-BAD_HEADERS = ["row", "problem"]
+GALLERY_KEYS = ["prompt", "expected", "base", "adapter"]
+
+
+def headers(table: str, keys: list[str]) -> list[str]:
+    """A table's column names in the visitor's language."""
+    return [t(f"{table}.{key}") for key in keys]
+
+
+def run_headers() -> list[str]:
+    return headers("runs", ["run", "adapter", "state", "step", "final_loss", "dataset"])
 
 
 def dataset_choices() -> list[tuple[str, str]]:
     from mmchat.training.datasets import BUILTIN, VISUAL_BUILTIN
 
-    return [(f"built-in: {name} — {blurb}", name) for name, blurb in {**BUILTIN, **VISUAL_BUILTIN}.items()] + [
-        (UPLOAD_CHOICE, "")]
+    return [(t("ft.builtin", name=name, blurb=term("description", blurb)), name)
+            for name, blurb in {**BUILTIN, **VISUAL_BUILTIN}.items()] + [(t("ft.upload_choice"), "")]
 
 
 ADVANCED_KEYS = ("rank", "alpha", "dropout", "target_modules", "learning_rate", "max_steps", "epochs", "batch_size",
@@ -66,7 +74,7 @@ def field_values(keys: tuple[str, ...], values: list[Any]) -> dict[str, Any]:
             continue
         if key in INTEGER_KEYS and isinstance(value, float):
             if not value.is_integer():
-                raise UserFacingError(f"{key} {value!r} is not valid; accepted: a whole number")
+                raise UserFacingError(t("ft.not_whole", key=key, value=repr(value)))
             value = int(value)
         out[key] = value
     return out
@@ -101,32 +109,31 @@ def parse_ratio(text: str) -> tuple[int, int] | None:
         return None
     parts = text.replace(" ", "").split(":")
     if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 100 for p in parts):
-        raise UserFacingError(f"caption : VQA ratio {text!r} is not valid; accepted: two whole numbers 1..100 like "
-                              "'2:1', or empty to keep the rows as they are")
+        raise UserFacingError(t("ft.bad_ratio", text=repr(text)))
     return int(parts[0]), int(parts[1])
 
 
 def progress_html(status: dict[str, Any]) -> str:
     """The progress bar and one line of figures for a run's status."""
     if not status:
-        return "<div class='mmchat-ft-progress'>No run yet: validate a dataset and press Train.</div>"
+        return f"<div class='mmchat-ft-progress'>{html.escape(t('ft.no_run'))}</div>"
     step, total = status.get("step", 0), status.get("total_steps") or 0
     state = status.get("state", "")
-    figures = [f"<b>{html.escape(status.get('name', ''))}</b> · {html.escape(state)}",
-               f"step {step}/{total or '?'}"]
+    figures = [f"<b>{html.escape(status.get('name', ''))}</b> · {html.escape(term('state', state))}",
+               t("ft.step", step=step, total=total or "?")]
     if status.get("eta_s") is not None:
-        figures.append(f"ETA {status['eta_s']:.0f} s")
+        figures.append(t("ft.eta", s=f"{status['eta_s']:.0f}"))
     if status.get("step_s"):
-        figures.append(f"{status['step_s']:.2f} s/step")
+        figures.append(t("ft.step_s", s=f"{status['step_s']:.2f}"))
     if status.get("tokens_per_s"):
-        figures.append(f"{status['tokens_per_s']:.0f} tokens/s")
+        figures.append(t("ft.tokens_s", n=f"{status['tokens_per_s']:.0f}"))
     if status.get("rss_mib"):
-        figures.append(f"trainer memory {status['rss_mib']:.0f} MiB")
+        figures.append(t("ft.memory", n=f"{status['rss_mib']:.0f}"))
     if status.get("phase"):
-        figures.append(html.escape(status["phase"]))
+        figures.append(html.escape(term("ft_phase", status["phase"])))
     evaluation = status.get("evaluation") or {}
     if state == "evaluating" and evaluation:
-        figures.append(f"evaluated {evaluation.get('done', 0)}/{evaluation.get('total', '?')}")
+        figures.append(t("ft.evaluated", done=evaluation.get("done", 0), total=evaluation.get("total", "?")))
     bar = f"<progress max='{max(total, 1)}' value='{step}' style='width:100%'></progress>"
     text = " · ".join(figures)
     if status.get("error"):
@@ -139,15 +146,16 @@ def progress_html(status: dict[str, Any]) -> str:
 def loss_frame(status: dict[str, Any]) -> Any:
     import pandas as pd
 
-    rows = [{"step": s, "loss": v, "series": "training loss"} for s, v in status.get("loss", [])]
-    rows += [{"step": s, "loss": v, "series": "held-out loss"} for s, v in status.get("eval_loss", [])]
+    training, held_out = t("ft.training_loss"), t("ft.held_out_loss")
+    rows = [{"step": s, "loss": v, "series": training} for s, v in status.get("loss", [])]
+    rows += [{"step": s, "loss": v, "series": held_out} for s, v in status.get("eval_loss", [])]
     # Both series are always present (as empty points when there is nothing yet): gradio's
     # chart fixes its colour channel on the first frame it draws, and one drawn from an empty
     # frame never shows a line afterwards (measured with gradio 6.31 in Chromium).
     # (A series with points gets no empty one: it would break its line where it lies.)
     anchor = min((row["step"] for row in rows), default=1)
     present = {row["series"] for row in rows}
-    rows += [{"step": anchor, "loss": float("nan"), "series": name} for name in ("training loss", "held-out loss")
+    rows += [{"step": anchor, "loss": float("nan"), "series": name} for name in (training, held_out)
              if name not in present]
     frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
     return frame.astype({"step": "int64", "loss": "float64", "series": "object"})
@@ -156,9 +164,8 @@ def loss_frame(status: dict[str, Any]) -> Any:
 def samples_markdown(status: dict[str, Any]) -> str:
     samples = status.get("samples") or []
     if not samples:
-        return "Sample answers to fixed held-out prompts appear here every few steps."
-    lines = [f"**Sample answers at step {status.get('samples_step')}**", "", "| prompt | expected | answer now |",
-             "|---|---|---|"]
+        return t("ft.samples_none")
+    lines = [t("ft.samples_at", step=status.get("samples_step")), "", t("ft.samples_header"), "|---|---|---|"]
     for sample in samples:
         cells = [str(sample.get(k, "")).replace("|", "\\|").replace("\n", " ")[:160]
                  for k in ("prompt", "expected", "answer")]
@@ -170,27 +177,27 @@ def result_markdown(status: dict[str, Any]) -> str:
     state = status.get("state")
     if state != "done":
         if state == "stopped":
-            return (f"Stopped at step {status.get('checkpoint_step') or status.get('step')}: **Resume** continues from "
-                    "the last checkpoint; nothing was published.")
+            return t("ft.stopped_at", step=status.get("checkpoint_step") or status.get("step"))
         if state in ("failed", "interrupted"):
-            return f"**{state.capitalize()}**: {status.get('error', '')} Nothing was published."
+            return t("ft.ended", state=term("state", state).capitalize(), error=status.get("error", ""))
         return ""
     metrics = status.get("metrics") or {}
-    lines = [f"Published **{status.get('adapter')}**: pick it in Chat or Compare (no restart needed)."]
+    lines = [t("ft.published", name=status.get("adapter"))]
     keys = sorted({k for side in ("base", "adapter") for k, v in (metrics.get(side) or {}).items()
                    if isinstance(v, (int, float))})
     if keys:
-        lines += ["", "| held-out metric | base | adapter |", "|---|---|---|"]
+        lines += ["", t("card.metrics_header"), "|---|---|---|"]
         for key in keys:
             base, adapted = (metrics.get("base") or {}).get(key), (metrics.get("adapter") or {}).get(key)
-            lines.append(f"| {key} | {_num(base)} | {_num(adapted)} |")
+            lines.append(f"| {term('metric', key)} | {_num(base)} | {_num(adapted)} |")
     for note in (metrics.get("held_out") or {}).get("notes", []) if isinstance(metrics.get("held_out"), dict) else []:
         lines.append(f"\n_{note}_")
     training = metrics.get("training") or {}
     if training:
-        lines.append(f"\n{training.get('steps')} steps, loss {training.get('first_loss')} → {training.get('final_loss')}, "
-                     f"{training.get('seconds')} s" + (f"; trained: {training['targets_label']}"
-                                                        if training.get("targets_label") else ""))
+        lines.append("\n" + t("ft.training", steps=training.get("steps"), first=training.get("first_loss"),
+                                final=training.get("final_loss"), seconds=training.get("seconds"))
+                     + (t("ft.trained", targets=term("targets", training["targets_label"]))
+                        if training.get("targets_label") else ""))
     return "\n".join(lines)
 
 
@@ -199,15 +206,15 @@ def _num(value: Any) -> str:
 
 
 def gallery_rows(status: dict[str, Any]) -> list[list[str]]:
-    return [[str(row.get(k, ""))[:300] for k in GALLERY_HEADERS] for row in status.get("gallery") or []]
+    return [[str(row.get(k, ""))[:300] for k in GALLERY_KEYS] for row in status.get("gallery") or []]
 
 
 def gallery_images(status: dict[str, Any]) -> list[tuple[str, str]]:
     items = []
     for row in status.get("gallery") or []:
         if row.get("image") and Path(row["image"]).is_file():
-            items.append((row["image"], f"expected {row.get('expected', '')} · base {row.get('base', '')[:40]} · "
-                                        f"adapter {row.get('adapter', '')[:40]}"))
+            items.append((row["image"], t("ft.photo_caption", expected=row.get("expected", ""),
+                                          base=row.get("base", "")[:40], adapter=row.get("adapter", "")[:40])))
     return items
 
 
@@ -215,13 +222,14 @@ def run_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for run in runs:
         final = run["loss"][-1][1] if run.get("loss") else ""
-        rows.append([run["id"], run.get("name", ""), run["state"], f"{run['step']}/{run['total_steps'] or '?'}", final,
+        rows.append([run["id"], run.get("name", ""), term("state", run["state"]),
+                     f"{run['step']}/{run['total_steps'] or '?'}", final,
                      (run.get("dataset") or {}).get("source", "")])
     return rows
 
 
 class FinetuneTab(Tab):
-    title, tab_id = "Fine-tune", "finetune"
+    title, tab_id = "tab.finetune", "finetune"
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
@@ -238,8 +246,7 @@ class FinetuneTab(Tab):
                 ratio: str, seed: float) -> Any:
         path = Path(upload_path(upload)) if upload else None
         if not choice and path is None:
-            raise UserFacingError("upload a dataset file (JSONL, JSON list, or a zip with its images) or pick a "
-                                  "built-in dataset")
+            raise UserFacingError(t("ft.no_dataset"))
         # An uploaded file wins over the dropdown (uploading picks "your file" there too).
         return self.finetuner.prepare(
             builtin=None if path else choice, path=path,
@@ -260,6 +267,7 @@ class FinetuneTab(Tab):
 
     def settings(self, preset: str, name: str, description: str, advanced: dict[str, Any]) -> Any:
         name = (name or "").strip()
+        # Stored in the adapter's card, which every visitor reads: English, like the shipped cards.
         description = (description or "").strip() or f"fine-tuned in the app ({preset} preset)"
         return self.finetuner.settings(preset, name=name, description=description, **advanced)
 
@@ -274,106 +282,103 @@ class FinetuneTab(Tab):
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
-                gr.Markdown("#### 1 · Dataset")
-                choice = gr.Dropdown(label="Dataset", choices=dataset_choices(), value="one-word",
+                gr.Markdown(ui("ft.h_dataset"))
+                choice = gr.Dropdown(label=ui("ft.dataset"), choices=dataset_choices(), value="one-word",
                                      elem_id="mmchat-ft-dataset")
-                upload = gr.File(label="Upload: JSONL, JSON list, or a zip of one with its images (a chat export "
-                                       "zip works too)", file_types=[".jsonl", ".json", ".zip"],
+                upload = gr.File(label=ui("ft.upload"), file_types=[".jsonl", ".json", ".zip"],
                                  elem_id="mmchat-ft-upload")
-                kept_only = gr.Checkbox(label="Chat exports: only answers that ended on their own", value=True)
-                validate_btn = gr.Button("Validate", variant="secondary", elem_id="mmchat-ft-validate")
+                kept_only = gr.Checkbox(label=ui("ft.kept_only"), value=True)
+                validate_btn = gr.Button(ui("ft.validate"), variant="secondary", elem_id="mmchat-ft-validate")
                 summary = gr.Markdown(elem_id="mmchat-ft-summary")
-                bad_table = gr.Dataframe(headers=BAD_HEADERS, interactive=False, wrap=True, visible=False,
-                                         label="Rows that cannot be used", elem_id="mmchat-ft-bad")
-                accept_bad = gr.Checkbox(label="Train on the usable rows", value=False, visible=False,
+                bad_table = gr.Dataframe(headers=headers("bad", ["row", "problem"]), interactive=False, wrap=True,
+                                         visible=False, label=ui("ft.bad_rows"), elem_id="mmchat-ft-bad")
+                accept_bad = gr.Checkbox(label=ui("ft.accept_bad"), value=False, visible=False,
                                          elem_id="mmchat-ft-accept")
-                with gr.Accordion("Preview: the first rows exactly as the model reads them (supervised answer "
-                                  "highlighted)", open=True):
+                with gr.Accordion(ui("ft.preview"), open=True):
                     preview = gr.HTML(elem_id="mmchat-ft-preview")
-                    preview_images = gr.Gallery(label="Photos in these rows", visible=False, height=140,
+                    preview_images = gr.Gallery(label=ui("ft.preview_photos"), visible=False, height=140,
                                                 columns=4, elem_id="mmchat-ft-preview-images")
             with gr.Column(scale=2, min_width=280):
-                gr.Markdown("#### 2 · Settings")
-                preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="mmchat-ft-preset")
+                gr.Markdown(ui("ft.h_settings"))
+                preset = gr.Radio([(ui(f"preset.{p}"), p) for p in PRESETS], value="quick", label=ui("ft.preset"), elem_id="mmchat-ft-preset")
                 preset_info = gr.Markdown(elem_id="mmchat-ft-preset-info")
                 start_visual = visual_fields("quick")
                 with gr.Group(visible=False, elem_id="mmchat-ft-visual") as visual_group:
-                    gr.Markdown("Visual presets train the offline model's image pathway (a projector over frozen "
-                                "image features, LoRA on the language model) on the built-in shapes pictures; "
-                                "the offline model must be the one loaded.")
-                    visual_choice = gr.Radio(list(VISUAL_TARGETS), value=start_visual["choice"],
-                                             label="What learns (visual targets)", elem_id="mmchat-ft-visual-targets")
+                    gr.Markdown(ui("ft.visual_note"))
+                    visual_choice = gr.Radio([(ui(f"targets.{v}"), v) for v in VISUAL_TARGETS],
+                                             value=start_visual["choice"], label=ui("ft.visual_targets"), elem_id="mmchat-ft-visual-targets")
                     with gr.Row():
-                        projector_lr = gr.Number(label="projector learning rate",
+                        projector_lr = gr.Number(label=ui("ft.projector_lr"),
                                                  value=start_visual["projector_learning_rate"])
-                        projector_first = gr.Number(label="two-stage: projector-alone steps",
+                        projector_first = gr.Number(label=ui("ft.projector_first"),
                                                     value=start_visual["projector_first"], precision=0)
                     with gr.Row():
-                        prompt_tokens = gr.Number(label="prompt tuning: prompt vectors (1..64)",
+                        prompt_tokens = gr.Number(label=ui("ft.prompt_tokens"),
                                                   value=start_visual["prompt_tokens"], precision=0)
-                        prompt_lr = gr.Number(label="prompt tuning: learning rate",
+                        prompt_lr = gr.Number(label=ui("ft.prompt_lr"),
                                               value=start_visual["prompt_learning_rate"])
-                name = gr.Textbox(label="Adapter name (a-z, 0-9, - and _)", max_length=48, value="my-adapter",
+                name = gr.Textbox(label=ui("ft.name"), max_length=48, value="my-adapter",
                                   elem_id="mmchat-ft-name")
-                description = gr.Textbox(label="One line: what it does", max_length=200, elem_id="mmchat-ft-description")
-                with gr.Accordion("Advanced", open=False):
+                description = gr.Textbox(label=ui("ft.description"), max_length=200, elem_id="mmchat-ft-description")
+                with gr.Accordion(ui("ft.advanced"), open=False):
                     start_values = preset_fields("quick")
                     with gr.Row():
-                        rank = gr.Number(label=f"rank (1..{MAX_RANK})", value=start_values["rank"], precision=0)
-                        alpha = gr.Number(label="alpha (often 2 × rank)", value=start_values["alpha"])
-                        dropout = gr.Number(label="dropout (0..0.5)", value=start_values["dropout"])
-                    targets = gr.Radio(list(TARGETS), value=start_values["target_modules"], label="LoRA targets")
+                        rank = gr.Number(label=ui("ft.rank", max=MAX_RANK), value=start_values["rank"], precision=0)
+                        alpha = gr.Number(label=ui("ft.alpha"), value=start_values["alpha"])
+                        dropout = gr.Number(label=ui("ft.dropout"), value=start_values["dropout"])
+                    targets = gr.Radio([(ui(f"targets.{v}"), v) for v in TARGETS], value=start_values["target_modules"],
+                                       label=ui("ft.targets"))
                     with gr.Row():
-                        learning_rate = gr.Number(label="learning rate", value=start_values["learning_rate"])
-                        max_steps = gr.Number(label="steps (0: epochs decide)", value=start_values["max_steps"],
+                        learning_rate = gr.Number(label=ui("ft.learning_rate"), value=start_values["learning_rate"])
+                        max_steps = gr.Number(label=ui("ft.max_steps"), value=start_values["max_steps"],
                                               precision=0)
-                        epochs = gr.Number(label="epochs", value=start_values["epochs"], precision=0)
+                        epochs = gr.Number(label=ui("ft.epochs"), value=start_values["epochs"], precision=0)
                     with gr.Row():
-                        batch_size = gr.Number(label="batch size", value=start_values["batch_size"], precision=0)
-                        grad_accum = gr.Number(label="gradient accumulation", value=start_values["grad_accum"],
+                        batch_size = gr.Number(label=ui("ft.batch_size"), value=start_values["batch_size"], precision=0)
+                        grad_accum = gr.Number(label=ui("ft.grad_accum"), value=start_values["grad_accum"],
                                                precision=0)
-                        warmup = gr.Number(label="warm-up steps", value=start_values["warmup_steps"], precision=0)
+                        warmup = gr.Number(label=ui("ft.warmup"), value=start_values["warmup_steps"], precision=0)
                     with gr.Row():
-                        eval_every = gr.Number(label="held-out loss every N steps", value=start_values["eval_every"],
+                        eval_every = gr.Number(label=ui("ft.eval_every"), value=start_values["eval_every"],
                                                precision=0)
-                        sample_every = gr.Number(label="sample answers every N steps",
+                        sample_every = gr.Number(label=ui("ft.sample_every"),
                                                  value=start_values["sample_every"], precision=0)
-                        checkpoint_every = gr.Number(label="checkpoint every N steps",
+                        checkpoint_every = gr.Number(label=ui("ft.checkpoint_every"),
                                                      value=start_values["checkpoint_every"], precision=0)
                     with gr.Row():
-                        max_length = gr.Number(label="max length (tokens)", value=256, precision=0)
-                        eval_fraction = gr.Number(label="held-out fraction", value=0.1)
-                        seed = gr.Number(label="seed", value=0, precision=0)
-                    ratio = gr.Textbox(label="caption : VQA ratio when both are present (e.g. 2:1; empty: as is — "
-                                             "for the shapes pictures, questions only)", value="")
-                    gr.Markdown("A 4-bit base on CUDA trains as QLoRA automatically.")
-                train_btn = gr.Button("Train", variant="primary", elem_id="mmchat-ft-train")
+                        max_length = gr.Number(label=ui("ft.max_length"), value=256, precision=0)
+                        eval_fraction = gr.Number(label=ui("ft.eval_fraction"), value=0.1)
+                        seed = gr.Number(label=ui("ft.seed"), value=0, precision=0)
+                    ratio = gr.Textbox(label=ui("ft.ratio"), value="")
+                    gr.Markdown(ui("ft.qlora_note"))
+                train_btn = gr.Button(ui("ft.train"), variant="primary", elem_id="mmchat-ft-train")
                 start_note = gr.Markdown(elem_id="mmchat-ft-start-note")
-        gr.Markdown("#### 3 · Run")
+        gr.Markdown(ui("ft.h_run"))
         progress = gr.HTML(progress_html({}), elem_id="mmchat-ft-progress")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
                 plot = gr.LinePlot(loss_frame({}), x="step", y="loss", color="series", height=260,
-                                   label="Loss (blue: training, orange: held-out)", elem_id="mmchat-ft-plot")
+                                   label=ui("ft.plot"), elem_id="mmchat-ft-plot")
             with gr.Column(scale=2, min_width=280):
                 samples = gr.Markdown(samples_markdown({}), elem_id="mmchat-ft-samples")
         with gr.Row(elem_classes="mmchat-actions"):
-            stop_btn = gr.Button("Stop", variant="stop", elem_id="mmchat-ft-stop", interactive=False, min_width=120)
-            keep = gr.Checkbox(label="Keep what was trained so far (publish it)", value=False, elem_id="mmchat-ft-keep",
+            stop_btn = gr.Button(ui("shared.stop"), variant="stop", elem_id="mmchat-ft-stop", interactive=False, min_width=120)
+            keep = gr.Checkbox(label=ui("ft.keep"), value=False, elem_id="mmchat-ft-keep",
                                min_width=220)
-            resume_btn = gr.Button("Resume", elem_id="mmchat-ft-resume", interactive=False, min_width=120)
-            compare_btn = gr.Button("Open in Compare", elem_id="mmchat-ft-compare", interactive=False, min_width=160)
+            resume_btn = gr.Button(ui("ft.resume"), elem_id="mmchat-ft-resume", interactive=False, min_width=120)
+            compare_btn = gr.Button(ui("ft.open_compare"), elem_id="mmchat-ft-compare", interactive=False, min_width=160)
         result = gr.Markdown(elem_id="mmchat-ft-result")
-        gallery = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True, label="Held-out evaluation",
+        gallery = gr.Dataframe(headers=headers("gallery", GALLERY_KEYS), interactive=False, wrap=True,
+                               label=ui("ft.gallery"),
                                visible=False, elem_id="mmchat-ft-gallery")
-        gallery_photos = gr.Gallery(label="Held-out photos", visible=False, height=180, columns=4)
-        with gr.Accordion("Runs", open=False):
-            runs_table = gr.Dataframe(headers=RUN_HEADERS, interactive=False, wrap=True, elem_id="mmchat-ft-runs")
-            run_choice = gr.Dropdown(label="Run shown above", choices=[], allow_custom_value=True,
+        gallery_photos = gr.Gallery(label=ui("ft.gallery_photos"), visible=False, height=180, columns=4)
+        with gr.Accordion(ui("ft.runs"), open=False):
+            runs_table = gr.Dataframe(headers=run_headers(), interactive=False, wrap=True, elem_id="mmchat-ft-runs")
+            run_choice = gr.Dropdown(label=ui("ft.run_choice"), choices=[], allow_custom_value=True,
                                      elem_id="mmchat-ft-run")
             with gr.Row():
-                confirm = gr.Checkbox(label="Yes, delete this run's folder", value=False)
-                delete_btn = gr.Button("Delete run", variant="stop", size="sm", elem_id="mmchat-ft-delete")
+                confirm = gr.Checkbox(label=ui("ft.confirm_delete"), value=False)
+                delete_btn = gr.Button(ui("ft.delete_run"), variant="stop", size="sm", elem_id="mmchat-ft-delete")
         status_json = gr.JSON(visible=False)
         prepared = gr.State(None)
         seen = gr.State("")
@@ -392,8 +397,8 @@ class FinetuneTab(Tab):
                 config = self.finetuner.settings(preset_name, name="estimate", description="estimate")
                 rows = len(state.train) if state is not None else None
                 estimate = self.finetuner.estimate(config, rows, visual=preset_name in VISUAL_PRESETS) if rows \
-                    else "Validate a dataset for the time it takes"
-                return f"{presets[preset_name].blurb}. {estimate}."
+                    else t("ft.validate_for_time")
+                return t("ft.preset_line", blurb=term("description", presets[preset_name].blurb), estimate=estimate)
             except UserFacingError as err:
                 return str(err)
 
@@ -406,16 +411,16 @@ class FinetuneTab(Tab):
                         gr.Gallery(visible=False))
             except Exception as err:
                 log.exception("dataset preparation failed")
-                return (None, f"❌ the dataset could not be read ({err.__class__.__name__}: {err})",
+                return (None, "❌ " + t("ft.unreadable", error=f"{err.__class__.__name__}: {err}"),
                         gr.Dataframe(visible=False), gr.Checkbox(visible=False), "", gr.Gallery(visible=False))
             bad = state.bad_rows()
             usable = len(state.train) + len(state.held_out)
-            images = [(path, f"row {i + 1}") for i, (_, paths) in enumerate(state.preview) for path in paths]
+            images = [(path, t("ft.row", n=i + 1)) for i, (_, paths) in enumerate(state.preview) for path in paths]
             return (state, state.summary_markdown(),
-                    gr.Dataframe(value=bad, visible=bool(bad)),
-                    gr.Checkbox(label=f"Train on the {usable} usable rows (skip the {len(bad)} bad ones)",
+                    gr.Dataframe(value=table_value(bad, headers("bad", ["row", "problem"])), visible=bool(bad)),
+                    gr.Checkbox(label=t("ft.accept_n", usable=usable, bad=len(bad)),
                                 visible=bool(bad), value=False),
-                    "".join(html_row for html_row, _ in state.preview) or "<p>No usable row to show.</p>",
+                    "".join(html_row for html_row, _ in state.preview) or f"<p>{html.escape(t('ft.no_usable'))}</p>",
                     gr.Gallery(value=images or None, visible=bool(images)))
 
         def start(*values: Any):
@@ -434,7 +439,7 @@ class FinetuneTab(Tab):
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return state, f"❌ {err}", gr.Dropdown()
-            return (state, f"Started run **{run_id}**: the chart below follows it; Chat keeps answering meanwhile.",
+            return (state, t("ft.started", run=run_id),
                     gr.Dropdown(choices=self.finetuner.manager.run_ids(), value=run_id))
 
         def follow(run_id: str | None, last: str):
@@ -455,12 +460,16 @@ class FinetuneTab(Tab):
                 self.runtime.sync_adapters()
             rows = gallery_rows(status)
             photos = gallery_images(status)
-            return (signature, progress_html(status), loss_frame(status), samples_markdown(status),
-                    result_markdown(status), gr.Dataframe(value=rows, visible=bool(rows)),
+            # The chart's titles cannot be translated by the page: they come with each redraw.
+            chart = gr.LinePlot(value=loss_frame(status), x_title=t("ft.axis_step"), y_title=t("ft.axis_loss"),
+                                color_title=t("ft.axis_series"))
+            return (signature, progress_html(status), chart, samples_markdown(status),
+                    result_markdown(status),
+                    gr.Dataframe(value=table_value(rows, headers("gallery", GALLERY_KEYS)), visible=bool(rows)),
                     gr.Gallery(value=photos or None, visible=bool(photos)),
                     gr.Button(interactive=status.get("state") == "done"),
                     status.get("adapter", "") if status.get("state") == "done" else "",
-                    status, run_rows(manager.runs()),
+                    status, table_value(run_rows(manager.runs()), run_headers()),
                     gr.Button(interactive=status.get("state") in ("starting", "running", "evaluating")),
                     gr.Button(interactive=bool(status.get("resumable"))))
 
@@ -469,42 +478,43 @@ class FinetuneTab(Tab):
             try:
                 run_id = run_id or manager.active()
                 if not run_id:
-                    raise UserFacingError("no run is training")
+                    raise UserFacingError(t("ft.no_active"))
                 status = manager.stop(run_id, keep=bool(keep_it))
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return str(err)
-            kept = " Publishing what it learnt up to its last checkpoint…" if keep_it else ""
-            return f"Stopped **{run_id}** at step {status['step']}.{kept}"
+            kept = t("ft.publishing") if keep_it else ""
+            return t("ft.stopped", run=run_id, step=status["step"]) + kept
 
         def resume(run_id: str | None):
             manager = self.finetuner.manager
             try:
                 if not run_id:
-                    raise UserFacingError("choose a run under Runs to resume")
+                    raise UserFacingError(t("ft.choose_run"))
                 status = manager.resume(run_id)
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return str(err)
-            return f"Resumed **{run_id}** from step {status['checkpoint_step']}."
+            return t("ft.resumed", run=run_id, step=status["checkpoint_step"])
 
         def delete(run_id: str | None, sure: bool):
             manager = self.finetuner.manager
             if not sure:
-                gr.Warning("tick the box to confirm the deletion")
-                return "Nothing deleted: tick the box to confirm.", gr.Dropdown(), False
+                gr.Warning(t("shared.tick_to_delete"))
+                return t("shared.nothing_deleted"), gr.Dropdown(), False
             try:
                 manager.delete(run_id or "")
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return str(err), gr.Dropdown(), False
             ids = manager.run_ids()
-            return f"Deleted run {run_id}.", gr.Dropdown(choices=ids, value=ids[0] if ids else None), False
+            return t("ft.deleted", run=run_id), gr.Dropdown(choices=ids, value=ids[0] if ids else None), False
 
         def runs_listing():
             manager = self.finetuner.manager
             ids = manager.run_ids()
-            return run_rows(manager.runs()), gr.Dropdown(choices=ids, value=ids[0] if ids else None)
+            return (table_value(run_rows(manager.runs()), run_headers()),
+                    gr.Dropdown(choices=ids, value=ids[0] if ids else None))
 
         quiet = {"show_progress": "hidden"}
         preset.change(describe_preset, [preset, prepared], preset_info, **quiet)
@@ -537,6 +547,7 @@ class FinetuneTab(Tab):
         delete_btn.click(delete, [run_choice, confirm], [start_note, run_choice, confirm], api_name="finetune_delete")
         gr.api(self.api_status, api_name="finetune_status")
         gr.api(self.api_runs, api_name="finetune_runs")
+        self.choice = choice
         self.run_choice, self.compare_btn, self.published, self.status_json = run_choice, compare_btn, published, status_json
         self.runs_listing, self.runs_outputs, self.preset_outputs = runs_listing, [runs_table, run_choice], (
             describe_preset, [preset, prepared], preset_info)
@@ -568,6 +579,8 @@ class FinetuneTab(Tab):
         from mmchat.ui.compare import CompareTab
 
         app.demo.load(self.runs_listing, None, self.runs_outputs, show_progress="hidden")
+        # The built-in datasets' lines in the visitor's language (choices are not translated by the page).
+        app.demo.load(lambda: gr.Dropdown(choices=dataset_choices()), None, self.choice, show_progress="hidden")
         describe, inputs, output = self.preset_outputs
         app.demo.load(describe, inputs, output, show_progress="hidden")
         compare = app.find(CompareTab)

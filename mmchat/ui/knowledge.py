@@ -20,7 +20,9 @@ import gradio as gr
 
 from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
-from mmchat.ui.render import DOCUMENT_HEADERS, documents_rows, image_gallery, retrieval_markdown
+from mmchat.ui.i18n import t, ui
+from mmchat.ui.render import document_headers, documents_rows, image_gallery, retrieval_markdown, table_value
+from mmchat.ui.style import knowledge_status
 from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ def document_choices(runtime: Runtime) -> list[tuple[str, str]]:
 class KnowledgeTab(Tab):
     """The Knowledge tab (only when the knowledge base is on); its listing refreshes on load and on select."""
 
-    title, tab_id = "Knowledge", "knowledge"
+    title, tab_id = "tab.knowledge", "knowledge"
 
     @property
     def enabled(self) -> bool:
@@ -48,47 +50,47 @@ class KnowledgeTab(Tab):
         runtime = self.runtime
         cancels: dict[str, threading.Event] = {}
 
-        status = gr.Markdown(runtime.knowledge_markdown(), elem_id="mmchat-knowledge-status")
+        status = gr.Markdown(knowledge_status(runtime), elem_id="mmchat-knowledge-status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 files = gr.File(
-                    label="Add documents: PDF, Word (.docx), Markdown, HTML, text, PNG/JPEG/WebP images",
+                    label=ui("knowledge.files"),
                     file_count="multiple", file_types=UPLOAD_TYPES, elem_id="mmchat-knowledge-files",
                 )
                 with gr.Row():
-                    add_btn = gr.Button("Index", variant="primary", elem_id="mmchat-knowledge-index")
+                    add_btn = gr.Button(ui("knowledge.index"), variant="primary", elem_id="mmchat-knowledge-index")
                     # Cancel looks active only while indexing runs (switched by the events below).
-                    cancel_btn = gr.Button("Cancel", variant="secondary", interactive=False,
+                    cancel_btn = gr.Button(ui("shared.cancel"), variant="secondary", interactive=False,
                                            elem_id="mmchat-knowledge-cancel")
                 result = gr.Markdown(elem_id="mmchat-knowledge-result")
                 # No wrapping: each column as wide as its content, the table scrolls sideways on a phone.
-                table = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, label="Documents", wrap=False,
+                table = gr.Dataframe(headers=document_headers(), interactive=False, label=ui("knowledge.documents"), wrap=False,
                                      pinned_columns=1, max_height=360, elem_id="mmchat-knowledge-documents")
                 with gr.Row():
-                    delete_choice = gr.Dropdown(label="Document", choices=[], scale=3)
-                    delete_btn = gr.Button("Delete", scale=1, elem_id="mmchat-knowledge-delete")
+                    delete_choice = gr.Dropdown(label=ui("knowledge.document"), choices=[], scale=3)
+                    delete_btn = gr.Button(ui("shared.delete"), scale=1, elem_id="mmchat-knowledge-delete")
                 with gr.Row():
-                    confirm = gr.Checkbox(label="Yes, remove every document", value=False)
-                    reset_btn = gr.Button("Reset knowledge base", variant="stop", size="sm")
+                    confirm = gr.Checkbox(label=ui("knowledge.confirm_reset"), value=False)
+                    reset_btn = gr.Button(ui("knowledge.reset"), variant="stop", size="sm")
             with gr.Column(scale=3):  # as wide as the documents side: the excerpts need the room
-                query = gr.Textbox(label="Try retrieval (no LLM)", placeholder="Ask something your documents answer…",
+                query = gr.Textbox(label=ui("knowledge.query"), placeholder=ui("knowledge.query_placeholder"),
                                    elem_id="mmchat-knowledge-query")
                 with gr.Row():
-                    top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label="Top k", min_width=200)
-                    search_docs = gr.Dropdown(label="Only these documents", choices=[], multiselect=True, min_width=200)
-                search_btn = gr.Button("Search", elem_id="mmchat-knowledge-search")
+                    top_k = gr.Slider(1, 20, value=runtime.config.knowledge.top_k, step=1, label=ui("knowledge.top_k"), min_width=200)
+                    search_docs = gr.Dropdown(label=ui("knowledge.only_these"), choices=[], multiselect=True, min_width=200)
+                search_btn = gr.Button(ui("knowledge.search"), elem_id="mmchat-knowledge-search")
                 hits = gr.Markdown(elem_id="mmchat-knowledge-hits", elem_classes="mmchat-hits")
-                gallery = gr.Gallery(label="Images", columns=3, height=220, object_fit="contain",
+                gallery = gr.Gallery(label=ui("knowledge.images"), columns=3, height=220, object_fit="contain",
                                      elem_id="mmchat-knowledge-gallery")
 
         def listing():
             choices = document_choices(runtime)
             rows = documents_rows(runtime.knowledge.documents()) if runtime.knowledge is not None else []
             return (
-                rows,
+                table_value(rows, document_headers()),  # headers in the visitor's language
                 gr.Dropdown(choices=choices, value=None),
                 gr.Dropdown(choices=choices),
-                runtime.knowledge_markdown(),
+                knowledge_status(runtime),
             )
 
         def add(uploads: list | None, request: gr.Request, progress=gr.Progress()):
@@ -99,11 +101,11 @@ class KnowledgeTab(Tab):
                 return (str(err), *listing(), gr.update())
             paths = [upload_path(u) for u in uploads or [] if upload_path(u)]
             if not paths:
-                gr.Warning("choose one or more files to index first")
-                return ("*Nothing to index.*", *listing(), gr.update())
+                gr.Warning(t("knowledge.choose_files"))
+                return (t("knowledge.nothing_to_index"), *listing(), gr.update())
             cancel = cancels.setdefault(request.session_hash or "", threading.Event())
             cancel.clear()
-            progress(0.0, desc="starting")
+            progress(0.0, desc=t("knowledge.starting"))
             report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=m), cancel=cancel)
             for name, message in report.failed:
                 gr.Warning(message if message.startswith(name) else f"{name}: {message}")
@@ -120,9 +122,9 @@ class KnowledgeTab(Tab):
             try:
                 knowledge = runtime.wait_knowledge(timeout=0)
                 if not doc_id:
-                    raise UserFacingError("choose a document to delete")
+                    raise UserFacingError(t("knowledge.choose_document"))
                 record = knowledge.delete(doc_id)
-                message = f"deleted {record.file_name} ({record.chunks} chunks)"
+                message = t("knowledge.deleted", name=record.file_name, chunks=record.chunks)
             except UserFacingError as err:
                 gr.Warning(str(err))
                 message = str(err)
@@ -132,9 +134,9 @@ class KnowledgeTab(Tab):
             try:
                 knowledge = runtime.wait_knowledge(timeout=0)
                 if not confirmed:
-                    raise UserFacingError("tick 'Yes, remove every document' to reset the knowledge base")
+                    raise UserFacingError(t("knowledge.tick_reset"))
                 knowledge.reset()
-                message = "the knowledge base is empty"
+                message = t("knowledge.empty")
             except UserFacingError as err:
                 gr.Warning(str(err))
                 message = str(err)
@@ -144,17 +146,15 @@ class KnowledgeTab(Tab):
             try:
                 knowledge = runtime.wait_knowledge(timeout=0)
                 if not (text or "").strip():
-                    raise UserFacingError("type a question to search for")
+                    raise UserFacingError(t("knowledge.type_question"))
                 # The whole ranking, marked against the floor: this box shows how retrieval sees a
                 # question, a chat answer then uses only the hits at or above the floor.
                 found = knowledge.search(text.strip(), top_k=int(k), doc_ids=doc_ids or None, min_relevance=0)
                 floor = knowledge.config.min_relevance
                 below = [n for n, h in enumerate(found.hits, start=1) if h.relevance is not None and h.relevance < floor]
                 if below:
-                    found.info.append(
-                        f"Below the relevance floor {floor:.2f}, so a chat answer would not use them: "
-                        + ", ".join(f"[{n}]" for n in below)
-                    )
+                    found.info.append(t("knowledge.below_floor", floor=f"{floor:.2f}",
+                                        numbers=", ".join(f"[{n}]" for n in below)))
             except UserFacingError as err:
                 gr.Warning(str(err))
                 return str(err), []

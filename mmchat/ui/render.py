@@ -4,7 +4,9 @@
 their zero-shot labels beneath, answers with their numbered sources, the supporting passage
 of each (the sentences that best match the question; a click on `[n]` in the answer or on the
 passage opens the whole source) and a one-line trace, notes as titled boxes. `sources_markdown`/`sources_gallery` fill the sources panel from the
-last answer's retrieval trace; `documents_rows`/`retrieval_markdown` serve the Knowledge tab.
+last answer's retrieval trace; `documents_rows`/`retrieval_markdown` serve the Knowledge tab;
+`table_value` gives a table with its column names. Every word in the language of the request
+being handled (`mmchat.ui.i18n.t`); the session's own texts (answers, notes) as they are.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import html
 import re
 from typing import Any
+
+from mmchat.ui.i18n import t, term
 
 CITATION = re.compile(r"\[(\d{1,2})\]")
 
@@ -25,16 +29,16 @@ def format_stats(stats: dict[str, Any] | None) -> str:
         return ""
     ttft = stats.get("time_to_first_token_s")
     parts = [
-        f"first token {ttft:.2f} s" if ttft is not None else "no tokens",
+        t("trace.first_token", s=f"{ttft:.2f}") if ttft is not None else t("trace.no_tokens"),
         f"{stats.get('tokens_per_s', 0):.1f} tok/s",
-        f"{stats.get('output_tokens', 0)} tokens",
-        f"prompt {stats.get('prompt_tokens', 0)}",
+        t("trace.tokens", n=stats.get('output_tokens', 0)),
+        t("trace.prompt", n=stats.get('prompt_tokens', 0)),
     ]
     reason = stats.get("finish_reason")
     if reason == "cancelled":
-        parts.append("stopped")
+        parts.append(t("trace.stopped"))
     elif reason == "length":
-        parts.append("hit max new tokens")
+        parts.append(t("trace.hit_max"))
     return " · ".join(parts)
 
 
@@ -44,7 +48,7 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for index, message in enumerate(session.history):
         if message.role == "note":
-            messages.append({"role": "assistant", "content": message.text, "metadata": {"title": "Note"}})
+            messages.append({"role": "assistant", "content": message.text, "metadata": {"title": t("chat.note")}})
             continue
         if message.role == "user":
             content: list[Any] = []
@@ -66,7 +70,7 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
             text = f"{text}\n\n{evidence_html(used, index)}"
         trace = format_stats(message.stats)
         if getattr(message, "adapter", None):  # which LoRA adapter answered (none: the base)
-            trace = f"adapter {message.adapter}" + (f" · {trace}" if trace else "")
+            trace = t("trace.adapter", name=message.adapter) + (f" · {trace}" if trace else "")
         if trace:
             text = f"{text}\n\n<sub>{trace}</sub>"
         messages.append({"role": "assistant", "content": text})
@@ -76,25 +80,25 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
 def trace_markdown(session: Any) -> str:
     """The last answer's trace, for the panel beside the chat."""
     if session is None or not session.last_stats:
-        return "*No answer yet.*"
+        return t("trace.none")
     stats = session.last_stats
     answers = [m for m in session.history if m.role == "assistant"]
-    adapter = (answers[-1].adapter if answers else None) or "base (no adapter)"
+    adapter = (answers[-1].adapter if answers else None) or t("trace.base")
     rows = [
-        ("adapter", adapter),
-        ("time to first token", f"{stats['time_to_first_token_s']:.3f} s" if stats.get("time_to_first_token_s") is not None else "–"),
-        ("tokens/s", f"{stats.get('tokens_per_s', 0):.1f}"),
-        ("output tokens", stats.get("output_tokens", 0)),
-        ("prompt tokens", stats.get("prompt_tokens", 0)),
-        ("total", f"{stats.get('total_s', 0):.2f} s"),
-        ("finish", stats.get("finish_reason", "")),
+        (t("trace.row.adapter"), adapter),
+        (t("trace.row.ttft"), f"{stats['time_to_first_token_s']:.3f} s" if stats.get("time_to_first_token_s") is not None else "–"),
+        (t("trace.row.tps"), f"{stats.get('tokens_per_s', 0):.1f}"),
+        (t("trace.row.output"), stats.get("output_tokens", 0)),
+        (t("trace.row.prompt"), stats.get("prompt_tokens", 0)),
+        (t("trace.row.total"), f"{stats.get('total_s', 0):.2f} s"),
+        (t("trace.row.finish"), term("finish", stats.get("finish_reason", ""))),
     ]
-    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"| {t('trace.metric')} | {t('trace.value')} |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def source_label(hit: dict[str, Any]) -> str:
     page = hit.get("page")
-    return f"{hit.get('file_name', '')}, p. {page}" if page else str(hit.get("file_name", ""))
+    return t("source.page", name=hit.get("file_name", ""), page=page) if page else str(hit.get("file_name", ""))
 
 
 def used_sources(retrieval: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -121,9 +125,9 @@ def format_citations(retrieval: dict[str, Any] | None, answer: str = "") -> str:
     cited = cited_numbers(answer, len(used)) if answer else None
     parts = []
     for n, hit in enumerate(used, start=1):
-        mark = " (not cited)" if cited is not None and n not in cited else ""
+        mark = t("source.not_cited") if cited is not None and n not in cited else ""
         parts.append(f"[{n}] {source_label(hit)}{mark}")
-    return "Sources: " + " · ".join(parts)
+    return t("source.sources") + " · ".join(parts)
 
 
 def source_anchor(message_index: int, number: int) -> str:
@@ -174,23 +178,24 @@ def _score_cell(hit: dict[str, Any]) -> str:
     """The fused score, and the calibrated relevance the floor is compared with."""
     cell = f"{hit.get('score', 0):.3f}"
     if hit.get("relevance") is not None:
-        cell += f" · rel {hit['relevance']:.2f}"
+        cell += t("retrieval.rel", r=f"{hit['relevance']:.2f}")
     return cell
 
 
 def retrieval_markdown(retrieval: dict[str, Any] | None, numbered_only: bool = True) -> str:
     """Each retrieved chunk: number, file, page, fused score, dense and BM25 ranks, excerpt."""
     if not retrieval:
-        return "*No retrieval for this answer (the knowledge base is off or empty).*"
+        return t("retrieval.none")
     hits = retrieval.get("hits", [])
     used = retrieval.get("used", len(hits)) if numbered_only else len(hits)
-    lines = [f"**Query** {_excerpt(retrieval.get('query', ''), 120)} · mode {retrieval.get('mode', 'hybrid')}"]
+    lines = [t("retrieval.query", query=_excerpt(retrieval.get("query", ""), 120),
+               mode=term("mode", retrieval.get("mode", "hybrid")))]
     for note in [*retrieval.get("notes", []), *retrieval.get("info", [])]:
         lines.append(f"> {note}")
     if not hits:
-        lines.append("*Nothing relevant was found.*")
+        lines.append(t("retrieval.nothing"))
     else:
-        lines.append("| # | source | score | dense | BM25 | text |\n|---|---|---|---|---|---|")
+        lines.append(t("retrieval.header") + "\n|---|---|---|---|---|---|")
         for n, hit in enumerate(hits, start=1):
             number = f"[{n}]" if n <= used else "–"
             dense = f"{hit['dense']:.2f} (#{hit['dense_rank']})" if hit.get("dense") is not None else "–"
@@ -198,10 +203,10 @@ def retrieval_markdown(retrieval: dict[str, Any] | None, numbered_only: bool = T
             lines[-1] += f"\n| {number} | {source_label(hit)} | {_score_cell(hit)} | {dense} | {lexical} | {_excerpt(hit.get('text', ''))} |"
     images = retrieval.get("images", [])
     if images:
-        lines.append("**Images** " + " · ".join(f"{h['file_name']} ({h['score']:.2f})" for h in images))
+        lines.append(t("retrieval.images") + " · ".join(f"{h['file_name']} ({h['score']:.2f})" for h in images))
     timings = retrieval.get("timings_ms", {})
     if timings:
-        lines.append("<sub>" + " · ".join(f"{k} {v:.1f} ms" for k, v in timings.items()) + "</sub>")
+        lines.append("<sub>" + " · ".join(f"{term('timing', k)} {v:.1f} ms" for k, v in timings.items()) + "</sub>")
     return "\n\n".join(lines)
 
 
@@ -231,7 +236,7 @@ def image_gallery(image_hits: list[dict[str, Any]], knowledge: Any) -> list[tupl
         if path is not None:
             items.append((str(path), caption))
         else:
-            items.append((_missing_tile(), f"{caption}: missing from the knowledge base"))
+            items.append((_missing_tile(), t("gallery.missing", caption=caption)))
     return items
 
 
@@ -253,10 +258,19 @@ def documents_rows(records: list[Any]) -> list[list[Any]]:
     import time
 
     return [
-        [r.file_name, r.kind, r.chunks, r.pages or "", format_bytes(r.size_bytes),
+        [r.file_name, term("kind", r.kind), r.chunks, r.pages or "", format_bytes(r.size_bytes),
          time.strftime("%Y-%m-%d %H:%M", time.localtime(r.added)), r.doc_id[:12]]
         for r in records
     ]
 
 
-DOCUMENT_HEADERS = ["name", "kind", "chunks", "pages", "size", "added", "id"]
+def table_value(rows: list[list[Any]], headers: list[str]) -> Any:
+    """A Dataframe's value with its column names (gradio takes them from it, API clients too)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=headers)
+
+
+def document_headers() -> list[str]:
+    """The documents table's column names (name, kind, chunks, pages, size, added, id)."""
+    return [t(f"documents.{key}") for key in ("name", "kind", "chunks", "pages", "size", "added", "id")]

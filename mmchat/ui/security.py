@@ -20,7 +20,7 @@ Four ASGI middlewares, installed through `Blocks.launch(app_kwargs={"middleware"
   carries `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`, so an
   uploaded .html or .svg never runs script on the app's origin.
 - `UploadLimitMessage` rewrites gradio's 413 "File size exceeded maximum allowed size of N
-  bytes." so it names the file and the limit in MB.
+  bytes." so it names the file and the limit in MB, in the visitor's language.
 - `restrict_file_moves()`: gradio lets an app hand out any file in the working directory and
   the system temp folder; for this app's Blocks only its own directories are accepted.
 
@@ -39,6 +39,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 from mmchat.errors import ConfigError
+from mmchat.ui.i18n import scope_language, t_in
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ALL_INTERFACES = ("0.0.0.0", "::", "")
@@ -325,12 +326,13 @@ class UploadLimitMessage:
         self.max_bytes = max_bytes
 
     def message(self, head: bytes, scope: dict) -> str:
-        name = upload_file_name(head) or "the file"
+        language = scope_language(scope)  # the visitor's, as for every other message
+        name = upload_file_name(head) or t_in(language, "upload.the_file")
         size = _header(scope, b"content-length")
         limit = f"{self.max_bytes / (1024 * 1024):.0f} MB"
         if size.isdigit():
-            return f"{name} is {int(size) / (1024 * 1024):.1f} MB; uploads are limited to {limit} each"
-        return f"{name} is larger than the upload limit of {limit}"
+            return t_in(language, "upload.too_big", name=name, size=f"{int(size) / (1024 * 1024):.1f} MB", limit=limit)
+        return t_in(language, "upload.over_limit", name=name, limit=limit)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith("/upload"):

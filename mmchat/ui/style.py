@@ -3,20 +3,34 @@
 `APP_CSS` keeps the first screen for the chat (a small title, a one-line status, a chat box
 sized to the viewport), makes the action buttons compact, and keeps the retrieval tables
 readable on a desktop and a phone (number columns never wrap; below 640 px each hit becomes a
-small card; Compare's columns stack). `status_line(runtime)` is the short line ("offline · cpu · 7 docs · ready") and
-`status_view(runtime)` wraps it in a `<details>` whose body is the full
-`Runtime.status_markdown()`. Pure string building: no gradio, no torch; reads only public
-attributes of `Runtime` and its backend and knowledge base.
+small card; Compare's columns stack; the title shares its line with the language switch).
+`status_line(runtime)` is the short line ("offline · cpu · 7 docs · ready") and
+`status_view(runtime)` wraps it in a `<details>` whose body is the full status
+(`status_details`); `knowledge_status` is the Knowledge tab's line. Every string is in the
+visitor's language (`mmchat.ui.i18n`). Pure string building: no gradio, no torch; reads only
+public attributes of `Runtime` and its backend, adapter registry and knowledge base.
 """
 
 from __future__ import annotations
 
 import html
+import time
 from typing import Any
+
+from mmchat.ui.i18n import t, term
 
 # Classes and ids used here are set on components in app.py, chat.py, knowledge.py and compare.py.
 APP_CSS = """
 #mmchat-title h2 { font-size: 1.2rem; margin: 0; }
+/* The title and the language switch share one line. */
+#mmchat-header { align-items: center; flex-wrap: nowrap; gap: 8px; }
+#mmchat-header > #mmchat-title { flex: 1 1 0 !important; min-width: 0 !important; }
+#mmchat-header > #mmchat-lang-switch { flex: 0 0 auto !important; width: auto !important; font-size: var(--text-sm);
+  white-space: nowrap; }
+#mmchat-lang-switch .html-container, #mmchat-lang-switch .prose { width: auto !important; padding: 0 !important; }
+#mmchat-lang a { text-decoration: none; }
+@media (max-width: 640px) { #mmchat-title h2 { font-size: 1rem; } }  /* title and switch on one line */
+html[lang="en"] #mmchat-lang a[lang="en"], html[lang="zh-CN"] #mmchat-lang a[lang="zh-CN"] { font-weight: 700; }
 #mmchat-status { font-size: var(--text-sm); }
 #mmchat-status details > summary { cursor: pointer; list-style-position: inside; }
 #mmchat-status details[open] > summary { margin-bottom: 0.4em; }
@@ -45,6 +59,9 @@ APP_CSS = """
   .mmchat-hits td:nth-child(3)::before { content: "score "; opacity: 0.6; }
   .mmchat-hits td:nth-child(4)::before { content: "dense "; opacity: 0.6; }
   .mmchat-hits td:nth-child(5)::before { content: "BM25 "; opacity: 0.6; }
+  /* The same in Chinese (gradio's page sets <html lang> to the language it shows). */
+  html[lang="zh-CN"] .mmchat-hits td:nth-child(3)::before { content: "得分 "; }
+  html[lang="zh-CN"] .mmchat-hits td:nth-child(4)::before { content: "向量 "; }
   .mmchat-hits td:last-child { display: block; min-width: 0; }
 }
 """
@@ -53,37 +70,103 @@ APP_CSS = """
 def status_line(runtime: Any) -> str:
     """One short line: model, device, documents, adapters, readiness (plain text, HTML-escaped)."""
     if not runtime.wait_loaded(timeout=0):
-        return html.escape(f"⏳ loading · {runtime.phase}")
+        return html.escape(t("status.loading", phase=term("phase", runtime.phase)))
     if runtime.error is not None:
-        return "❌ the model failed to load (details)"
+        return t("status.failed")
     info = runtime.backend.info
     parts = [info.preset, info.device]
     adapters = getattr(runtime, "adapters", None)
-    if adapters is not None and adapters.summary():
-        parts.append(adapters.summary())
-    ready = "ready"
+    if adapters is not None and adapters.summary():  # '' when this model takes no adapters
+        count = len(adapters.adapters())
+        parts.append(t("status.adapter" if count == 1 else "status.adapters", n=count))
+    ready = t("status.ready")
     if not runtime.config.knowledge.enabled:
-        parts.append("knowledge off")
+        parts.append(t("status.knowledge_off"))
     elif runtime.knowledge is not None:
         count = runtime.knowledge.counts()["documents"]
-        parts.append(f"{count} doc{'' if count == 1 else 's'}")
+        parts.append(t("status.doc" if count == 1 else "status.docs", n=count))
         if not runtime.knowledge_settled():
-            ready = "indexing…"
+            ready = t("status.indexing")
     elif runtime.knowledge_error is not None:
-        parts.append("knowledge unavailable")
+        parts.append(t("status.knowledge_unavailable"))
     else:
-        ready = "opening knowledge…"
+        ready = t("status.opening")
     parts.append(ready)
     if info.is_stand_in:
-        parts.append("⚠️ offline stand-in")
+        parts.append(t("status.stand_in"))
     return html.escape(" · ".join(parts))
+
+
+def knowledge_status(runtime: Any) -> str:
+    """The Knowledge tab's status line: documents, chunks, images, where, embedder, busy note."""
+    if not runtime.config.knowledge.enabled:
+        return t("kstatus.off")
+    knowledge = runtime.knowledge
+    if knowledge is None:
+        if runtime.knowledge_error is not None:
+            return t("kstatus.unavailable", error=runtime.knowledge_error)
+        return t("kstatus.phase", phase=term("phase", runtime.knowledge_phase))
+    counts = knowledge.counts()
+    config = knowledge.config
+    where = (t("kstatus.server", host=f"{config.host}:{config.port}") if config.host
+             else t("kstatus.embedded", path=knowledge.root / "chroma"))
+    line = t("kstatus.line", documents=counts["documents"], chunks=counts["chunks"], images=counts["images"],
+             where=where, embedder=knowledge.text_embedder.model_name)
+    note = knowledge.busy_note()  # the knowledge base's own words (English)
+    return f"{line}\n\n> ⏳ {note}" if note else line
+
+
+def adapters_status(runtime: Any) -> str:
+    """The adapter store's line of the full status."""
+    if not runtime.config.adapters.enabled:
+        return t("astatus.off")
+    if runtime.adapters_error is not None:
+        return t("astatus.unavailable", error=runtime.adapters_error)
+    registry = runtime.adapters
+    if registry is None:
+        return t("astatus.none")
+    adapters = registry.adapters()
+    names = ", ".join(f"`{a.name}`" for a in adapters) or t("astatus.no_names")
+    stores = (t("astatus.one_store", root=registry.store.root) if registry.user_store is registry.store else
+              t("astatus.two_stores", shipped=registry.store.root, yours=registry.user_store.root))
+    count = len(adapters)
+    summary = t("status.adapter" if count == 1 else "status.adapters", n=count)
+    text = t("astatus.line", summary=summary, names=names, stores=stores)
+    if registry.notes:  # the registry's own words (English)
+        text += "\n\n" + "\n".join(t("astatus.not_loaded", note=note) for note in registry.notes)
+    return text
+
+
+def status_details(runtime: Any) -> str:
+    """The full status: model, device, dtype, quantization, memory, image encoder, knowledge base
+    and adapters (what `Runtime.status_markdown` says, in the visitor's language; the backend's
+    own descriptions stay as they are)."""
+    if not runtime.wait_loaded(timeout=0):
+        return t("details.loading", phase=term("phase", runtime.phase), s=f"{time.time() - runtime.started_at:.0f}")
+    if runtime.error is not None:
+        return t("details.failed", error=runtime.error)
+    info = runtime.backend.info
+    parts = [t("details.model", preset=info.preset, device=info.device, dtype=info.dtype,
+               quantization=info.quantization, context=info.context_length)]
+    memory = runtime.backend.memory_summary()
+    if memory:
+        parts.append(memory)
+    if runtime.encoder is not None:
+        parts.append(t("details.images", name=runtime.encoder.name))
+    parts.append(t("details.loaded_in", s=f"{runtime.load_seconds:.1f}"))
+    lines = [" · ".join(parts), knowledge_status(runtime), adapters_status(runtime)]
+    if info.is_stand_in:
+        lines.append(f"> ⚠️ {info.description}")
+    if runtime.encoder is not None and getattr(runtime.encoder, "is_stand_in", False) and not info.is_stand_in:
+        lines.append(t("details.standin_encoder"))
+    return "\n\n".join(lines)
 
 
 def status_view(runtime: Any) -> str:
     """The status component's value: the short line, the full status on demand."""
     return (
         f"<details><summary>{status_line(runtime)}</summary>\n\n"
-        f"{runtime.status_markdown()}\n\n</details>"
+        f"{status_details(runtime)}\n\n</details>"
     )
 
 

@@ -42,7 +42,7 @@ def export_folder(runtime: Runtime, session_hash: str) -> Path:
 
 
 class Tab:
-    title: str = ""
+    title: str = ""  # a key of mmchat.ui.strings
     tab_id: str = ""
 
     def __init__(self, runtime: Runtime) -> None:

@@ -91,3 +91,23 @@ def test_an_answer_cites_its_sources_and_shows_them(server):
     job.result(timeout=120)
     chatbot, _, _, sources, _ = job.outputs()[-1]
     assert "Sources:" not in chatbot[-1]["content"][0]["text"] and "No retrieval" in sources
+
+
+def test_choosing_another_embedder_reembeds_and_keeps_every_document(server):
+    url, kb = server
+    client = Client(url, verbose=False)
+    client.predict([handle_file(str(DOCS / "tea-oolong.txt"))], api_name="/knowledge_add")
+    counts = kb.counts()
+    chunks = counts["chunks"]
+    assert client.predict(api_name="/knowledge_reembed_cancel") == "no re-embedding is running"
+    result, table, *_, status, embedder = client.predict("builtin:all-MiniLM-L6-v2", api_name="/knowledge_reembed")
+    assert result.startswith(f"✅ Re-embedded {chunks:,} chunks with `all-MiniLM-L6-v2`"), result
+    assert "`use-multilingual-v3-neutral` is no longer used" in result
+    assert "embedder `all-MiniLM-L6-v2`" in status and embedder["value"] == "builtin:all-MiniLM-L6-v2"
+    assert "tea-oolong.txt" in [r[0] for r in rows(table)] and kb.counts() == counts
+    hits, _ = client.predict("oolong tea", 3, [], api_name="/knowledge_search")
+    assert "tea-oolong.txt" in hits
+    result, *_ = client.predict("builtin:all-MiniLM-L6-v2", api_name="/knowledge_reembed")
+    assert result == "the knowledge base already uses all-MiniLM-L6-v2"
+    result, *_ = client.predict("builtin:use-multilingual", api_name="/knowledge_reembed")
+    assert "with `use-multilingual-v3-neutral`" in result and kb.text_embedder.model_name == "use-multilingual-v3-neutral"

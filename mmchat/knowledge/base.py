@@ -82,11 +82,16 @@ class Reembedding:
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "running"  # running, done, cancelled, failed
     fraction: float = 0.0
-    message: str = ""
+    message: str = ""  # in English, for logs and `status_markdown`; the UI words its own from the fields
+    done: int = 0  # chunks re-embedded so far
+    total: int = 0  # chunks to re-embed
+    error: str = ""  # why it failed
+    seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def finish(self, state: str, message: str) -> None:
         self.state, self.message, self.fraction = state, message, 1.0
+        self.seconds = time.perf_counter() - self.started
 
     @property
     def running(self) -> bool:
@@ -236,8 +241,11 @@ class KnowledgeBase:
             return job
         self.reembedding = job
 
+        job.total = self.store.text_collection.count()
+
         def step(fraction: float, message: str) -> None:
             job.fraction, job.message = fraction, message
+            job.done = round(fraction * job.total)
             progress(fraction, message)
 
         if not self._ingest_lock.acquire(blocking=False):
@@ -260,6 +268,7 @@ class KnowledgeBase:
             job.finish("cancelled", f"re-embedding with {new.model_name} {err}; still using {old_name}, nothing lost")
         except Exception as err:  # a full disk, a lost server: the old collection was never written
             log.exception("re-embedding failed")
+            job.error = f"{err.__class__.__name__}: {err}"
             job.finish("failed", f"re-embedding with {new.model_name} failed ({err.__class__.__name__}: {err}); "
                                  f"still using {old_name}, nothing lost")
         finally:

@@ -2,7 +2,10 @@
 
 `KnowledgeTab(runtime).build()` lays out the components and wires each event with an
 `api_name` (`/knowledge_add`, `/knowledge_cancel`, `/knowledge_documents`, `/knowledge_delete`,
-`/knowledge_reset`, `/knowledge_search`) so `gradio_client` can drive it. Indexing shows a
+`/knowledge_reset`, `/knowledge_search`, `/knowledge_reembed`, `/knowledge_reembed_cancel`) so
+`gradio_client` can drive it. Choosing another text embedder re-embeds every stored chunk with
+a progress bar and its own Cancel (`KnowledgeBase.switch_embedder`); the current embedder
+answers until that is complete. Indexing shows a
 progress bar (on the result line only) and can be cancelled (Cancel is active only while
 indexing runs); a bad file is named in the result and the others are still indexed; the upload
 box empties once its files are dealt with, so adding one more later sends only that one. The
@@ -22,7 +25,7 @@ from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
 from mmchat.ui.i18n import t, ui
 from mmchat.ui.render import document_headers, documents_rows, image_gallery, retrieval_markdown, table_value
-from mmchat.ui.style import knowledge_status
+from mmchat.ui.style import knowledge_status, reembedding_line
 from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,28 @@ def document_choices(runtime: Runtime) -> list[tuple[str, str]]:
     if knowledge is None:
         return []
     return [(f"{r.file_name} ({r.doc_id[:8]})", r.doc_id) for r in knowledge.documents()]
+
+
+def embedder_choices() -> list[tuple[str, str]]:
+    """The bundled text embedders, worded in the visitor's language."""
+    from mmchat.knowledge.embeddings import E5_EMBEDDER, OFFLINE_TEXT_EMBEDDER, USE_EMBEDDER
+
+    return [(t("knowledge.embedder.use"), USE_EMBEDDER), (t("knowledge.embedder.e5"), E5_EMBEDDER),
+            (t("knowledge.embedder.minilm"), OFFLINE_TEXT_EMBEDDER)]
+
+
+def current_embedder(knowledge: Any) -> str | None:
+    """The source of the embedder that serves the chunks (None when it is not a bundled one)."""
+    from mmchat.knowledge.embeddings import source_for_name
+
+    if knowledge is None:
+        return None
+    return knowledge.text_source or source_for_name(knowledge.text_embedder.model_name) or None
+
+
+def job_total(knowledge: Any) -> int:
+    job = knowledge.reembedding
+    return job.total if job is not None else 0
 
 
 class KnowledgeTab(Tab):
@@ -72,6 +97,14 @@ class KnowledgeTab(Tab):
                 with gr.Row():
                     confirm = gr.Checkbox(label=ui("knowledge.confirm_reset"), value=False)
                     reset_btn = gr.Button(ui("knowledge.reset"), variant="stop", size="sm")
+                with gr.Row(equal_height=True):
+                    embedder = gr.Dropdown(label=ui("knowledge.embedder"), info=ui("knowledge.embedder_info"),
+                                           choices=embedder_choices(), scale=3, elem_id="mmchat-knowledge-embedder")
+                    with gr.Column(scale=1, min_width=160):
+                        reembed_btn = gr.Button(ui("knowledge.reembed"), size="sm", elem_id="mmchat-knowledge-reembed")
+                        # Active only while a re-embedding runs (switched by the events below).
+                        reembed_cancel_btn = gr.Button(ui("knowledge.reembed_cancel"), size="sm", interactive=False,
+                                                       elem_id="mmchat-knowledge-reembed-cancel")
             with gr.Column(scale=3):  # as wide as the documents side: the excerpts need the room
                 query = gr.Textbox(label=ui("knowledge.query"), placeholder=ui("knowledge.query_placeholder"),
                                    elem_id="mmchat-knowledge-query")
@@ -91,6 +124,7 @@ class KnowledgeTab(Tab):
                 gr.Dropdown(choices=choices, value=None),
                 gr.Dropdown(choices=choices),
                 knowledge_status(runtime),
+                gr.Dropdown(choices=embedder_choices(), value=current_embedder(runtime.knowledge)),
             )
 
         def add(uploads: list | None, request: gr.Request, progress=gr.Progress()):
@@ -161,7 +195,32 @@ class KnowledgeTab(Tab):
             trace = found.to_trace()
             return retrieval_markdown(trace, numbered_only=False), image_gallery(trace["images"], knowledge)
 
-        listing_outputs = [table, delete_choice, search_docs, status]
+        def reembed(source: str | None, progress=gr.Progress()):
+            try:
+                knowledge = runtime.wait_knowledge(timeout=0)
+                if not source:
+                    raise UserFacingError(t("knowledge.choose_embedder"))
+                job = knowledge.switch_embedder(
+                    source, progress=lambda fraction, message: progress(
+                        fraction, desc=t("knowledge.reembed_progress", done=f"{round(fraction * job_total(knowledge)):,}",
+                                         total=f"{job_total(knowledge):,}")))
+                message = (t("knowledge.reembed_same", name=job.old) if job.old == job.new
+                           else reembedding_line(knowledge))
+                if job.state in ("cancelled", "failed"):
+                    gr.Warning(message)
+            except UserFacingError as err:
+                gr.Warning(str(err))
+                message = str(err)
+            return (message, *listing())
+
+        def cancel_reembed():
+            job = runtime.knowledge.reembedding if runtime.knowledge is not None else None
+            if job is None or not job.running:
+                return t("knowledge.reembed_none")
+            job.cancel.set()
+            return gr.update()
+
+        listing_outputs = [table, delete_choice, search_docs, status, embedder]
         # Progress shows on the component that is working, nowhere else.
         on_result = {"show_progress_on": [result]}
         on_hits = {"show_progress_on": [hits]}
@@ -177,10 +236,16 @@ class KnowledgeTab(Tab):
                                         **on_result)
         reset_event = reset_btn.click(reset, [confirm], [result, *listing_outputs, confirm], api_name="knowledge_reset",
                                       **on_result)
+        reembed_event = reembed_btn.click(
+            lambda: gr.Button(interactive=True, variant="stop"), None, reembed_cancel_btn, **quiet,
+        ).then(reembed, [embedder], [result, *listing_outputs], api_name="knowledge_reembed",
+               concurrency_limit=1, concurrency_id="reembed", **on_result)
+        reembed_event.then(lambda: gr.Button(interactive=False, variant="secondary"), None, reembed_cancel_btn, **quiet)
+        reembed_cancel_btn.click(cancel_reembed, None, result, api_name="knowledge_reembed_cancel", queue=False)
         search_btn.click(search, [query, top_k, search_docs], [hits, gallery], api_name="knowledge_search", **on_hits)
         query.submit(search, [query, top_k, search_docs], [hits, gallery], **on_hits)
         self.refresh, self.listing_outputs = listing, listing_outputs
-        self.changed = [add_event, delete_event, reset_event]
+        self.changed = [add_event, delete_event, reset_event, reembed_event]
 
     def wire(self, app: AppTabs) -> None:
         app.demo.load(self.refresh, None, self.listing_outputs, api_name="knowledge_documents", show_progress="hidden")

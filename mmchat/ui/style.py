@@ -112,8 +112,29 @@ def knowledge_status(runtime: Any) -> str:
              else t("kstatus.embedded", path=knowledge.root / "chroma"))
     line = t("kstatus.line", documents=counts["documents"], chunks=counts["chunks"], images=counts["images"],
              where=where, embedder=knowledge.text_embedder.model_name)
+    reembedding = reembedding_line(knowledge)
+    if reembedding:
+        line += f"\n\n> {reembedding}"
     note = knowledge.busy_note()  # the knowledge base's own words (English)
     return f"{line}\n\n> ⏳ {note}" if note else line
+
+
+def reembedding_line(knowledge: Any) -> str:
+    """The running or last re-embedding, or that one is due; "" when there is nothing to say."""
+    job = knowledge.reembedding
+    if job is None:
+        if knowledge.embedder_pending:
+            return t("kstatus.reembed_pending", old=knowledge.text_embedder.model_name,
+                     new=knowledge.wanted_embedder[0].model_name)
+        return ""
+    values = {"old": job.old, "new": job.new, "done": f"{job.done:,}", "total": f"{job.total:,}"}
+    if job.state == "running":
+        return t("kstatus.reembed_running", **values)
+    if job.state == "done":
+        return t("kstatus.reembed_done", chunks=f"{job.total:,}", seconds=f"{job.seconds:.0f}", **values)
+    if job.state == "cancelled":
+        return t("kstatus.reembed_cancelled", **values)
+    return t("kstatus.reembed_failed", error=job.error, **values)
 
 
 def adapters_status(runtime: Any) -> str:

@@ -149,7 +149,10 @@ def test_a_kill_during_reembedding_leaves_the_old_collection_whole(minilm_base):
     finally:
         worker.kill()
     kb = _open(path, USE)
-    # The half-filled collection is removed on open; the old one answers, then re-embedding works.
+    # The half-filled collection is removed on open and the tab says so; the old one answers,
+    # then re-embedding works.
     assert len(_text_collections(kb)) == 1 and kb.embedder_pending
+    assert kb.reembedding.state == "interrupted" and "was interrupted (the app stopped)" in kb.status_markdown()
+    assert "nothing lost" in kb.status_markdown()
     assert kb.counts() == {"documents": 6, "chunks": chunks, "images": 0}
     assert kb.switch_embedder().state == "done" and kb.counts()["chunks"] == chunks

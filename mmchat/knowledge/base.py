@@ -80,7 +80,7 @@ class Reembedding:
     old: str
     new: str
     cancel: threading.Event = field(default_factory=threading.Event)
-    state: str = "running"  # running, done, cancelled, failed
+    state: str = "running"  # running, done, cancelled, failed, interrupted (found on open)
     fraction: float = 0.0
     message: str = ""  # in English, for logs and `status_markdown`; the UI words its own from the fields
     done: int = 0  # chunks re-embedded so far
@@ -173,8 +173,14 @@ class KnowledgeBase:
         # a shared server another app may be mid-ingest, so only old leftovers are purged.
         grace = None if not config.host else time.time() - SERVER_PURGE_GRACE_S
         if not config.host:  # a server's other collections may be another app's re-embedding
-            for name in self.store.purge_inactive_text_collections():
-                log.warning("knowledge base: removed %s, left by an unfinished re-embedding", name)
+            for name, embedder, unfinished in self.store.purge_inactive_text_collections():
+                log.warning("knowledge base: removed %s (%s), left by %s", name, embedder,
+                            "an interrupted re-embedding" if unfinished else "a re-embedding stopped after its switch")
+                if unfinished:  # the Knowledge tab says what happened
+                    self.reembedding = Reembedding(self.text_embedder.model_name, embedder)
+                    self.reembedding.finish("interrupted", (
+                        f"re-embedding with {embedder} was interrupted (the app stopped); "
+                        f"still using {self.text_embedder.model_name}, nothing lost"))
         purged = self.store.purge_unacknowledged(older_than=grace)
         if purged:
             log.warning("knowledge base: removed leftovers of %d interrupted ingest(s)", purged)

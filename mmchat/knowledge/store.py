@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 5000  # rows per `collection.get` page when scanning a collection
 SEEDED_KEY = "mmchat_demo_seeded"
 ACTIVE_TEXT_KEY = "mmchat_text_collection"  # manifest metadata: the text collection in use
+BUILDING_KEY = "mmchat_building"  # a text collection's metadata: being filled, not yet switched to
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class KnowledgeStore:
 
         name = f"{self.prefix}_text_{uuid.uuid4().hex[:12]}"
         return self.client.create_collection(
-            name, embedding_function=None, metadata=_text_metadata(embedder, source, dim),
+            name, embedding_function=None, metadata={**_text_metadata(embedder, source, dim), BUILDING_KEY: True},
         )
 
     def drop_collection(self, collection: Any) -> None:
@@ -141,6 +142,9 @@ class KnowledgeStore:
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
         with self._write_lock:
+            finished = {k: v for k, v in (collection.metadata or {}).items() if k != "hnsw:space"}
+            finished[BUILDING_KEY] = False
+            collection.modify(metadata=finished)
             metadata = dict(self.manifest.metadata or {})
             metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to "change" it
             metadata[ACTIVE_TEXT_KEY] = collection.name
@@ -150,16 +154,18 @@ class KnowledgeStore:
             self.text = ChromaVectorStore(chroma_collection=collection)
             return old
 
-    def purge_inactive_text_collections(self) -> list[str]:
+    def purge_inactive_text_collections(self) -> list[tuple[str, str, bool]]:
         """Remove text collections of this base that are not the active one: a re-embedding
-        killed before it finished, or an old collection a kill left after the switch."""
+        killed before it finished, or an old collection a kill left after the switch.
+        Returns `(name, embedder, unfinished)` for each."""
         legacy, prefix = f"{self.prefix}_text", f"{self.prefix}_text_"
         removed = []
         for collection in self.client.list_collections():
-            name = getattr(collection, "name", collection)
+            name = collection.name
             if name != self.text_collection.name and (name == legacy or name.startswith(prefix)):
+                metadata = collection.metadata or {}
                 self.client.delete_collection(name)
-                removed.append(name)
+                removed.append((name, str(metadata.get("embedder") or ""), bool(metadata.get(BUILDING_KEY))))
         return removed
 
     def _collection(self, name: str, embedder: str, dim: int):

@@ -180,6 +180,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "kstatus.reembed_cancelled": ("⚠️ Re-embedding with `{new}` cancelled after {done} of {total} chunks; "
                                   "still using `{old}`, nothing lost",
                                   "⚠️ 已取消用 `{new}` 重新向量化（完成 {done}/{total} 个片段）；仍在使用 `{old}`，没有丢失任何内容"),
+    "kstatus.reembed_interrupted": ("⚠️ A re-embedding with `{new}` was interrupted (the app stopped); still using "
+                                    "`{old}`, nothing lost", "⚠️ 用 `{new}` 重新向量化时应用被中断；仍在使用 `{old}`，没有丢失任何内容"),
     "kstatus.reembed_failed": ("⚠️ Re-embedding with `{new}` failed ({error}); still using `{old}`, nothing lost",
                                "⚠️ 用 `{new}` 重新向量化失败（{error}）；仍在使用 `{old}`，没有丢失任何内容"),
     "kstatus.reembed_pending": ("The chunks are served with `{old}`; the configured `{new}` takes over once they are "

@@ -134,6 +134,8 @@ def reembedding_line(knowledge: Any) -> str:
         return t("kstatus.reembed_done", chunks=f"{job.total:,}", seconds=f"{job.seconds:.0f}", **values)
     if job.state == "cancelled":
         return t("kstatus.reembed_cancelled", **values)
+    if job.state == "interrupted":
+        return t("kstatus.reembed_interrupted", **values)
     return t("kstatus.reembed_failed", error=job.error, **values)
 
 

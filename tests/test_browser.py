@@ -558,13 +558,12 @@ VISIBLE_TEXT_JS = """dataSelectors => {
 }"""
 # Where the page shows data, not UI: code (names, paths, ids), the model's inputs and answers
 # (chat, Compare's columns, an adapter card's held-out examples, Fine-tune's samples, previews
-# and evaluation), the documents' own text (a search hit's excerpt). And the notes the session
-# and the knowledge base add to a retrieval (the quoted lines of the sources panel): they are
-# written in English in mmchat/session.py and mmchat/knowledge/, outside the UI's tables.
+# and evaluation), the documents' own text (a search hit's excerpt). The notes the session and
+# the knowledge base add to a retrieval (the quoted lines of the sources panel) are checked:
+# written in English outside the UI, they are shown translated (mmchat/ui/messages.py).
 DATA_SELECTORS = [
     "code", "pre", "#mmchat-chatbot .message-row", "#mmchat-compare-answers", "#mmchat-adapters-card table:last-of-type",
     "#mmchat-ft-samples table", "#mmchat-ft-preview", "#mmchat-ft-gallery", ".mmchat-hits td:last-child",
-    ".mmchat-hits blockquote",
 ]
 # What may stay in Latin letters in a Chinese UI: names (of files, models, adapters, presets,
 # devices, libraries, formats), units and the example prompts (the offline model reads only

@@ -24,6 +24,7 @@ import gradio as gr
 
 from mmchat.errors import UserFacingError
 from mmchat.ui.i18n import t, term, ui
+from mmchat.ui.messages import localize
 from mmchat.ui.render import table_value
 from mmchat.ui.tabs import AppTabs, Tab, export_folder, upload_path
 
@@ -148,7 +149,7 @@ class AdaptersTab(Tab):
                 stored = registry.get(name)
                 return card_markdown(stored, registry.store_label(stored))
             except UserFacingError as err:
-                return str(err)
+                return localize(str(err))
 
         def export(name: str | None, request: gr.Request):
             from mmchat.adapters.bundle import export_adapter_zip
@@ -159,8 +160,8 @@ class AdaptersTab(Tab):
                 folder.mkdir(parents=True, exist_ok=True)
                 path = export_adapter_zip(stored, folder / f"{stored.name}-{int(time.time())}.zip")
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return gr.File(visible=False), str(err)
+                gr.Warning(localize(str(err)))
+                return gr.File(visible=False), localize(str(err))
             return gr.File(value=str(path), visible=True), t("adapters.exported_msg", name=stored.name)
 
         def merge(name: str | None, progress=gr.Progress()):
@@ -176,8 +177,8 @@ class AdaptersTab(Tab):
                 out = runtime.data_dir / "merged" / f"{stored.name}-{time.strftime('%Y%m%d-%H%M%S')}"
                 merged = merge_adapter(model, processing, stored, out)
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return str(err)
+                gr.Warning(localize(str(err)))
+                return localize(str(err))
             except Exception as err:
                 log.exception("merge failed")
                 return t("adapters.merge_failed", error=f"{err.__class__.__name__}: {err}")
@@ -190,8 +191,8 @@ class AdaptersTab(Tab):
             try:
                 self._registry().delete(name or "")
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return (*self.listing(), str(err), False)
+                gr.Warning(localize(str(err)))
+                return (*self.listing(), localize(str(err)), False)
             return (*self.listing(), t("adapters.deleted", name=name), False)
 
         def add(upload_item: Any, name: str):
@@ -214,7 +215,7 @@ class AdaptersTab(Tab):
                     registry.sync()
                     raise UserFacingError(why)
             except UserFacingError as err:
-                gr.Warning(str(err))
+                gr.Warning(localize(str(err)))
                 return (*self.listing(), t("adapters.refused", error=err), None)
             except Exception as err:
                 log.exception("adapter upload failed")

@@ -29,6 +29,7 @@ from mmchat.adapters.registry import BASE_LABEL
 from mmchat.runtime import Runtime
 from mmchat.ui.i18n import t, term, ui
 from mmchat.ui.knowledge import document_choices
+from mmchat.ui.messages import localize
 from mmchat.ui.render import chatbot_messages, sources_gallery, sources_markdown, trace_markdown
 from mmchat.ui.tabs import AppTabs, Tab, export_folder, upload_path
 
@@ -166,7 +167,7 @@ class ChatTab(Tab):
 
         def warn(err: Exception) -> None:
             if isinstance(err, UserFacingError):
-                gr.Warning(str(err))
+                gr.Warning(localize(str(err)))
             else:  # a bug or a backend failure: keep serving, say what happened, log the traceback
                 log.exception("chat event failed")
                 gr.Warning(t("chat.failed", error=f"{err.__class__.__name__}: {err}"))
@@ -260,7 +261,7 @@ class ChatTab(Tab):
             try:
                 text = session.undo()
             except UserFacingError as err:
-                gr.Warning(str(err))
+                gr.Warning(localize(str(err)))
                 return gr.update(), gr.update(), session, gr.update(), gr.update(), gr.update()
             return (chatbot_messages(session), gr.MultimodalTextbox(value={"text": text, "files": []}), session,
                     trace_markdown(session), *sources_of(session))
@@ -270,7 +271,7 @@ class ChatTab(Tab):
                 try:
                     session.clear()
                 except UserFacingError as err:
-                    gr.Warning(str(err))
+                    gr.Warning(localize(str(err)))
                     return gr.update(), gr.update(), session, gr.update(), gr.update(), gr.update()
             return [], gr.MultimodalTextbox(value=None, interactive=True), session, trace_markdown(None), *sources_of(None)
 
@@ -289,7 +290,7 @@ class ChatTab(Tab):
                 session = ensure_session(session)
                 session.import_chat(Path(upload_path(upload)))
             except UserFacingError as err:
-                raise gr.Error(t("chat.import_refused", error=err)) from None
+                raise gr.Error(t("chat.import_refused", error=localize(str(err)))) from None
             except Exception as err:  # a bug: say so, keep the chat
                 log.exception("import failed")
                 raise gr.Error(t("chat.import_failed", error=err.__class__.__name__)) from None

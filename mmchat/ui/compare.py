@@ -23,6 +23,7 @@ from mmchat.adapters.host import BASE
 from mmchat.errors import UserFacingError
 from mmchat.ui.chat import EXAMPLE_DIR
 from mmchat.ui.i18n import t, ui
+from mmchat.ui.messages import localize
 from mmchat.ui.tabs import AppTabs, Tab
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class CompareTab(Tab):
                 if snapshot:
                     yield view(snapshot, final=True)
             except UserFacingError as err:
-                raise gr.Error(str(err)) from None
+                raise gr.Error(localize(str(err))) from None
             except Exception as err:  # a bug or a backend failure: say so, keep serving
                 log.exception("compare failed")
                 raise gr.Error(t("compare.failed", error=f"{err.__class__.__name__}: {err}")) from None

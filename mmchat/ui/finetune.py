@@ -35,6 +35,7 @@ import gradio as gr
 
 from mmchat.errors import UserFacingError
 from mmchat.ui.i18n import t, term, ui
+from mmchat.ui.messages import localize
 from mmchat.ui.render import table_value
 from mmchat.ui.tabs import AppTabs, Tab, upload_path
 
@@ -137,7 +138,7 @@ def progress_html(status: dict[str, Any]) -> str:
     bar = f"<progress max='{max(total, 1)}' value='{step}' style='width:100%'></progress>"
     text = " · ".join(figures)
     if status.get("error"):
-        text += f"<br><span class='mmchat-ft-error'>{html.escape(status['error'])}</span>"
+        text += f"<br><span class='mmchat-ft-error'>{html.escape(localize(status['error']))}</span>"
     if status.get("log_tail"):
         text += f"<pre class='mmchat-ft-log'>{html.escape(status['log_tail'])}</pre>"
     return f"<div class='mmchat-ft-progress' id='mmchat-ft-progress-{html.escape(state)}'>{bar}<div>{text}</div></div>"
@@ -179,7 +180,7 @@ def result_markdown(status: dict[str, Any]) -> str:
         if state == "stopped":
             return t("ft.stopped_at", step=status.get("checkpoint_step") or status.get("step"))
         if state in ("failed", "interrupted"):
-            return t("ft.ended", state=term("state", state).capitalize(), error=status.get("error", ""))
+            return t("ft.ended", state=term("state", state).capitalize(), error=localize(status.get("error", "")))
         return ""
     metrics = status.get("metrics") or {}
     lines = [t("ft.published", name=status.get("adapter"))]
@@ -398,25 +399,26 @@ class FinetuneTab(Tab):
                 rows = len(state.train) if state is not None else None
                 estimate = self.finetuner.estimate(config, rows, visual=preset_name in VISUAL_PRESETS) if rows \
                     else t("ft.validate_for_time")
-                return t("ft.preset_line", blurb=term("description", presets[preset_name].blurb), estimate=estimate)
+                return t("ft.preset_line", blurb=term("description", presets[preset_name].blurb),
+                         estimate=localize(estimate))
             except UserFacingError as err:
-                return str(err)
+                return localize(str(err))
 
         def validate(*values: Any):
             try:
                 state = self.prepare(*values)
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return (None, f"❌ {err}", gr.Dataframe(visible=False), gr.Checkbox(visible=False), "",
+                gr.Warning(localize(str(err)))
+                return (None, "❌ " + localize(str(err)), gr.Dataframe(visible=False), gr.Checkbox(visible=False), "",
                         gr.Gallery(visible=False))
             except Exception as err:
                 log.exception("dataset preparation failed")
                 return (None, "❌ " + t("ft.unreadable", error=f"{err.__class__.__name__}: {err}"),
                         gr.Dataframe(visible=False), gr.Checkbox(visible=False), "", gr.Gallery(visible=False))
-            bad = state.bad_rows()
+            bad = [[where, localize(reason)] for where, reason in state.bad_rows()]
             usable = len(state.train) + len(state.held_out)
             images = [(path, t("ft.row", n=i + 1)) for i, (_, paths) in enumerate(state.preview) for path in paths]
-            return (state, state.summary_markdown(),
+            return (state, localize(state.summary_markdown()),
                     gr.Dataframe(value=table_value(bad, headers("bad", ["row", "problem"])), visible=bool(bad)),
                     gr.Checkbox(label=t("ft.accept_n", usable=usable, bad=len(bad)),
                                 visible=bool(bad), value=False),
@@ -437,8 +439,8 @@ class FinetuneTab(Tab):
                     state = self.prepare(*dataset_values)
                 run_id = self.finetuner.start(state, config, accept_bad=bool(accept), visual=visual_targets)
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return state, f"❌ {err}", gr.Dropdown()
+                gr.Warning(localize(str(err)))
+                return state, "❌ " + localize(str(err)), gr.Dropdown()
             return (state, t("ft.started", run=run_id),
                     gr.Dropdown(choices=self.finetuner.manager.run_ids(), value=run_id))
 
@@ -481,8 +483,8 @@ class FinetuneTab(Tab):
                     raise UserFacingError(t("ft.no_active"))
                 status = manager.stop(run_id, keep=bool(keep_it))
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return str(err)
+                gr.Warning(localize(str(err)))
+                return localize(str(err))
             kept = t("ft.publishing") if keep_it else ""
             return t("ft.stopped", run=run_id, step=status["step"]) + kept
 
@@ -493,8 +495,8 @@ class FinetuneTab(Tab):
                     raise UserFacingError(t("ft.choose_run"))
                 status = manager.resume(run_id)
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return str(err)
+                gr.Warning(localize(str(err)))
+                return localize(str(err))
             return t("ft.resumed", run=run_id, step=status["checkpoint_step"])
 
         def delete(run_id: str | None, sure: bool):
@@ -505,8 +507,8 @@ class FinetuneTab(Tab):
             try:
                 manager.delete(run_id or "")
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return str(err), gr.Dropdown(), False
+                gr.Warning(localize(str(err)))
+                return localize(str(err)), gr.Dropdown(), False
             ids = manager.run_ids()
             return t("ft.deleted", run=run_id), gr.Dropdown(choices=ids, value=ids[0] if ids else None), False
 

@@ -12,7 +12,7 @@
   its own strings and `ui(...)` ones, so page and server never disagree.
 
 It does not translate messages made outside the UI (the session's, the knowledge base's, the
-trainer's): those arrive as they are.
+trainer's): `mmchat.ui.messages.localize` does, where they are shown.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import gradio as gr
 from mmchat.errors import UserFacingError
 from mmchat.runtime import Runtime
 from mmchat.ui.i18n import t, ui
+from mmchat.ui.messages import localize
 from mmchat.ui.render import document_headers, documents_rows, image_gallery, retrieval_markdown, table_value
 from mmchat.ui.style import knowledge_status, reembedding_line
 from mmchat.ui.tabs import AppTabs, Tab, upload_path
@@ -131,8 +132,8 @@ class KnowledgeTab(Tab):
             try:
                 knowledge = runtime.wait_knowledge(timeout=120)
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return (str(err), *listing(), gr.update())
+                gr.Warning(localize(str(err)))
+                return (localize(str(err)), *listing(), gr.update())
             paths = [upload_path(u) for u in uploads or [] if upload_path(u)]
             if not paths:
                 gr.Warning(t("knowledge.choose_files"))
@@ -140,12 +141,12 @@ class KnowledgeTab(Tab):
             cancel = cancels.setdefault(request.session_hash or "", threading.Event())
             cancel.clear()
             progress(0.0, desc=t("knowledge.starting"))
-            report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=m), cancel=cancel)
+            report = knowledge.ingest(paths, progress=lambda f, m: progress(f, desc=localize(m)), cancel=cancel)
             for name, message in report.failed:
-                gr.Warning(message if message.startswith(name) else f"{name}: {message}")
+                gr.Warning(localize(message if message.startswith(name) else f"{name}: {message}"))
             # Every file was dealt with (indexed, already there or refused and named): empty the
             # upload box so adding one more later does not send these again. Kept after a cancel.
-            return (report.summary(), *listing(), gr.update() if report.cancelled else None)
+            return (localize(report.summary()), *listing(), gr.update() if report.cancelled else None)
 
         def cancel_ingest(request: gr.Request) -> None:
             event = cancels.get(request.session_hash or "")
@@ -160,8 +161,8 @@ class KnowledgeTab(Tab):
                 record = knowledge.delete(doc_id)
                 message = t("knowledge.deleted", name=record.file_name, chunks=record.chunks)
             except UserFacingError as err:
-                gr.Warning(str(err))
-                message = str(err)
+                gr.Warning(localize(str(err)))
+                message = localize(str(err))
             return (message, *listing())
 
         def reset(confirmed: bool):
@@ -172,8 +173,8 @@ class KnowledgeTab(Tab):
                 knowledge.reset()
                 message = t("knowledge.empty")
             except UserFacingError as err:
-                gr.Warning(str(err))
-                message = str(err)
+                gr.Warning(localize(str(err)))
+                message = localize(str(err))
             return (message, *listing(), gr.Checkbox(value=False))
 
         def search(text: str, k: float, doc_ids: list[str] | None):
@@ -190,8 +191,8 @@ class KnowledgeTab(Tab):
                     found.info.append(t("knowledge.below_floor", floor=f"{floor:.2f}",
                                         numbers=", ".join(f"[{n}]" for n in below)))
             except UserFacingError as err:
-                gr.Warning(str(err))
-                return str(err), []
+                gr.Warning(localize(str(err)))
+                return localize(str(err)), []
             trace = found.to_trace()
             return retrieval_markdown(trace, numbered_only=False), image_gallery(trace["images"], knowledge)
 

@@ -6,7 +6,8 @@ of each (the sentences that best match the question; a click on `[n]` in the ans
 passage opens the whole source) and a one-line trace, notes as titled boxes. `sources_markdown`/`sources_gallery` fill the sources panel from the
 last answer's retrieval trace; `documents_rows`/`retrieval_markdown` serve the Knowledge tab;
 `table_value` gives a table with its column names. Every word in the language of the request
-being handled (`mmchat.ui.i18n.t`); the session's own texts (answers, notes) as they are.
+being handled (`mmchat.ui.i18n.t`); the session's notes and the retrieval's remarks translated where
+`mmchat.ui.messages` knows them; answers as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from typing import Any
 
 from mmchat.ui.i18n import t, term
+from mmchat.ui.messages import localize
 
 CITATION = re.compile(r"\[(\d{1,2})\]")
 
@@ -48,7 +50,7 @@ def chatbot_messages(session: Any) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for index, message in enumerate(session.history):
         if message.role == "note":
-            messages.append({"role": "assistant", "content": message.text, "metadata": {"title": t("chat.note")}})
+            messages.append({"role": "assistant", "content": localize(message.text), "metadata": {"title": t("chat.note")}})
             continue
         if message.role == "user":
             content: list[Any] = []
@@ -191,7 +193,7 @@ def retrieval_markdown(retrieval: dict[str, Any] | None, numbered_only: bool = T
     lines = [t("retrieval.query", query=_excerpt(retrieval.get("query", ""), 120),
                mode=term("mode", retrieval.get("mode", "hybrid")))]
     for note in [*retrieval.get("notes", []), *retrieval.get("info", [])]:
-        lines.append(f"> {note}")
+        lines.append(f"> {localize(note)}")
     if not hits:
         lines.append(t("retrieval.nothing"))
     else:

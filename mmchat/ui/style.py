@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from mmchat.ui.i18n import t, term
+from mmchat.ui.messages import localize
 
 # Classes and ids used here are set on components in app.py, chat.py, knowledge.py and compare.py.
 APP_CSS = """
@@ -115,7 +116,7 @@ def knowledge_status(runtime: Any) -> str:
     reembedding = reembedding_line(knowledge)
     if reembedding:
         line += f"\n\n> {reembedding}"
-    note = knowledge.busy_note()  # the knowledge base's own words (English)
+    note = localize(knowledge.busy_note())  # the knowledge base's own words, in the visitor's language
     return f"{line}\n\n> ⏳ {note}" if note else line
 
 
@@ -155,8 +156,8 @@ def adapters_status(runtime: Any) -> str:
     count = len(adapters)
     summary = t("status.adapter" if count == 1 else "status.adapters", n=count)
     text = t("astatus.line", summary=summary, names=names, stores=stores)
-    if registry.notes:  # the registry's own words (English)
-        text += "\n\n" + "\n".join(t("astatus.not_loaded", note=note) for note in registry.notes)
+    if registry.notes:  # the registry's own words, in the visitor's language
+        text += "\n\n" + "\n".join(t("astatus.not_loaded", note=localize(note)) for note in registry.notes)
     return text
 
 

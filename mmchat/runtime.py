@@ -41,6 +41,7 @@ class Runtime:
         self.knowledge_error: BaseException | None = None
         self.knowledge_phase = "ready" if knowledge is not None else "not started"
         self._knowledge_done = threading.Event()
+        self._knowledge_preparing = False  # True from open until re-embedding and the demo corpus are done
         if knowledge is not None or not config.knowledge.enabled:
             self._knowledge_done.set()
         self.adapters: Any = None  # mmchat.adapters.registry.AdapterRegistry once the model is loaded
@@ -137,6 +138,7 @@ class Runtime:
             knowledge = KnowledgeBase(self.config.knowledge, encoder=self.encoder)
             self.knowledge = knowledge
             self.knowledge_phase = "ready"
+            self._knowledge_preparing = True  # re-embedding and the demo corpus follow: not settled yet
             self._knowledge_done.set()
             if knowledge.embedder_pending:  # the configured embedder changed: the old one serves meanwhile
                 knowledge.switch_embedder()
@@ -147,6 +149,7 @@ class Runtime:
             self.knowledge_error = err
             self.knowledge_phase = "failed"
         finally:
+            self._knowledge_preparing = False
             self._knowledge_done.set()
 
     def knowledge_settled(self) -> bool:
@@ -155,6 +158,8 @@ class Runtime:
             return False
         if self.knowledge is None:
             return True
+        if self._knowledge_preparing:
+            return False
         job = self.knowledge.reembedding
         return self.knowledge.busy_note() is None and not (job is not None and job.running)
 

@@ -156,3 +156,28 @@ def test_a_kill_during_reembedding_leaves_the_old_collection_whole(minilm_base):
     assert "nothing lost" in kb.status_markdown()
     assert kb.counts() == {"documents": 6, "chunks": chunks, "images": 0}
     assert kb.switch_embedder().state == "done" and kb.counts()["chunks"] == chunks
+
+
+@pytest.mark.slow
+def test_the_app_started_on_an_older_base_reembeds_it_while_it_serves(minilm_base, tmp_path):
+    """The runtime (what `python app.py` runs) opens a MiniLM-built base with the default
+    embedder configured: it serves at once, re-embeds in the background, then uses USE."""
+    import time
+
+    from mmchat.config import load_config
+    from mmchat.runtime import Runtime
+
+    path, chunks = minilm_base
+    config = load_config(env={}, overrides={
+        "model": {"preset": "tiny"}, "": {"data_dir": str(tmp_path / "data")},
+        "knowledge": {"path": str(path), "seed_demo": False},
+    })
+    runtime = Runtime(config, backend=object(), encoder=None).start()
+    knowledge = runtime.wait_knowledge(timeout=60)
+    assert knowledge.search(CROSS_QUESTION, top_k=3, min_relevance=0).hits  # serving meanwhile
+    deadline = time.monotonic() + 120
+    while not runtime.knowledge_settled() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert knowledge.reembedding is not None and knowledge.reembedding.state == "done", knowledge.reembedding
+    assert knowledge.text_embedder.model_name == "use-multilingual-v3-neutral"
+    assert knowledge.counts()["chunks"] == chunks and not knowledge.embedder_pending

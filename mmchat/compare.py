@@ -112,11 +112,14 @@ def compare(
     the user can fix (columns, an empty or too long prompt) raise `UserFacingError` before
     anything is generated.
     """
-    from mmchat.prompt import Turn, fit_to_context
+    from mmchat.language import instruction
+    from mmchat.prompt import Turn, fit_to_context, with_instruction
 
     names = column_names(backend, adapters)
     if not (text or "").strip():
         raise UserFacingError("type a prompt to compare the columns on")
+    # As in chat: a model that writes several languages is asked to answer in the prompt's.
+    system_prompt = with_instruction(system_prompt, instruction(text, backend.info.languages))
     images = [image] if image is not None else []
     turn = Turn("user", text, (IMAGE_ID,) if images else ())
 

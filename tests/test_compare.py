@@ -59,8 +59,13 @@ def backends(tmp_path_factory, model_cache_dir):
 
 def _alone(backend, adapter, image=None, params=GREEDY):
     """The same question asked through the backend's own prepare/stream, on one adapter."""
+    from mmchat.language import instruction
+
     content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": QUESTION}]
     messages = [{"role": "user", "content": content}]
+    system = instruction(QUESTION, backend.info.languages)  # what chat and Compare add for the model
+    if system:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     stream = backend.stream(backend.prepare(messages, [image] if image is not None else [], adapter=adapter), params)
     return "".join(stream), stream.stats
 

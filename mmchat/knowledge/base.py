@@ -258,8 +258,10 @@ class KnowledgeBase:
             step(0.0, "waiting for indexing to finish before re-embedding…")
             self._ingest_lock.acquire()
         try:
-            known = lambda doc_ids: {d for d in doc_ids if self.store.get_document(d) is not None}  # noqa: E731
-            collection = copy_text_chunks(self.store, new, source, step, cancel, keep=known)
+            def still_listed(doc_ids: set[str]) -> set[str]:  # a document deleted meanwhile is left out
+                return {d for d in doc_ids if self.store.get_document(d) is not None}
+
+            collection = copy_text_chunks(self.store, new, source, step, cancel, keep=still_listed)
             old = self.store.activate_text_collection(collection)
             self.text_embedder, self.text_source = new, source
             self.wanted_embedder = None

@@ -187,8 +187,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "kstatus.reembed_pending": ("The chunks are served with `{old}`; the configured `{new}` takes over once they are "
                                 "re-embedded.", "目前由 `{old}` 提供检索；片段重新向量化完成后，改用配置的 `{new}`。"),
     "knowledge.embedder": ("Text embedder", "文本向量模型"),
-    "knowledge.embedder_info": ("Changing it re-embeds every stored chunk; the current one answers until that is done.",
-                                "更换后会重新向量化所有已存片段；完成之前仍由当前模型回答。"),
+    "knowledge.embedder_info": ("Changing it re-embeds every stored chunk; the current one answers until that is done. "
+                                "The app starts with the embedder set in its config file.",
+                                "更换后会重新向量化所有已存片段；完成之前仍由当前模型回答。应用启动时使用配置文件中设定的模型。"),
     "knowledge.embedder.use": ("USE multilingual v3 — English and Chinese, fast (default)", "USE 多语言 v3 — 中英文，速度快（默认）"),
     "knowledge.embedder.e5": ("multilingual-e5-small — English and Chinese, slower to index",
                               "multilingual-e5-small — 中英文，索引较慢"),

@@ -23,8 +23,9 @@ chunk, and the dense cosine of a BM25-only candidate comes from its stored embed
   ranking held to how much of the query the chunk contains: the best BM25 among the
   candidates is 1 however weak the match);
 - score = (t·D + w·sqrt(L·C)) / (t + w): the mean of the evidence that can be trusted for
-  that pair. On rag_eval_v2 with USE multilingual this took hybrid hit@5 en→zh 0.54 → 0.92
-  and zh→en 0.50 → 0.83 (`python -m bench retrieval-eval --sets cross`).
+  that pair. On rag_eval_v2 with language-neutral USE multilingual, hybrid hit@5 en→zh /
+  zh→en: 0.62 / 0.50 with the script weight alone, 0.92 / 0.83 with sqrt(L·C) as well
+  (`python -m bench retrieval-eval --sets cross`).
 
 Reciprocal rank fusion was used before; it let a chunk ranked mediocre by both retrievers
 beat one ranked first by one of them, and trusted MiniLM's near-random ranking of Chinese

@@ -247,8 +247,6 @@ class KnowledgeBase:
             return job
         self.reembedding = job
 
-        job.total = self.store.text_collection.count()
-
         def step(fraction: float, message: str) -> None:
             job.fraction, job.message = fraction, message
             job.done = round(fraction * job.total)
@@ -258,6 +256,8 @@ class KnowledgeBase:
             step(0.0, "waiting for indexing to finish before re-embedding…")
             self._ingest_lock.acquire()
         try:
+            job.total = self.store.text_collection.count()  # under the lock: no upload adds to it now
+
             def still_listed(doc_ids: set[str]) -> set[str]:  # a document deleted meanwhile is left out
                 return {d for d in doc_ids if self.store.get_document(d) is not None}
 

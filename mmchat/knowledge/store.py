@@ -142,13 +142,8 @@ class KnowledgeStore:
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
         with self._write_lock:
-            finished = {k: v for k, v in (collection.metadata or {}).items() if k != "hnsw:space"}
-            finished[BUILDING_KEY] = False
-            collection.modify(metadata=finished)
-            metadata = dict(self.manifest.metadata or {})
-            metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to "change" it
-            metadata[ACTIVE_TEXT_KEY] = collection.name
-            self.manifest.modify(metadata=metadata)
+            _update_metadata(collection, **{BUILDING_KEY: False})
+            _update_metadata(self.manifest, **{ACTIVE_TEXT_KEY: collection.name})  # the switch
             old = self.text_collection
             self.text_collection = collection
             self.text = ChromaVectorStore(chroma_collection=collection)
@@ -206,10 +201,7 @@ class KnowledgeStore:
         return bool((self.manifest.metadata or {}).get(SEEDED_KEY))
 
     def mark_seeded(self) -> None:
-        metadata = dict(self.manifest.metadata or {})
-        metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to "change" it
-        metadata[SEEDED_KEY] = True
-        self.manifest.modify(metadata=metadata)
+        _update_metadata(self.manifest, **{SEEDED_KEY: True})
 
     # ----- chunks --------------------------------------------------------------------------
     def add_text_nodes(self, nodes: Sequence[Any]) -> None:
@@ -301,6 +293,14 @@ class KnowledgeStore:
             if len(ids) < PAGE_SIZE:
                 return
             offset += len(ids)
+
+
+def _update_metadata(collection: Any, **values: Any) -> None:
+    """Set keys of a collection's metadata, keeping the others (Chroma replaces the whole dict)."""
+    # Without hnsw:space: it is fixed at creation and Chroma refuses to "change" it.
+    metadata = {k: v for k, v in (collection.metadata or {}).items() if k != "hnsw:space"}
+    metadata.update(values)
+    collection.modify(metadata=metadata)
 
 
 def _text_metadata(embedder: str, source: str, dim: int) -> dict[str, Any]:

@@ -58,9 +58,10 @@ def current_embedder(knowledge: Any) -> str | None:
     return knowledge.text_source or source_for_name(knowledge.text_embedder.model_name) or None
 
 
-def job_total(knowledge: Any) -> int:
+def reembed_progress(knowledge: Any) -> str:
+    """How far the running re-embedding is, in the visitor's language."""
     job = knowledge.reembedding
-    return job.total if job is not None else 0
+    return t("knowledge.reembed_progress", done=f"{job.done:,}", total=f"{job.total:,}")
 
 
 class KnowledgeTab(Tab):
@@ -202,9 +203,7 @@ class KnowledgeTab(Tab):
                 if not source:
                     raise UserFacingError(t("knowledge.choose_embedder"))
                 job = knowledge.switch_embedder(
-                    source, progress=lambda fraction, message: progress(
-                        fraction, desc=t("knowledge.reembed_progress", done=f"{round(fraction * job_total(knowledge)):,}",
-                                         total=f"{job_total(knowledge):,}")))
+                    source, progress=lambda fraction, message: progress(fraction, desc=reembed_progress(knowledge)))
                 message = (t("knowledge.reembed_same", name=job.old) if job.old == job.new
                            else reembedding_line(knowledge))
                 if job.state in ("cancelled", "failed"):

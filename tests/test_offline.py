@@ -12,6 +12,7 @@ from mmchat.backends.base import GenerationParams
 from mmchat.backends.offline import STAND_IN_NOTICE, flatten
 from mmchat.config import load_config
 from mmchat.runtime import Runtime
+from mmchat.ui.style import status_details
 from mmchat.session import ChatSession
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def test_image_reaches_the_model_as_classifier_text(offline_backend, cat_image):
 def test_ui_says_it_is_a_stand_in(offline_backend, standin_encoder, tmp_path):
     assert offline_backend.info.is_stand_in
     config = load_config(env={}, overrides={"": {"data_dir": str(tmp_path)}})
-    status = Runtime(config, backend=offline_backend, encoder=standin_encoder).status_markdown()
+    status = status_details(Runtime(config, backend=offline_backend, encoder=standin_encoder))
     assert STAND_IN_NOTICE in status and "offline" in status
 
 

@@ -7,6 +7,7 @@ import pytest
 from mmchat.config import load_config
 from mmchat.errors import ModelUnavailable, UserFacingError
 from mmchat.runtime import Runtime
+from mmchat.ui.style import status_details
 
 
 def make_config(tmp_path, model_cache_dir, preset, encoder="standin"):
@@ -20,10 +21,10 @@ def make_config(tmp_path, model_cache_dir, preset, encoder="standin"):
 
 def test_background_load_reports_progress_then_details(tmp_path, model_cache_dir):
     runtime = Runtime(make_config(tmp_path, model_cache_dir, "tiny"))
-    assert "not started" in runtime.status_markdown()  # nothing loads before start()
+    assert "not started" in status_details(runtime)  # nothing loads before start()
     runtime.start()
     runtime.wait_ready(timeout=120)
-    status = runtime.status_markdown()
+    status = status_details(runtime)
     for fragment in ("`tiny`", "device `cpu`", "dtype `float32`", "quantization `none`", "MiB", "stand-in"):
         assert fragment in status, (fragment, status)
     session = runtime.new_session()
@@ -36,7 +37,7 @@ def test_failed_load_is_reported_and_raised_as_user_facing(tmp_path, model_cache
     runtime = Runtime(make_config(tmp_path, model_cache_dir, "llava-interleave-0.5b")).start()
     with pytest.raises(ModelUnavailable, match="llava-interleave-0.5b"):
         runtime.wait_ready(timeout=120)
-    assert "failed to load" in runtime.status_markdown()
+    assert "failed to load" in status_details(runtime)
     with pytest.raises(UserFacingError):
         runtime.new_session()
 

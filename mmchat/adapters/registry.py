@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from mmchat.adapters.host import BASE
 from mmchat.adapters.store import AdapterStore, StoredAdapter, split_by_base
@@ -100,9 +100,12 @@ class AdapterRegistry:
             raise UserFacingError(f"no adapter named {name!r} is loaded; loaded: {available}")
         return self._loaded[name]
 
-    def choices(self) -> list[tuple[str, str]]:
-        """(label, value) pairs for a dropdown: the bare base first, then each adapter's one line."""
-        return [(BASE_LABEL, BASE)] + [(f"{a.name} — {a.card.description}", a.name) for a in self.adapters()]
+    def choices(
+        self, base_label: str = BASE_LABEL, describe: Callable[[str], str] = lambda description: description,
+    ) -> list[tuple[str, str]]:
+        """(label, value) pairs for a dropdown: the bare base first, then each adapter's one line
+        (`base_label` and `describe` let the UI word them in the visitor's language)."""
+        return [(base_label, BASE)] + [(f"{a.name} — {describe(a.card.description)}", a.name) for a in self.adapters()]
 
     def names(self) -> list[str]:
         return [BASE] + sorted(self._loaded)

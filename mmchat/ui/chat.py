@@ -324,10 +324,10 @@ class ChatTab(Tab):
     def adapter_choices(self, current: str | None = BASE) -> Any:
         """The adapter dropdown with the adapters loaded now (the choice kept if still there, else base)."""
         registry = self.runtime.adapters
+        base_label = t("chat.base_label")
         # In the visitor's language: the base's label, and a shipped adapter's line (a known text).
-        adapters = [(f"{a.name} — {term('description', a.card.description)}", a.name) for a in registry.adapters()] \
-            if registry is not None else []
-        choices = [(t("chat.base_label"), BASE), *adapters]
+        choices = (registry.choices(base_label, lambda description: term("description", description))
+                   if registry is not None else [(base_label, BASE)])
         return gr.Dropdown(choices=choices, value=current if current in [v for _, v in choices] else BASE)
 
     def refreshed_adapter_choices(self, current: str | None = BASE) -> Any:

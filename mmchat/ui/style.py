@@ -163,8 +163,7 @@ def adapters_status(runtime: Any) -> str:
 
 def status_details(runtime: Any) -> str:
     """The full status: model, device, dtype, quantization, memory, image encoder, knowledge base
-    and adapters (what `Runtime.status_markdown` says, in the visitor's language; the backend's
-    own descriptions stay as they are)."""
+    and adapters, in the visitor's language (the backend's own descriptions stay as they are)."""
     if not runtime.wait_loaded(timeout=0):
         return t("details.loading", phase=term("phase", runtime.phase), s=f"{time.time() - runtime.started_at:.0f}")
     if runtime.error is not None:

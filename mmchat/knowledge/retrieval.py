@@ -60,7 +60,7 @@ import numpy as np
 
 from mmchat.knowledge.lexical import LexicalIndex, coverage, idf, tokenize
 from mmchat.knowledge.probes import PARAPHRASES
-from mmchat.knowledge.store import KnowledgeStore, cosine_from_similarity
+from mmchat.knowledge.store import KnowledgeStore, cosine_from_similarity, read_vectors
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,8 @@ class HybridRetriever:
             timings["embed"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             retriever = self.text_index.as_retriever(similarity_top_k=n, filters=_doc_filter(doc_ids))
-            found_dense = retriever.retrieve(QueryBundle(query_str=query, embedding=list(query_embedding)))
+            bundle = QueryBundle(query_str=query, embedding=list(query_embedding))
+            found_dense = read_vectors(lambda: retriever.retrieve(bundle))
             timings["dense"] = (time.perf_counter() - started) * 1000
             for scored in found_dense:
                 node = scored.node
@@ -397,7 +398,7 @@ class HybridRetriever:
         missing = [row_id for row_id, hit in hits.items() if hit.dense is None]
         if not missing:
             return
-        got = self.store.text_collection.get(ids=missing, include=["embeddings"])
+        got = read_vectors(lambda: self.store.text_collection.get(ids=missing, include=["embeddings"]))
         if got.get("embeddings") is None or not len(got["ids"]):
             return
         vectors = np.asarray(got["embeddings"], dtype=np.float32)
@@ -567,7 +568,7 @@ class HybridRetriever:
             return []
         retriever = self.image_index.as_retriever(similarity_top_k=top_k, filters=_doc_filter(doc_ids))
         found = []
-        for scored in retriever.retrieve(bundle):
+        for scored in read_vectors(lambda: retriever.retrieve(bundle)):
             score = cosine_from_similarity(scored.score)
             if score < min_score or scored.node.ref_doc_id in exclude:
                 continue

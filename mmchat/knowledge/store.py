@@ -28,7 +28,8 @@ import math
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+import time
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from mmchat.errors import ConfigError, ModelUnavailable
 
@@ -38,6 +39,8 @@ PAGE_SIZE = 5000  # rows per `collection.get` page when scanning a collection
 SEEDED_KEY = "mmchat_demo_seeded"
 ACTIVE_TEXT_KEY = "mmchat_text_collection"  # manifest metadata: the text collection in use
 BUILDING_KEY = "mmchat_building"  # a text collection's metadata: being filled, not yet switched to
+FIRST_WRITE_WAIT_S = 5.0  # how long a read waits for a collection's first write to be indexed
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,28 @@ def open_client(path: Path | None = None, host: str = "", port: int = 8000):
         raise ConfigError("the embedded knowledge store needs a path")
     path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(path), settings=chroma_settings())
+
+
+def read_vectors(read: Callable[[], _T], *, wait_s: float = FIRST_WRITE_WAIT_S) -> _T:
+    """Run a Chroma read that touches vectors, waiting out a collection's first write.
+
+    Embedded Chroma (1.x) records a collection's dimension when its first records are logged,
+    and creates the HNSW index folder a moment later; a query or an embeddings `get` from
+    another thread in between fails with "Error creating hnsw segment reader: Nothing found on
+    disk" (chroma-core/chroma#4212). That happens when someone asks while the first document of
+    a new knowledge base is being ingested, so the read is retried for up to `wait_s`; any
+    other error, or this one lasting longer, is raised.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.02
+    while True:
+        try:
+            return read()
+        except Exception as err:
+            if "Nothing found on disk" not in str(err) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 class KnowledgeStore:

@@ -2,7 +2,8 @@
 
 It ties the pieces together in the order data flows: file → `loaders.load_file` (validate,
 parse with LlamaIndex readers) → `SentenceSplitter` (chunks with overlap, sized in the
-embedder's own tokens) → embeddings → `KnowledgeStore` (Chroma) → manifest record; and
+embedder's own tokens; a chunk that starts inside a table gets the table's header line,
+`tables.with_table_header`) → embeddings → `KnowledgeStore` (Chroma) → manifest record; and
 query → `HybridRetriever` → `RetrievalResult`.
 
 Ingestion reports progress, can be cancelled between batches, is idempotent by content hash,
@@ -30,6 +31,7 @@ from mmchat.knowledge.retrieval import (
 )
 from mmchat.knowledge.reembed import HIDDEN_METADATA
 from mmchat.knowledge.store import DocumentRecord, KnowledgeStore, open_client
+from mmchat.knowledge.tables import table_spans, with_table_header
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +468,12 @@ class KnowledgeBase:
             if cancel.is_set():
                 raise IngestCancelled
             deadline.check("splitting the text into chunks")
-            nodes.extend(self.splitter.get_nodes_from_documents([document]))
+            split = self.splitter.get_nodes_from_documents([document])
+            spans = table_spans(document.text)
+            for node in split if spans else ():
+                if node.start_char_idx is not None:  # where the splitter found the chunk
+                    node.set_content(with_table_header(document.text, spans, node.start_char_idx, node.text))
+            nodes.extend(split)
             if len(nodes) > max_chunks:
                 raise InvalidUpload(too_many)
         if not nodes:

@@ -187,7 +187,8 @@ def test_server_mode_behaves_like_embedded_and_survives_restarts(
         return KnowledgeBase(config, encoder=standin_encoder, text_embedder=text_embedder)
 
     kb = open_kb(server.port)
-    assert kb.where == f"Chroma server 127.0.0.1:{server.port}"
+    settings = kb.store.client.get_settings()  # an HTTP client of that server
+    assert (settings.chroma_server_host, int(settings.chroma_server_http_port)) == ("127.0.0.1", server.port)
     assert not (tmp_path / "kb" / "chroma").exists()  # nothing embedded was created
     report = kb.ingest([DOCS / n for n in SERVER_DOCS] + [IMAGES / "cat.png"])
     assert not report.failed and not report.cancelled, report.summary()
@@ -203,8 +204,7 @@ def test_server_mode_behaves_like_embedded_and_survives_restarts(
     top = kb.search("ZX-4471 impeller kit", top_k=3, image_top_k=0).hits[0]
     assert top.file_name == "zx-pump-manual.txt" and top.lexical_rank is not None
     assert [h.file_name for h in kb.search("a photo of a cat", image_top_k=1).images] == ["cat.png"]
-    status = kb.status_markdown()
-    assert f"Chroma server 127.0.0.1:{server.port}" in status and "5 documents" in status
+    assert (kb.config.host, kb.config.port) == ("127.0.0.1", server.port) and kb.counts()["documents"] == 5
 
     pump = next(d for d in kb.documents() if d.file_name == "zx-pump-manual.txt")
     kb.delete(pump.doc_id)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from mmchat.config import KnowledgeConfig
+from mmchat.ui.style import reembedding_line  # the Knowledge tab's line about it (English by default)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "tests" / "fixtures" / "rag_eval_v2" / "docs"
@@ -63,7 +64,7 @@ def test_a_new_embedder_reembeds_every_chunk_while_the_old_one_serves(minilm_bas
     kb = _open(path, USE)
     # Not refused: the stored chunks are served with the embedder that made them.
     assert kb.embedder_pending and kb.text_embedder.model_name == "all-MiniLM-L6-v2"
-    assert "takes over once they are re-embedded" in kb.status_markdown()
+    assert "takes over once they are re-embedded" in reembedding_line(kb)
     assert kb.search(CROSS_QUESTION, top_k=3, min_relevance=0).hits
 
     seen: list[str] = []
@@ -98,7 +99,8 @@ def test_cancel_and_a_full_disk_leave_the_old_collection_serving(minilm_base, mo
     cancel = threading.Event()
     job = kb.switch_embedder(progress=lambda fraction, message: cancel.set(), cancel=cancel)
     assert job.state == "cancelled"
-    assert "still using all-MiniLM-L6-v2, nothing lost" in job.message and job.message in kb.status_markdown()
+    assert "still using all-MiniLM-L6-v2, nothing lost" in job.message
+    assert "cancelled after" in reembedding_line(kb) and "still using `all-MiniLM-L6-v2`, nothing lost" in reembedding_line(kb)
     assert _text_collections(kb) == before and kb.counts()["chunks"] == chunks and kb.embedder_pending
     assert kb.search(CROSS_QUESTION, top_k=3, min_relevance=0).hits
 
@@ -152,8 +154,8 @@ def test_a_kill_during_reembedding_leaves_the_old_collection_whole(minilm_base):
     # The half-filled collection is removed on open and the tab says so; the old one answers,
     # then re-embedding works.
     assert len(_text_collections(kb)) == 1 and kb.embedder_pending
-    assert kb.reembedding.state == "interrupted" and "was interrupted (the app stopped)" in kb.status_markdown()
-    assert "nothing lost" in kb.status_markdown()
+    assert kb.reembedding.state == "interrupted" and "was interrupted (the app stopped)" in reembedding_line(kb)
+    assert "nothing lost" in reembedding_line(kb)
     assert kb.counts() == {"documents": 6, "chunks": chunks, "images": 0}
     assert kb.switch_embedder().state == "done" and kb.counts()["chunks"] == chunks
 

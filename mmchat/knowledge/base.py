@@ -84,7 +84,7 @@ class Reembedding:
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "running"  # running, done, cancelled, failed, interrupted (found on open)
     fraction: float = 0.0
-    message: str = ""  # in English, for logs and `status_markdown`; the UI words its own from the fields
+    message: str = ""  # in English, for logs; the UI words its own from the fields (ui/style.reembedding_line)
     done: int = 0  # chunks re-embedded so far
     total: int = 0  # chunks to re-embed
     error: str = ""  # why it failed
@@ -292,12 +292,6 @@ class KnowledgeBase:
         for path in self.files_dir.iterdir():
             if path.is_file() and path.name not in listed and (older_than is None or path.stat().st_mtime < older_than):
                 path.unlink(missing_ok=True)
-
-    @property
-    def where(self) -> str:
-        if self.config.host:
-            return f"Chroma server {self.config.host}:{self.config.port}"
-        return f"embedded Chroma at {self.root / 'chroma'}"
 
     def _splitter(self):
         from llama_index.core.node_parser import SentenceSplitter
@@ -602,24 +596,6 @@ class KnowledgeBase:
 
     def counts(self) -> dict[str, int]:
         return self.store.counts()
-
-    def status_markdown(self) -> str:
-        counts = self.counts()
-        line = (
-            f"**Knowledge** {counts['documents']} documents · {counts['chunks']} chunks · "
-            f"{counts['images']} images · {self.where} · embedder `{self.text_embedder.model_name}`"
-        )
-        job = self.reembedding
-        if job is not None and job.running:
-            line += (f"\n\n> ⏳ Re-embedding with `{job.new}`: {job.message or 'starting…'} "
-                     f"(`{job.old}` answers until it is complete)")
-        elif job is not None:
-            line += f"\n\n> {'✅' if job.state == 'done' else '⚠️'} {job.message}"
-        elif self.embedder_pending:
-            line += (f"\n\n> The chunks are served with `{self.text_embedder.model_name}`; the configured "
-                     f"`{self.wanted_embedder[0].model_name}` takes over once they are re-embedded.")
-        note = self.busy_note()
-        return f"{line}\n\n> ⏳ {note}" if note else line
 
     # ----- retrieval ---------------------------------------------------------------------
     def search(

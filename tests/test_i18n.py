@@ -4,6 +4,7 @@ language a request gets, handlers run in it, and the page served in it. No brows
 from __future__ import annotations
 
 import string
+import zipfile
 
 import gradio as gr
 import pytest
@@ -145,7 +146,361 @@ def _relevance_floor() -> str:
     return result.info[0]
 
 
+# Refusals from the real code paths (a wording changed there no longer matches its rule): adapter
+# zips, merges and the adapter store, chat imports, Word files, training runs. No model loads.
+
+def _refusal(fn, *args, **kwargs) -> str:
+    from mmchat.errors import UserFacingError
+
+    try:
+        fn(*args, **kwargs)
+    except UserFacingError as err:
+        return str(err)
+    raise AssertionError(f"{fn.__name__} refused nothing")
+
+
+_FINGERPRINT = "ab" * 32
+_SHAPES = {"": None, "model": None, "model.q_proj": (8, 16), "model.embed_tokens": (100, 8)}  # bundle.module_shapes
+_W, _C, _CARD = "adapter_model.safetensors", "adapter_config.json", "adapter_card.json"
+_LORA_A, _LORA_B = "base_model.model.model.q_proj.lora_A.weight", "base_model.model.model.q_proj.lora_B.weight"
+
+
+def _safetensors(tensors: dict | None = None) -> bytes:
+    """A safetensors file of zeros: {name: (dtype, shape)}."""
+    import json
+    import math
+    import struct
+
+    tensors = {_LORA_A: ("F32", [4, 8]), _LORA_B: ("F32", [16, 4])} if tensors is None else tensors
+    header, offset = {}, 0
+    for key, (dtype, shape) in tensors.items():
+        size = math.prod(shape) * (4 if dtype == "F32" else 2)
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(offset)
+
+
+def _lora_config(**changes) -> bytes:
+    import json
+
+    return json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], **changes}).encode()
+
+
+def _adapter_card(**changes) -> bytes:
+    import json
+
+    from mmchat.adapters.card import AdapterCard
+
+    card = AdapterCard(name="mine", description="d", task="t", base_model="some/base", base_fingerprint=_FINGERPRINT,
+                       rank=4, alpha=8, target_modules=("q_proj",))
+    return json.dumps({**json.loads(card.to_json()), **changes}).encode()
+
+
+def _adapter(**members) -> dict:
+    """A good adapter zip's members, some replaced (by file name, under its folder)."""
+    good = {_C: _lora_config(), _W: _safetensors(), _CARD: _adapter_card()}
+    return {f"mine/{name}": data for name, data in {**good, **members}.items()}
+
+
+def _zip_refusal(members: dict | None = None, *, raw: bytes | None = None, shapes=_SHAPES, limits: dict | None = None,
+                 **kwargs) -> str:
+    """What `import_adapter_zip` says about mine.zip (these members, these bytes, or no file)."""
+    import tempfile
+    from pathlib import Path
+
+    from mmchat.adapters.bundle import ZipLimits, import_adapter_zip
+    from mmchat.adapters.store import AdapterStore
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mine.zip"
+        if raw is not None:
+            path.write_bytes(raw)
+        elif members is not None:
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+                for name, data in members.items():
+                    zf.writestr(name, data)
+        return _refusal(import_adapter_zip, path, AdapterStore(Path(folder) / "store"), _FINGERPRINT, shapes,
+                        ZipLimits(**(limits or {})), **kwargs)
+
+
+def _visual_card() -> bytes:
+    return _adapter_card(projector={"file": "projector.safetensors", "feature_spec": {"grid": 4}, "tokens_per_image": 4,
+                                    "feature_dim": 8})
+
+
+def _export_without_config() -> str:
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mmchat.adapters.bundle import export_adapter_zip
+
+    with tempfile.TemporaryDirectory() as folder:
+        stored = SimpleNamespace(name="mine", folder=Path(folder), card=SimpleNamespace(projector={}, soft_prompt={}))
+        return _refusal(export_adapter_zip, stored, Path(folder) / "mine.zip")
+
+
+def _merge_into_existing_folder() -> str:
+    import tempfile
+
+    from mmchat.adapters.merge import merge_adapter
+
+    with tempfile.TemporaryDirectory() as folder:
+        return _refusal(merge_adapter, None, None, None, folder).replace(folder, "/data/merged/mine")
+
+
+def _merge_without_projector() -> str:
+    import json
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mmchat.adapters.merge import _visual_parts
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "mine").mkdir()
+        card = SimpleNamespace(to_json=lambda: json.dumps({"projector": {"file": "projector.safetensors"}}))
+        return _refusal(_visual_parts, SimpleNamespace(name="mine", folder=Path(folder) / "mine", card=card))
+
+
+def _store_refusal(act) -> str:
+    """`act(store, root)` on an empty adapter store; its refusal, with the temporary root as /data/adapters."""
+    import tempfile
+    from pathlib import Path
+
+    from mmchat.adapters.store import AdapterStore
+
+    with tempfile.TemporaryDirectory() as root:
+        return act(AdapterStore(Path(root)), Path(root)).replace(root, "/data/adapters")
+
+
+def _stored_folder_refusal(*files: tuple[str, bytes]) -> str:
+    def act(store, root):
+        (root / "mine").mkdir()
+        for name, data in files:
+            (root / "mine" / name).write_bytes(data)
+        return _refusal(store.read, root / "mine")
+
+    return _store_refusal(act)
+
+
+def _publish_refusal(read_only: bool = False, taken: bool = False, name: str = "mine") -> str:
+    import dataclasses
+
+    from mmchat.adapters.card import AdapterCard
+    from mmchat.adapters.store import AdapterStore
+
+    def act(store, root):
+        if taken:
+            (root / "mine").mkdir()
+        card = dataclasses.replace(AdapterCard.from_json(_adapter_card().decode()), name=name)
+        return _refusal(AdapterStore(root, read_only=read_only).publish, card, lambda folder: None)
+
+    return _store_refusal(act)
+
+
+def _shipped_refusal(delete: bool) -> str:
+    from mmchat.adapters.store import AdapterStore
+
+    def act(store, root):
+        (root / "mine").mkdir()
+        shipped = AdapterStore(root, read_only=True)
+        if delete:
+            return _refusal(shipped.delete, "mine")
+        return _refusal(AdapterStore(root / "user", shipped=shipped).check_not_shipped, "mine")
+
+    return _store_refusal(act)
+
+
+def _chat_refusal(payload: dict) -> str:
+    from mmchat.errors import InvalidUpload
+    from mmchat.session import _validated_export
+
+    try:
+        _validated_export(payload, "chat.json")
+    except InvalidUpload as err:
+        return str(err)
+    raise AssertionError("the export was accepted")
+
+
+def _chat_export(**fields) -> str:
+    import json
+
+    from mmchat.session import EXPORT_FORMAT
+
+    return json.dumps({"format": EXPORT_FORMAT, "messages": [], **fields})
+
+
+def _chat_import_refusal(name: str, data: bytes | dict) -> str:
+    """What `ChatSession.import_chat` says about the file `name` (bytes, or a zip's members)."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mmchat.session import ChatSession
+
+    session = SimpleNamespace(_refuse_while_streaming=lambda action: None, _parse_export=ChatSession._parse_export)
+    session._open_zip_export = lambda source: ChatSession._open_zip_export(session, source)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        if isinstance(data, dict):
+            with zipfile.ZipFile(path, "w") as zf:
+                for member, content in data.items():
+                    zf.writestr(member, content)
+        else:
+            path.write_bytes(data)
+        return _refusal(ChatSession.import_chat, session, path)
+
+
+def _docx(members: dict, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+_DOCUMENT = {"word/document.xml": b"<w:document>" + b"<w:p>hello</w:p>" * 200 + b"</w:document>"}
+
+
+def _central_field(data: bytes, offset: int, value: int) -> bytes:
+    """The first member's central-directory field at `offset` (from its PK\\1\\2) set to `value`."""
+    import struct
+
+    at = data.index(b"PK\x01\x02") + offset
+    return data[:at] + struct.pack("<I", value) + data[at + 4:]
+
+
+def _corrupt_deflate() -> bytes:
+    data = bytearray(_docx(_DOCUMENT))
+    start = 30 + len("word/document.xml")  # past the local header: the deflate stream
+    data[start:start + 4] = b"\xff" * 4
+    return bytes(data)
+
+
+def _load_refusal(source: bytes | str, name: str = "report.docx", **limits) -> str:
+    """What `load_file` says about an upload (bytes, or a path) called `name`."""
+    import tempfile
+    from pathlib import Path
+
+    from mmchat.errors import InvalidUpload
+    from mmchat.knowledge.loaders import KnowledgeLimits, load_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            load_file(source, store_dir=Path(folder), limits=KnowledgeLimits(**limits), original_name=name)
+        except InvalidUpload as err:
+            return str(err)
+    raise AssertionError(f"{name} was loaded")
+
+
+def _loader_refusal(make: str, error: Exception, *args: str) -> str:
+    """The refusal a loader's `make` (`_reader_failed`, `_damaged_pdf`) builds from a reader's error."""
+    from mmchat.knowledge import loaders
+
+    return str(getattr(loaders, make)(error, *args))
+
+
+def _server_refusal(step: str) -> str:
+    """A loader's refusal when the server's disk fails (a file where a folder should be)."""
+    import tempfile
+    from pathlib import Path
+
+    from mmchat.files import store_atomic
+    from mmchat.knowledge.loaders import _make_work_dir
+
+    with tempfile.TemporaryDirectory() as folder:
+        blocker = Path(folder) / "blocker"
+        blocker.write_bytes(b"x")
+        if step == "work":
+            return _refusal(_make_work_dir, blocker / "work", "a.pdf")
+        return _refusal(store_atomic, b"x", "ab", ".pdf", blocker / "store", "a.pdf")
+
+
+def _run_refusal(act, state: str | None = None) -> str:
+    """`act(manager, run_id)` on a run manager holding one run in `state` (none: no run)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mmchat.training.runs import RunFiles, RunManager
+
+    run_id = "20250101-120000-mine"
+    with tempfile.TemporaryDirectory() as root:
+        if state:
+            (Path(root) / run_id).mkdir()
+            (Path(root) / run_id / "run.json").write_text(json.dumps({"training": {"name": "mine", "max_steps": 80}}))
+            RunFiles(Path(root) / run_id).write_status(state=state, adapter="mine")
+        return act(RunManager(Path(root)), run_id)
+
+
+def _busy(manager, run_id) -> str:
+    from types import SimpleNamespace
+
+    from mmchat.training.runs import RunManager
+
+    return _refusal(RunManager._refuse_if_busy, SimpleNamespace(active=lambda: run_id, files=manager.files))
+
+
+def _finetuner_refusal(method: str, *args, config=None, runtime=None, **kwargs) -> str:
+    from types import SimpleNamespace
+
+    from mmchat.training.service import Finetuner
+
+    service = SimpleNamespace(config=config, runtime=runtime)
+    for name in ("require_offline", "reserved_names", "base_preset"):
+        setattr(service, name, getattr(Finetuner, name).__get__(service))
+    return _refusal(getattr(Finetuner, method), service, *args, **kwargs)
+
+
+def _runtime(kind: str):
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(kind=kind, preset="mystery")
+    return SimpleNamespace(wait_ready=lambda: None, backend=SimpleNamespace(info=info))
+
+
+def _prepared(**changes):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"train": [1], "held_out": [], "visual": False, "source": "data.jsonl", "bad_count": 0,
+                              "max_length": 256, **changes})
+
+
+def _name_problem(name: str) -> str:
+    from mmchat.adapters.card import name_problem
+
+    return name_problem(name)
+
+
+def _training(**values):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**values)
+
+
+def _finetuning(enabled: bool = True, max_steps: int = 1000):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(finetune=SimpleNamespace(enabled=enabled, max_steps=max_steps))
+
+
+def _merged_summary(visual=(), dequantized=None) -> str:
+    from pathlib import Path
+
+    from mmchat.adapters.merge import MergedModel
+
+    return MergedModel(Path("/data/merged/shapes"), "shapes", "bfloat16", dequantized, "AutoModelForCausalLM",
+                       "AutoTokenizer", 270_000_000, tuple(visual)).summary
+
+
 MESSAGES = [  # (the English message, or a function producing it; words its Chinese must contain)
+    (_merged_summary, ["已把 'shapes' 合并到 /data/merged/shapes", "AutoModelForCausalLM.from_pretrained", "AutoTokenizer 加载"]),
+    (lambda: _merged_summary(("projector.safetensors", "soft_prompt.safetensors"), "bitsandbytes 4-bit (nf4)"),
+     ["projector.safetensors 和 soft_prompt.safetensors 复制在权重旁边", "merged_card.json", "反量化的 bfloat16 副本"]),
     (_busy_note, ["正在建立索引", "a.pdf", "等另外 2 个", "索引完成后"]),
     (_ingest_summary, ["已索引 2 个文件（31 个片段），用时 1.2 秒", "已经索引过：guide.md", "已拒绝 e.txt：文件是空的",
                        "可接受：PDF、Word"]),
@@ -193,6 +548,175 @@ MESSAGES = [  # (the English message, or a function producing it; words its Chin
      ["120 行可用，2 行有问题", "- 格式：chat 120", "最大 80；上限 256（2 行超出）", "- 划分：108 行训练", "有问题的 2 行"]),
     (lambda: "the row is 300 tokens once rendered, more than the cutoff (max_length) of 256; raise max_length or "
              "shorten it", ["300 个 token"]),
+    # ----- adapter zips (bundle.py), the real import on a crafted zip -----
+    (lambda: _zip_refusal(raw=b"%PDF-1.4 not a zip"),
+     ["mine.zip：不是 zip 压缩包（看起来是 PDF）", "可接受：只含一个 peft LoRA 文件夹", "adapter_model.safetensors"]),
+    (lambda: _zip_refusal(raw=b"PK\x03\x04 damaged"), ["无法按 zip 读取：File is not a zip file", "可接受：只含一个"]),
+    (lambda: _zip_refusal(None), ["mine.zip：无法读取文件（No such file or directory）"]),
+    (lambda: _zip_refusal(_adapter(), limits={"max_zip_bytes": 100}),
+     ["zip 文件大小为", "超过了上限 100 字节", "可接受：不超过 100 字节 的 zip 文件"]),
+    (lambda: _zip_refusal(_adapter(**{"README.md": b"x", "notes.txt": b"x"})), ["含有不应有的文件 'mine/notes.txt'"]),
+    (lambda: _zip_refusal({"../evil.txt": b"x"}),
+     ["成员 '../evil.txt' 用 '..' 跳出了所在文件夹", "且成员名须为普通的相对路径"]),
+    (lambda: _zip_refusal(_adapter(**{"README.md": bytes(3 << 20)})),
+     ["成员 'mine/README.md' 解压后膨胀了", "疑似 zip 炸弹", "可接受：解压后膨胀不超过 100 倍的成员"]),
+    (lambda: _zip_refusal(_adapter(**{"adapter_model.bin": b"x"})),
+     ["'mine/adapter_model.bin' 是 pickle 格式的权重", "可接受：仅限 adapter_model.safetensors"]),
+    (lambda: _zip_refusal({f"a/{_C}": _lora_config(), f"b/{_W}": _safetensors()}), ["文件分散在多个文件夹中（a, b）"]),
+    (lambda: _zip_refusal({f"mine/{_W}": _safetensors()}), ["mine.zip：其中没有 adapter_config.json"]),
+    (lambda: _zip_refusal(_adapter(**{_C: b"{nope"})),
+     ["adapter_config.json 不是有效的 JSON（Expecting", "可接受：peft LoRA 适配器的 adapter_config.json（peft_type 为 LORA"]),
+    (lambda: _zip_refusal(_adapter(**{_C: _lora_config(peft_type="IA3")})), ["peft_type 是 'IA3'，不是 LoRA 适配器"]),
+    (lambda: _zip_refusal(_adapter(**{_C: _lora_config(r=0)})), ["秩 r=0，不在 1..256 范围内"]),
+    (lambda: _zip_refusal(_adapter(**{_C: _lora_config(init_lora_weights="pissa")})),
+     ["init_lora_weights 是 'pissa'：加载它会改写基础模型的权重", "path_initial_model_for_weight_conversion"]),
+    (lambda: _zip_refusal(_adapter(**{_C: _lora_config(layer_replication=[[0, 1]])})),
+     ["设置了 layer_replication：它会复制基础模型的层", "可接受：作用于基础模型各模块的普通 LoRA 适配器"]),
+    (lambda: _zip_refusal(_adapter(**{_C: _lora_config(target_modules="(q")})),
+     ["target_modules '(q' 不是有效的正则表达式", "可接受：当前加载的基础模型中有的目标模块，例如 embed_tokens, q_proj"]),
+    (lambda: _zip_refusal(_adapter(**{_C: _lora_config(target_modules=["k_proj"])})), ["当前加载的基础模型中没有目标模块 'k_proj'"]),
+    (lambda: _zip_refusal(_adapter(**{_W: b"abc"})),
+     ["adapter_model.safetensors 太短，不是 safetensors 文件（3 字节）", "可接受：safetensors 格式的 adapter_model.safetensors"]),
+    (lambda: _zip_refusal(_adapter(**{_W: _safetensors({_LORA_A: ("BF16", [4, 8])}).replace(b'"BF16"', b'"I8"  ')})),
+     ["的数据类型是 'I8'", "可接受：数据类型为 F32, F16, BF16 的张量"]),
+    (lambda: _zip_refusal(_adapter(**{_W: _safetensors({_LORA_A: ("F32", [4, 9])})})),
+     ["的形状是 [4, 9]，但当前加载的基础模型中模块 'model.q_proj' 的输入特征数是 8", "可接受：在当前加载的基础模型上训练的适配器"]),
+    (lambda: _zip_refusal(_adapter(**{_W: _safetensors({"base_model.model.model.q_proj.weight": ("F32", [4, 8])})})),
+     ["的形状是 [4, 8]；当前加载的基础模型中模块 'model.q_proj' 的权重形状是 [16, 8]"]),
+    (lambda: _zip_refusal(_adapter(**{_W: _safetensors({_LORA_A: ("F32", [4, 8]), _LORA_B: ("F32", [16, 2])})})),
+     ["模块 'model.q_proj' 的 LoRA 矩阵秩不一致（[2, 4]）"]),
+    (lambda: _zip_refusal(_adapter(), name="Bad Name"), ["名称 'Bad Name' 无效", "最多 48 个字符，以字母或数字开头"]),
+    (lambda: _zip_refusal(_adapter(**{_CARD: b"{"})),
+     ["adapter_card.json：不是有效的 JSON", "可接受：mmchat 的 adapter_card.json"]),
+    (lambda: _zip_refusal(_adapter(**{_CARD: _adapter_card(base_fingerprint="cd" * 32)}), base_model="other/base"),
+     ["训练所用的基础模型是 some/base（指纹 cdcdcdcdcdcd…）", "当前加载的基础模型 other/base（指纹 abababababab…）"]),
+    (lambda: _zip_refusal(_adapter(**{_CARD: _adapter_card(rank=8)})),
+     ["adapter_card.json 写的秩是 8，但 adapter_config.json 写的是 r=4"]),
+    (lambda: _zip_refusal({f"mine/{_C}": _lora_config(), f"mine/{_W}": _safetensors()}, shapes=dict.fromkeys(_SHAPES)),
+     ["其中没有 adapter_card.json，而且它的 LoRA 形状无法全部", "没有卡片的 zip 只在其形状与当前加载的基础模型相符时才接受"]),
+    (lambda: _zip_refusal(_adapter(**{_CARD: _visual_card()})),
+     ["adapter_card.json 列出了投影器 projector.safetensors，但 zip 中没有它", "可接受：视觉适配器的 projector.safetensors"]),
+    (_export_without_config, ["适配器 'mine' 缺少 adapter_config.json，无法导出"]),
+    # ----- merging (merge.py) and the adapter store (store.py, card.py) -----
+    (_merge_into_existing_folder, ["/data/merged/mine 已存在；请为合并后的模型另选一个文件夹"]),
+    (_merge_without_projector, ["适配器 'mine'：它的卡片列出了投影器 projector.safetensors，但 mine 中没有；没有合并任何内容"]),
+    (lambda: "adapter 'mine' was trained on some/base (fingerprint 0123456789ab…), but the base given to merge into is "
+             "another model (fingerprint ba9876543210…); merge it into the base it was trained on",
+     ["要合并进去的基础模型是 另一个模型（指纹 ba9876543210…）", "请把它合并到训练时所用的基础模型中"]),
+    (lambda: "adapter 'mine' has no adapter_model.safetensors; only safetensors adapters are merged",
+     ["适配器 'mine' 缺少 adapter_model.safetensors；只能合并"]),
+    (lambda: "adapter 'mine' could not be merged (NaNs detected)", ["适配器 'mine' 无法合并（NaNs detected）"]),
+    (lambda: "the merged model was written with pickle-format files (pytorch_model.bin); only safetensors are accepted",
+     ["pickle 格式的文件（pytorch_model.bin）"]),
+    (lambda: "the model given to merge into already carries LoRA layers (is it the serving model?); merge into a fresh "
+             "copy from mmchat.backends.registry.load_base_copy",
+     ["已经带有 LoRA 层", "mmchat.backends.registry.load_base_copy"]),
+    (lambda: "the base is quantized (gptq) and transformers cannot dequantize it (not supported); merging needs a "
+             "base in bfloat16/float32 or bitsandbytes 4-/8-bit", ["基础模型经过量化（gptq）", "无法对它反量化（not supported）"]),
+    (lambda: _stored_folder_refusal(), ["mine：缺少 adapter_card.json（适配器不完整）"]),
+    (lambda: _stored_folder_refusal((_CARD, _adapter_card(name="other"))), ["mine：它的卡片把它命名为 'other'"]),
+    (lambda: _stored_folder_refusal((_CARD, _adapter_card())), ["mine：缺少 adapter_model.safetensors"]),
+    (lambda: _stored_folder_refusal((_CARD, _visual_card()), (_W, b"x")),
+     ["它的卡片列出了投影器 projector.safetensors，但文件夹中没有（可接受：save_projector 写出的"]),
+    (lambda: _stored_folder_refusal((_CARD, _adapter_card()), (_W, b"x"), (_C, b"{}")),
+     ["mine：adapter_config.json 没有 peft_type"]),
+    (lambda: _publish_refusal(taken=True), ["名为 'mine' 的适配器已存在；请删除它或换一个名字"]),
+    (lambda: _publish_refusal(name="Bad Name"), ["适配器名称 'Bad Name' 无效；请使用 a-z"]),
+    (lambda: _publish_refusal(read_only=True), ["/data/adapters 存放的是自带的适配器，只读；'mine' 应放到用户自己的存储中"]),
+    (lambda: _shipped_refusal(delete=False), ["'mine' 是自带适配器的名字"]),
+    (lambda: _shipped_refusal(delete=True), ["'mine' 是自带的适配器（/data/adapters），只读；只能删除你上传或训练的适配器"]),
+    (lambda: _store_refusal(lambda store, root: _refusal(store.delete, "nope")), ["存储中没有名为 'nope' 的适配器"]),
+    (lambda: _name_problem("base"), ["适配器名称 'base' 是保留名称", "'my-base'"]),
+    # ----- importing a chat (session.py): the real import on a bad file, the real check on bad fields -----
+    (lambda: _chat_import_refusal("chat.json", b"{nope"), ["chat.json：不是有效的 JSON（JSONDecodeError"]),
+    (lambda: _chat_import_refusal("chat.json", b'{"format": "x"}'), ["不是 mmchat 的对话导出文件（应为格式 'mmchat.chat/1'）"]),
+    (lambda: _chat_import_refusal("notes.txt", b"x"), ["notes.txt：不是对话导出文件", "可接受：mmchat 导出的 .zip 或 chat.json"]),
+    (lambda: _chat_import_refusal("chat.zip", {"x.txt": b"x"}), ["chat.zip：zip 中没有 chat.json", "可接受：mmchat 导出的 zip"]),
+    (lambda: _chat_import_refusal("chat.zip", {"chat.json": _chat_export(images={_FINGERPRINT: {"file": "a.png"}})}),
+     ["chat.zip：zip 中缺少图片 'a.png'"]),
+    (lambda: _chat_refusal({"images": []}), ["'images' 必须是以 sha256 为键的对象"]),
+    (lambda: _chat_refusal({"images": {"nope": {}}}), ["图片 id 'nope' 不是 sha256"]),
+    (lambda: _chat_refusal({"images": {_FINGERPRINT: {}}}), ["chat.json：images[abababababab] 缺少 'file'"]),
+    (lambda: _chat_refusal({"system_prompt": 5}), ["system_prompt 的值是 5；可接受：字符串"]),
+    (lambda: _chat_refusal({"messages": {}}), ["'messages' 必须是消息列表"]),
+    (lambda: _chat_refusal({"messages": ["hi"]}), ["messages[0] 必须是对象，实际是 str"]),
+    (lambda: _chat_refusal({"messages": [{"role": "bot", "text": "hi"}]}),
+     ["messages[0].role 的值是 'bot'；可接受：user, assistant, note"]),
+    (lambda: _chat_refusal({"messages": [{"role": "user", "text": "hi", "adapter": 5}]}), ["可接受：str 或 null"]),
+    (lambda: _chat_refusal({"messages": [{"role": "user", "text": "hi", "image_ids": [_FINGERPRINT]}]}),
+     ["messages[0] 引用了图片", "但导出文件里没有它"]),
+    (lambda: _chat_refusal({"messages": [{"role": "assistant", "text": "hi", "retrieval": {"hits": {}}}]}),
+     ["messages[0].retrieval.hits 必须是列表，实际是 dict"]),
+    (lambda: _chat_refusal({"messages": [{"role": "assistant", "text": "hi", "retrieval": {"notes": [1]}}]}),
+     ["messages[0].retrieval.notes 必须是字符串列表"]),
+    # ----- damaged, oversized and unreadable uploads (knowledge/loaders.py), the real loader on crafted files -----
+    (lambda: _load_refusal(b"PK\x03\x04" + bytes(64)),
+     ["report.docx：不是有效的 Word .docx 文件（ZIP 容器已损坏或不完整：File is not a zip file）", "可接受：PDF、Word"]),
+    (lambda: _load_refusal(_docx({"a.xml": b"<x/>"})), ["是不含 word/document.xml 的 ZIP 压缩包，不是 Word 文档"]),
+    (lambda: _load_refusal(_docx({f"f{n}.xml": b"" for n in range(10_001)}, zipfile.ZIP_STORED)),
+     [".docx 里有 10,001 个文件；上限为 10,000（疑似 zip 炸弹，已拒绝）"]),
+    (lambda: _load_refusal(_docx(_DOCUMENT), max_unzipped_bytes=1024), [".docx 解压后为 3.1 KB；上限为 1 KB（疑似 zip 炸弹"]),
+    (lambda: _load_refusal(_docx(_DOCUMENT), max_docx_xml_bytes=1024),
+     ["文档的 XML 解压后为 3.1 KB（word/document.xml：3.1 KB）；上限为 1 KB（解析它需要", "请把文档拆分成较小的文件"]),
+    (lambda: _load_refusal(_docx({**_DOCUMENT, "word/media/big.bin": bytes(2 << 20)})), [".docx 的压缩比为", "上限为 100:1"]),
+    (lambda: _load_refusal(_docx(_DOCUMENT, zipfile.ZIP_BZIP2)),
+     ["ZIP 容器已损坏：word/document.xml 使用了不支持的压缩方法", "请重新保存文档后再上传"]),
+    (lambda: _load_refusal(_central_field(_docx(_DOCUMENT), 42, 1)), ["找不到 word/document.xml 的本地文件头"]),
+    (lambda: _load_refusal(_central_field(_docx(_DOCUMENT), 24, 10)),
+     ["report.docx：word/document.xml 解压后超过了 ZIP 目录中声明的 10 字节"]),
+    (lambda: _load_refusal(_corrupt_deflate()), ["ZIP 容器已损坏：word/document.xml: Error -3", "请重新保存文档"]),
+    (lambda: _loader_refusal("_reader_failed", KeyError("word/document.xml"), "report.docx", "docx"),
+     ["无法按 Word (.docx) 格式读取（KeyError"]),
+    (lambda: _loader_refusal("_damaged_pdf", ValueError("Stream has ended unexpectedly"), "a.pdf"),
+     ["PDF 已损坏或不完整", "请重新导出"]),
+    (lambda: _load_refusal("/nonexistent/a.pdf", "a.pdf"), ["a.pdf：找不到文件；请重新上传。"]),
+    (lambda: _load_refusal(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(100), "old.doc"),
+     ["旧格式的 .doc 文件", "请另存为不带密码的 .docx"]),
+    (lambda: _load_refusal(b"GIF89a" + bytes(100), "a.gif"), ["a.gif：不支持 GIF 图片"]),
+    (lambda: _load_refusal(_docx({"a.txt": b"x"}), "a.zip"), ["检测到 不是 Word 文档的 ZIP 压缩包"]),
+    (lambda: _load_refusal(bytes(range(128, 256)) * 4, "a.txt"),
+     ["无法识别文本的编码：不是 UTF-8（偏移 0 处有无法解码的字节）", "请另存为 UTF-8", "可接受的编码：UTF-8"]),
+    (lambda: _load_refusal(b"abc\x01\x02\x03\x04\x05\x06" * 50, "a.txt"), ["含有 300 个控制字符（二进制数据）"]),
+    (lambda: _load_refusal(b"# a\n\n# b\n\n# c\n", "a.md", max_sections=2), ["Markdown 有超过 2 个章节"]),
+    (lambda: _load_refusal(b"<html><body>" + b"<div>" * 10, "a.html", max_html_depth=5),
+     ["HTML 元素嵌套了超过 5 层；上限为 5 层；请简化页面"]),
+    (lambda: _load_refusal(b"x" * 2000, "a.txt", max_file_bytes=1000), ["上限为 1000 字节"]),
+    (lambda: _server_refusal("work"), ["a.pdf：服务器无法创建工作副本", "请稍后再试。"]),
+    (lambda: _server_refusal("store"), ["a.pdf：上传的文件无法保存到服务器上"]),
+    # ----- training runs (training/runs.py) and the fine-tuning service (service.py) -----
+    (lambda: _run_refusal(lambda manager, run_id: _refusal(manager.files, "nope")), ["没有训练运行 'nope'；已有的运行：无"]),
+    (lambda: _run_refusal(lambda manager, run_id: _refusal(manager.resume, run_id), "done"),
+     ["运行 20250101-120000-mine 已经完成；它的适配器是 'mine'"]),
+    (lambda: _run_refusal(lambda manager, run_id: _refusal(manager.stop, run_id), "done"), ["不在训练中（当前状态：已完成）"]),
+    (lambda: _run_refusal(_busy, "stopped"), ["已经有一个训练在运行：20250101-120000-mine（适配器 'mine'，第 0/? 步）；一次只能训练一个"]),
+    (lambda: "a run named 20250101-120000-mine was started this second; try again", ["这一秒启动", "请再试一次"]),
+    (lambda: "could not create the run folder in /data/runs: No space left on device",
+     ["无法在 /data/runs 中创建运行文件夹：No space left on device"]),
+    (lambda: "run 20250101-120000-mine stopped before its first step ended: nothing to keep", ["没有可保留的内容"]),
+    (lambda: _finetuner_refusal("prepare", eval_fraction=0.7), ["eval_fraction 0.7 超出范围；可接受：大于 0 且小于 0.5"]),
+    (lambda: _finetuner_refusal("prepare", max_length=10), ["max_length 10 超出范围；可接受：32..8192 之间的整数"]),
+    (lambda: _finetuner_refusal("prepare"), ["请选择一个内置数据集，或上传一个文件"]),
+    (lambda: _finetuner_refusal("prepare", builtin="nope"), ["内置数据集 'nope' 不存在；可接受：one-word"]),
+    (lambda: _finetuner_refusal("settings", "nope"), ["预设 'nope' 不存在"]),
+    (lambda: _finetuner_refusal("settings", "quick", target_modules="everything"), ["目标 'everything' 无效"]),
+    (lambda: _finetuner_refusal("settings", "quick", name="mine", description="d", config=_finetuning(max_steps=5)),
+     ["超过了本应用的上限 5（[finetune] max_steps）；可接受：1..5"]),
+    (lambda: "visual targets 'x' are not valid; accepted: projector only, projector + LoRA", ["视觉目标 'x' 无效"]),
+    (lambda: "projector-first steps 0 are not valid for two-stage training; accepted: a whole number of steps >= 1 "
+             "(the projector alone, then both)", ["步数 0 无效", "不小于 1 的整数步数"]),
+    (lambda: "prompt tokens 99 is out of range; accepted: a whole number 1..64 (10-20 is usual)",
+     ["提示 token 数 99 超出范围；可接受：1..64 之间的整数（通常为 10-20）"]),
+    (lambda: _finetuner_refusal("start", None, None, config=_finetuning(enabled=False)), ["这里已关闭微调"]),
+    (lambda: _finetuner_refusal("require_offline", "the built-in shapes dataset", runtime=_runtime("llava")),
+     ["内置的 shapes 数据集训练的是 offline 模型的图像通路；当前加载的模型是 'mystery'（llava）", "--preset offline"]),
+    (lambda: _finetuner_refusal("base_preset", runtime=_runtime("llava")), ["当前加载的模型 'mystery' 不是训练器能加载的预设之一"]),
+    (lambda: _finetuner_refusal("start", _prepared(), None, visual=object(), config=_finetuning(),
+                                runtime=_runtime("offline")),
+     ["视觉预设（", "data.jsonl 不是这个数据集：请选择 shapes"]),
+    (lambda: _finetuner_refusal("start", _prepared(visual=True, source="builtin:shapes"), None, config=_finetuning()),
+     ["builtin:shapes 训练的是图像通路：请选择一个视觉预设"]),
+    (lambda: _finetuner_refusal("start", _prepared(), _training(max_length=512), config=_finetuning()),
+     ["max_length 从 256 改成了 512；请重新验证"]),
 ]
 
 

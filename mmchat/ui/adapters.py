@@ -182,7 +182,7 @@ class AdaptersTab(Tab):
             except Exception as err:
                 log.exception("merge failed")
                 return t("adapters.merge_failed", error=f"{err.__class__.__name__}: {err}")
-            return t("adapters.merged", summary=merged.summary)
+            return t("adapters.merged", summary=localize(merged.summary))
 
         def delete(name: str | None, sure: bool):
             if not sure:
@@ -216,7 +216,7 @@ class AdaptersTab(Tab):
                     raise UserFacingError(why)
             except UserFacingError as err:
                 gr.Warning(localize(str(err)))
-                return (*self.listing(), t("adapters.refused", error=err), None)
+                return (*self.listing(), t("adapters.refused", error=localize(str(err))), None)
             except Exception as err:
                 log.exception("adapter upload failed")
                 return (*self.listing(), t("adapters.upload_failed", error=f"{err.__class__.__name__}: {err}"), None)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-import time
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from mmchat.errors import ConfigError, ModelUnavailable

@@ -30,7 +30,7 @@ def table_spans(text: str) -> list[tuple[int, int, int]]:
             j += 1
         if j > i:
             header_end = rows[i].end()
-            if i + 1 <= j and _RULE.match(rows[i + 1].group()):
+            if _RULE.match(rows[i + 1].group()):
                 header_end = rows[i + 1].end()
             spans.append((rows[i].start(), header_end, rows[j].end()))
         i = j + 1

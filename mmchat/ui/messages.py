@@ -104,14 +104,19 @@ def _found(value: str) -> str:
 
 
 def _kind(value: str) -> str:
-    """A loader's kind label ('text', 'Word (.docx)'...): 'text' in Chinese, the format names as they are."""
-    return {"text": "纯文本", "image": "图片"}.get(value, value)
+    """A loader's kind label ('text', 'Word (.docx)'...): the document kinds' terms, format names as they are."""
+    return term("kind", value)
+
+
+def _series(value: str, english: str, chinese: str) -> str:
+    """Names joined by `english` ("a or b or c") -> "a、b 或 c", joined by `chinese`."""
+    names = value.split(f" {english} ")
+    return names[0] if len(names) == 1 else "、".join(names[:-1]) + f" {chinese} " + names[-1]
 
 
 def _either(value: str) -> str:
     """'int or float or null' -> 'int、float 或 null' (a chat import's accepted types)."""
-    names = value.split(" or ")
-    return names[0] if len(names) == 1 else "、".join(names[:-1]) + " 或 " + names[-1]
+    return _series(value, "or", "或")
 
 
 _ZIP_MEMBER = {  # mmchat.files.zip_member_problem
@@ -145,7 +150,7 @@ def _merged(match: re.Match) -> str:
     text = (f"已把 '{match['adapter']}' 合并到 {match['folder']}（{_size(match['size'])}，{match['dtype']}）；"
             f"用 transformers 的 {match['cls']}.from_pretrained 和 {match['proc']} 加载")
     if match["visual"]:
-        files = " 和 ".join(match["visual"].split(" and "))
+        files = _series(match["visual"], "and", "和")
         text += (f"。其 {files} 复制在权重旁边，没有合并：mmchat 的图像通路会读取它们（见 {match['card']}）；"
                  "普通 transformers 不读取")
     if match["base"]:
